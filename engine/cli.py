@@ -1,0 +1,215 @@
+"""The `engine` command: a thin layer over the library; each command is one call into it.
+
+Every EngineError becomes one line on stderr and exit code 2; Ctrl-C during a run
+exits 130 after the log is left consistent.
+
+Usage::
+
+    engine run data/memorisation.toml
+    engine plan data/memorisation.toml
+    engine report runs/memorisation
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.errors import EngineError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.runner import RunOptions, run_experiment
+
+    options = RunOptions(
+        out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
+        fsync=_fsync(args.fsync), report=not args.no_report,
+    )
+    summary = run_experiment(args.spec, options=options)
+    print(summary.render())
+    return summary.exit_code
+
+
+def _fsync(value: str | None) -> str | int | None:
+    if value is None or value in ("never", "always"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise EngineError(f"--fsync must be never, always or a record count, got {value!r}") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from engine.plan import make_plan
+
+    print(make_plan(args.spec).render())
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from engine.sim import main as sim_main
+
+    argv = ["--port", str(args.port), "--host", args.host]
+    if args.config:
+        argv += ["--config-file", str(args.config)]
+    return sim_main(argv)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from engine.report import main_report
+
+    return main_report(args.run_dir, by=args.by, fmt=args.format, seed=args.seed)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from engine.seedio import import_seed
+
+    out = import_seed(args.csv, args.out, scorer=args.rescore)
+    print(f"imported {args.csv} into {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from engine.seedio import export_seed_csv
+
+    out = export_seed_csv(args.run_dir, args.out or args.run_dir / "results.csv")
+    print(f"wrote {out}")
+    return 0
+
+
+def _data_finetune(args: argparse.Namespace) -> int:
+    from engine.finetune import build_finetune_sets
+
+    examples = tuple(int(x) for x in args.examples.split(","))
+    paths = build_finetune_sets(args.facts, examples=examples, out_dir=args.out, seed=args.seed)
+    for n, path in sorted(paths.items()):
+        print(f"{n:>3} examples per fact: {path}")
+    return 0
+
+
+def _data_leakage(args: argparse.Namespace) -> int:
+    from engine.leakage import find_leakage
+
+    print(find_leakage(args.train, args.questions))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from engine.train import train
+
+    result = train(args.dataset, out=args.out, base=args.base, epochs=args.epochs)
+    print(result)
+    return 0
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    from engine.replicate import replicate
+
+    replicate(args.spec, quiet=args.quiet)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.bench import main_bench
+
+    return main_bench(tasks=args.tasks, concurrency=args.concurrency, latency_ms=args.latency_ms)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    p = argparse.ArgumentParser(prog="engine", description="Async, high-throughput evaluation of language models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) an experiment spec")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--out", type=Path, help="run directory (default runs/<name>)")
+    run.add_argument("--fresh", action="store_true", help="start a new log; the old one is renamed aside")
+    run.add_argument("--no-retry-failed", action="store_true", help="on resume, do not ask failed tasks again")
+    run.add_argument("--fsync", help="never | always | N (fsync every N records); overrides the spec")
+    run.add_argument("--quiet", action="store_true", help="no live progress, only the summary")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.set_defaults(func=_run)
+
+    plan = sub.add_parser("plan", help="grid size, estimated tokens and time; sends nothing")
+    plan.add_argument("spec", type=Path)
+    plan.set_defaults(func=_plan)
+
+    sim = sub.add_parser("sim", help="serve the built-in OpenAI-compatible target (a simulation)")
+    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--config", type=Path, help="sim config, JSON or TOML")
+    sim.set_defaults(func=_sim)
+
+    report = sub.add_parser("report", help="error rates with confidence intervals, tables and charts")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--by", help="comma-separated fields or tags to group by, e.g. model,difficulty")
+    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"))
+    report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    report.set_defaults(func=_report)
+
+    imp = sub.add_parser("import", help="import another tool's results as an engine log")
+    imp_sub = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    seed = imp_sub.add_parser("seed", help="the original experiment's Results CSV")
+    seed.add_argument("csv", type=Path)
+    seed.add_argument("--out", type=Path, required=True)
+    seed.add_argument("--rescore", choices=("number", "seed"), help="re-score replies instead of the CSV's Correct")
+    seed.set_defaults(func=_import)
+
+    export = sub.add_parser("export", help="write a log in another tool's format")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", required=True, choices=("seed-csv",))
+    export.add_argument("--out", type=Path)
+    export.set_defaults(func=_export)
+
+    data = sub.add_parser("data", help="build and check fine-tuning data")
+    data_sub = data.add_subparsers(dest="kind", required=True, metavar="KIND")
+    ft = data_sub.add_parser("finetune", help="write nested fine-tuning sets, evaluation questions held out")
+    ft.add_argument("facts", type=Path)
+    ft.add_argument("--examples", default="5,10,25,50")
+    ft.add_argument("--out", type=Path, required=True)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.set_defaults(func=_data_finetune)
+    leak = data_sub.add_parser("leakage", help="find evaluation questions inside training data")
+    leak.add_argument("train", type=Path)
+    leak.add_argument("questions", type=Path)
+    leak.set_defaults(func=_data_leakage)
+
+    train = sub.add_parser("train", help="fine-tune a small model on the CPU and write a GGUF")
+    train.add_argument("dataset", type=Path)
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"))
+    train.add_argument("--epochs", type=int, default=3)
+    train.set_defaults(func=_train)
+
+    rep = sub.add_parser("replicate", help="the whole study: build sets, train, serve, evaluate, report")
+    rep.add_argument("spec", type=Path)
+    rep.add_argument("--quiet", action="store_true")
+    rep.set_defaults(func=_replicate)
+
+    bench = sub.add_parser("bench", help="measure throughput on this machine against the built-in target")
+    bench.add_argument("--tasks", type=int, default=20_000)
+    bench.add_argument("--concurrency", type=int, default=64)
+    bench.add_argument("--latency-ms", type=float, default=0.0)
+    bench.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `engine` console script. Usage: ``main(["plan", "data/memorisation.toml"])``"""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EngineError as exc:
+        print(f"engine: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("engine: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

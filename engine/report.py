@@ -1,0 +1,474 @@
+"""The report: error rates with honest intervals, model comparisons, latency and tokens.
+
+A results log (``results.jsonl``, schema version 1) is read once, in bounded blocks
+and keeping only the columns the report needs, then deduplicated by task key (the
+last record wins, so a resumed run counts each task once) and aggregated lazily with
+Polars. Memory follows the number of records and the columns asked for, not the size
+of the replies in the file.
+
+Definitions used everywhere:
+
+- ``n``: answered tasks (status ``ok`` with an outcome);
+- ``errors``: answered tasks whose outcome is ``wrong`` or ``no_answer``;
+- ``error_rate = errors / n``: errors over *all* answers, not over correct ones;
+- ``failed``: infrastructure failures (status ``failed``), shown but never counted
+  as model errors.
+
+Each rate carries a 95% Wilson interval (answers treated as independent) and a
+cluster-bootstrap interval that resamples objects (tag ``object``; question ids when
+there is none), which is the one to trust when errors cluster on a few facts.
+
+Usage::
+
+    report = build_report("runs/memorisation", by=["model", "object"])
+    render_terminal(report, rich.console.Console())
+    paths = write_report("runs/memorisation")   # report.md + PNG charts
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from engine import stats
+from engine.errors import LogError, ReportError
+
+__all__ = [
+    "GROUPABLE_FIELDS",
+    "RECORD_FIELDS",
+    "Report",
+    "build_report",
+    "load_log",
+    "model_order",
+    "render_markdown",
+    "render_terminal",
+    "report_to_csv",
+    "report_to_json",
+    "write_report",
+]
+
+RESULTS_FILE = "results.jsonl"
+REPORT_FILE = "report.md"
+
+# Schema version 1 of a results record (see the log contract); tags are read apart.
+_SCHEMA: dict[str, pl.DataType] = {
+    "v": pl.Int64(),
+    "key": pl.String(),
+    "model": pl.String(),
+    "model_id": pl.String(),
+    "qid": pl.String(),
+    "question": pl.String(),
+    "temperature": pl.Float64(),
+    "repeat": pl.Int64(),
+    "expected": pl.String(),
+    "reply": pl.String(),
+    "extracted": pl.String(),
+    "outcome": pl.String(),
+    "correct": pl.Boolean(),
+    "status": pl.String(),
+    "error": pl.String(),
+    "attempts": pl.Int64(),
+    "http": pl.List(pl.Int64()),
+    "latency_ms": pl.Float64(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
+    "t_start": pl.Float64(),
+    "t_end": pl.Float64(),
+}
+RECORD_FIELDS: tuple[str, ...] = (*_SCHEMA, "tags")
+"""Every field of a schema-1 record, in contract order."""
+
+GROUPABLE_FIELDS: tuple[str, ...] = (
+    "model", "model_id", "qid", "question", "temperature", "repeat", "expected",
+    "extracted", "outcome", "correct", "status", "error", "attempts",
+)  # fmt: skip
+"""Record fields a report may group by (``--by``); tag names are allowed too."""
+
+# Low-cardinality text columns are held as categoricals: a million records then cost
+# a few bytes each instead of a string apiece.
+_COMPACT = ("model", "model_id", "qid", "status", "outcome", "expected", "extracted", "error")
+_BLOCK_BYTES = 8 << 20
+_DIFFICULTY_ORDER = {"easy": 0, "mid": 1, "medium": 1, "hard": 2}
+_RATE_SUMS = ("n", "errors", "wrong", "no_answer", "failed")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Report:
+    """Everything a report says, as Polars DataFrames plus a few totals.
+
+    Rate tables (``overall``, ``by_difficulty``, ``by_temperature``,
+    ``by_difficulty_temperature``, ``custom``) have their group columns followed by
+    ``n, errors, error_rate, wrong, no_answer, failed, wilson_lo, wilson_hi,
+    boot_lo, boot_hi, clusters``. Tables that need a tag the log lacks are None.
+    Usage: ``build_report("runs/x").overall.filter(pl.col("model") == "5x")``
+    """
+
+    source: Path
+    lines: int
+    tasks: int
+    answered: int
+    failed: int
+    cluster: str
+    seed: int
+    bootstrap: int
+    confidence: float
+    by: tuple[str, ...]
+    span_s: float | None
+    overall: pl.DataFrame
+    by_difficulty: pl.DataFrame | None
+    by_temperature: pl.DataFrame
+    by_difficulty_temperature: pl.DataFrame | None
+    custom: pl.DataFrame | None
+    comparisons: pl.DataFrame
+    latency: pl.DataFrame
+
+    @property
+    def duplicates(self) -> int:
+        """Records dropped because a later record had the same task key."""
+        return self.lines - self.tasks
+
+    def rate_tables(self) -> dict[str, pl.DataFrame]:
+        """The rate tables that exist, by name. Usage: ``for name, df in report.rate_tables().items()``"""
+        tables = {
+            "overall": self.overall,
+            "by_difficulty": self.by_difficulty,
+            "by_temperature": self.by_temperature,
+            "by_difficulty_temperature": self.by_difficulty_temperature,
+            "custom": self.custom,
+        }
+        return {name: df for name, df in tables.items() if df is not None}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _log_file(path: str | Path) -> Path:
+    p = Path(path)
+    file = p / RESULTS_FILE if p.is_dir() else p
+    if not file.is_file():
+        raise ReportError(f"no results log at {file}")
+    return file
+
+
+def _tag_names(file: Path) -> list[str]:
+    with file.open("rb") as fh:
+        first = fh.readline()
+        while first and not first.strip():
+            first = fh.readline()
+    if not first.strip():
+        raise ReportError(f"results log {file} is empty")
+    try:
+        record = orjson.loads(first)
+    except orjson.JSONDecodeError as exc:
+        raise LogError(f"{file}: first record is not valid JSON ({exc})") from exc
+    tags = record.get("tags") if isinstance(record, dict) else None
+    return [str(k) for k in tags] if isinstance(tags, dict) else []
+
+
+def _tag_column(tag: str) -> str:
+    # A tag named like a record field would shadow it; it stays reachable as tags.<name>.
+    return f"tags.{tag}" if tag in _SCHEMA else tag
+
+
+def _blocks(file: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """(first line number, complete lines, is_unterminated_tail) in bounded blocks."""
+    line = 1
+    rest = b""
+    with file.open("rb") as fh:
+        while chunk := fh.read(_BLOCK_BYTES):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield line, data[:cut], False
+                line += data.count(b"\n", 0, cut)
+    if rest.strip():
+        yield line, rest, True
+
+
+def _bad_line(file: Path, first_line: int, block: bytes, exc: Exception) -> LogError:
+    for offset, raw in enumerate(block.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return LogError(f"{file}: line {first_line + offset} is not valid JSON")
+    last = first_line + block.count(b"\n")
+    return LogError(f"{file}: a record in lines {first_line}-{last} does not fit schema 1 ({exc})")
+
+
+def _read(file: Path, fields: Sequence[str], tags: Sequence[str], *, compact: bool) -> pl.DataFrame:
+    schema: dict[str, pl.DataType] = {f: _SCHEMA[f] for f in dict.fromkeys(("v", "key", *fields))}
+    if tags:
+        schema["tags"] = pl.Struct({t: pl.String() for t in tags})
+    renames = {t: _tag_column(t) for t in tags}
+    frames: list[pl.DataFrame] = []
+    for first_line, block, tail in _blocks(file):
+        try:
+            frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
+        except pl.exceptions.PolarsError as exc:
+            if tail:
+                continue  # a record still being written (no newline yet) is not finished
+            raise _bad_line(file, first_line, block, exc) from exc
+        if tags:
+            frame = frame.with_columns(pl.col("tags").struct.rename_fields([renames[t] for t in tags]))
+            frame = frame.unnest("tags")
+        if compact:
+            frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in frame.columns if c in _COMPACT)
+        frames.append(frame)
+    if not frames:
+        raise ReportError(f"results log {file} has no records")
+    df = pl.concat(frames, how="vertical")
+    versions = df.get_column("v").unique().to_list()
+    if versions != [1]:
+        bad = sorted({str(v) for v in versions if v != 1})
+        raise LogError(f"{file}: schema version {', '.join(bad)} is not supported (expected 1)")
+    if df.get_column("key").null_count():
+        raise LogError(f"{file}: {df.get_column('key').null_count()} records have no task key")
+    return df
+
+
+def _load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.DataFrame:
+    tags = _tag_names(file)
+    tag_cols = {_tag_column(t): t for t in tags}
+    wanted = list(columns) if columns is not None else [*_SCHEMA, "tags"]
+    unknown = [c for c in wanted if c not in _SCHEMA and c not in tag_cols and c != "tags"]
+    if unknown:
+        raise ReportError(f"unknown log field {unknown[0]!r}")
+    fields = [c for c in wanted if c in _SCHEMA]
+    picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
+    df = _read(file, fields, picked, compact=compact)
+    return df.select(dict.fromkeys(["key", *fields, *(_tag_column(t) for t in picked)]))
+
+
+def _dedupe(df: pl.DataFrame) -> pl.LazyFrame:
+    return df.lazy().filter(pl.col("key").is_last_distinct())
+
+
+def load_log(
+    path: str | Path, *, columns: Sequence[str] | None = None, compact: bool = False
+) -> pl.LazyFrame:
+    """The log as a LazyFrame, one row per task (last record per key wins), in log order.
+
+    ``path`` is a run directory or a ``results.jsonl`` file. ``columns`` picks record
+    fields and tag names (tags become columns of their own, ``"tags"`` means all of
+    them); ``key`` is always kept. Only those columns are parsed and held, so asking
+    for few keeps memory low. ``compact`` holds text columns as categoricals. Usage:
+    ``load_log("runs/x", columns=["model", "difficulty", "outcome"]).collect()``
+    """
+    return _dedupe(_load_raw(_log_file(path), columns, compact=compact))
+
+
+# ----------------------------------------------------------------------- aggregation
+
+_NUMBER_X = re.compile(r"(\d+(?:\.\d+)?)\s*x\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def model_order(labels_in_log_order: Sequence[str]) -> list[str]:
+    """Models ordered by the number in their label (``5x`` before ``10x``), else by first appearance.
+
+    A number written as ``<n>x`` wins over any other number in the label; labels without
+    a number follow those with one. Usage: ``model_order(["50x", "5x", "base"])  # ['5x', '50x', 'base']``
+    """
+
+    def number(label: str) -> float:
+        found = _NUMBER_X.search(label) or (_NUMBER.findall(label) or [None])[-1]
+        if found is None:
+            return math.inf
+        return float(found.group(1) if isinstance(found, re.Match) else found)
+
+    first = {label: i for i, label in reversed(list(enumerate(labels_in_log_order)))}
+    return sorted(first, key=lambda label: (number(label), first[label]))
+
+
+def _sorted(df: pl.DataFrame, keys: Sequence[str], models: Sequence[str]) -> pl.DataFrame:
+    if df.is_empty() or not keys:
+        return df
+    rank = {m: i for i, m in enumerate(models)}
+    order: list[pl.Expr] = []
+    for key in keys:
+        col = pl.col(key)
+        if key == "model":
+            order.append(col.replace_strict(rank, default=len(rank), return_dtype=pl.Int64))
+        elif key == "difficulty":
+            order.append(col.replace_strict(_DIFFICULTY_ORDER, default=9, return_dtype=pl.Int64))
+        order.append(col)
+    return df.sort(order, nulls_last=True)
+
+
+def _rate_table(
+    cells: pl.DataFrame, keys: Sequence[str], cluster: str | None, models: Sequence[str],
+    *, seed: int, reps: int, confidence: float,
+) -> pl.DataFrame:  # fmt: skip
+    keys = list(keys)
+    sums = [pl.col(c).sum() for c in _RATE_SUMS]
+    groups = cells.group_by(keys).agg(sums) if keys else cells.select(sums)
+    groups = _sorted(groups, keys, models)
+    lo_w, hi_w = stats.wilson_interval(groups["errors"].to_numpy(), groups["n"].to_numpy(), confidence=confidence)
+    boot_lo: list[float] = []
+    boot_hi: list[float] = []
+    n_clusters: list[int] = []
+    clusters = cells.filter(pl.col("n") > 0)
+    if cluster is not None:
+        clusters = clusters.group_by([*keys, cluster]).agg(pl.col("errors").sum(), pl.col("n").sum())
+    parts = clusters.partition_by(keys, as_dict=True) if keys else {(): clusters}
+    for row in groups.select(keys).iter_rows() if keys else [()]:
+        part = parts.get(tuple(row))
+        if part is None or cluster is None:
+            lo, hi, k = math.nan, math.nan, 0 if part is None else part.height
+        else:
+            k = part.height
+            lo, hi = stats.cluster_bootstrap_interval(
+                part["errors"].to_numpy(), part["n"].to_numpy(),
+                reps=reps, seed=seed, key=(tuple(keys), tuple(row)), confidence=confidence,
+            )  # fmt: skip
+        boot_lo.append(lo)
+        boot_hi.append(hi)
+        n_clusters.append(k)
+    rate = pl.when(pl.col("n") > 0).then(pl.col("errors") / pl.col("n"))
+    return groups.select(
+        *keys, "n", "errors", rate.alias("error_rate"), "wrong", "no_answer", "failed",
+        wilson_lo=pl.Series(lo_w, dtype=pl.Float64).fill_nan(None),
+        wilson_hi=pl.Series(hi_w, dtype=pl.Float64).fill_nan(None),
+        boot_lo=pl.Series(boot_lo, dtype=pl.Float64).fill_nan(None),
+        boot_hi=pl.Series(boot_hi, dtype=pl.Float64).fill_nan(None),
+        clusters=pl.Series(n_clusters, dtype=pl.Int64),
+    )  # fmt: skip
+
+
+def _comparisons(
+    cells: pl.DataFrame, cluster: str, models: Sequence[str], *, seed: int, reps: int, confidence: float
+) -> pl.DataFrame:
+    per = cells.group_by("model", cluster).agg(pl.col("errors").sum(), pl.col("n").sum())
+    names = per.get_column(cluster).cast(pl.String).fill_null("").unique().sort().to_list()
+    col_of = {m: i for i, m in enumerate(models)}
+    row_of = {c: i for i, c in enumerate(names)}
+    errors = np.zeros((len(names), len(models)))
+    n = np.zeros((len(names), len(models)))
+    for model, name, e, k in per.select("model", pl.col(cluster).cast(pl.String).fill_null(""), "errors", "n").iter_rows():
+        errors[row_of[name], col_of[model]] = e
+        n[row_of[name], col_of[model]] = k
+    rows = []
+    if len(models) >= 2:
+        for i, j, diff, lo, hi in stats.pairwise_differences(errors, n, reps=reps, seed=seed, confidence=confidence):
+            rate_i, rate_j = (errors[:, x].sum() / n[:, x].sum() if n[:, x].sum() else math.nan for x in (i, j))
+            differs = None if math.isnan(lo) else bool(lo > 0 or hi < 0)
+            rows.append((models[i], models[j], rate_i, rate_j, diff, lo, hi, differs))
+    schema = {
+        "model_a": pl.String, "model_b": pl.String, "rate_a": pl.Float64, "rate_b": pl.Float64,
+        "diff": pl.Float64, "diff_lo": pl.Float64, "diff_hi": pl.Float64, "differs": pl.Boolean,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema, orient="row").with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def _resolve_by(by: str | Sequence[str] | None, tags: Sequence[str]) -> tuple[str, ...]:
+    if by is None:
+        return ()
+    names = [b.strip() for b in (by.split(",") if isinstance(by, str) else by)]
+    tag_cols = {_tag_column(t) for t in tags}
+    aliases = {f"tags.{t}": _tag_column(t) for t in tags}
+    out: list[str] = []
+    for name in names:
+        column = aliases.get(name, name)
+        if column not in GROUPABLE_FIELDS and column not in tag_cols:
+            known = ", ".join([*GROUPABLE_FIELDS, *sorted(tag_cols)])
+            raise ReportError(f"unknown --by field {name!r} (known: {known})")
+        out.append(column)
+    if not out:
+        raise ReportError("--by needs at least one field")
+    return tuple(dict.fromkeys(out))
+
+
+def build_report(
+    path: str | Path,
+    *,
+    by: str | Sequence[str] | None = None,
+    seed: int = 0,
+    bootstrap: int = stats.DEFAULT_REPS,
+    confidence: float = stats.DEFAULT_CONFIDENCE,
+) -> Report:
+    """Aggregate a run directory or ``results.jsonl`` into a :class:`Report`.
+
+    ``by`` adds a custom table grouped by exactly those fields (record fields or tag
+    names, e.g. ``["model", "object"]`` or ``"model,repeat"``); an unknown name raises
+    :class:`ReportError`. ``seed`` and ``bootstrap`` (replicates) make the bootstrap
+    intervals reproducible. Usage: ``build_report("runs/seed-v2").overall``
+    """
+    if bootstrap < 1:
+        raise ReportError(f"bootstrap replicates must be at least 1, got {bootstrap}")
+    file = _log_file(path)
+    tags = _tag_names(file)
+    by_cols = _resolve_by(by, tags)
+    has_object = "object" in tags and "object" not in _SCHEMA
+    has_difficulty = "difficulty" in tags
+    cluster = "object" if has_object else "qid"
+    custom_cluster = "object" if has_object and "object" not in by_cols else ("qid" if "qid" not in by_cols else None)
+    base = ["model", *(["difficulty"] if has_difficulty else []), "temperature"]
+    cell_keys = list(dict.fromkeys([*base, *by_cols, cluster, *([custom_cluster] if custom_cluster else [])]))
+    tag_fields = [c for c in cell_keys if c not in _SCHEMA]
+    record_fields = [c for c in cell_keys if c in _SCHEMA]
+    fields = [*record_fields, "status", "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "t_start", "t_end"]
+    raw = _load_raw(file, [*fields, *tag_fields], compact=True)
+    lines = raw.height
+    lf = _dedupe(raw)
+    answered = (pl.col("status") == "ok") & pl.col("outcome").is_in(["correct", "wrong", "no_answer"])
+    flags = lf.with_row_index("_row").with_columns(
+        n=answered.cast(pl.Int64),
+        errors=(answered & pl.col("outcome").is_in(["wrong", "no_answer"])).cast(pl.Int64),
+        wrong=(answered & (pl.col("outcome") == "wrong")).cast(pl.Int64),
+        no_answer=(answered & (pl.col("outcome") == "no_answer")).cast(pl.Int64),
+        failed=(pl.col("status") == "failed").cast(pl.Int64),
+    )
+    cells_q = flags.group_by(cell_keys).agg(*(pl.col(c).sum() for c in _RATE_SUMS), first=pl.col("_row").min())
+    ok = flags.filter(pl.col("n") == 1)
+    latency_q = ok.group_by("model").agg(
+        n=pl.len(),
+        latency_p50_ms=pl.col("latency_ms").quantile(0.5, interpolation="linear"),
+        latency_p95_ms=pl.col("latency_ms").quantile(0.95, interpolation="linear"),
+        latency_mean_ms=pl.col("latency_ms").mean(),
+        prompt_tokens=pl.col("prompt_tokens").sum(),
+        completion_tokens=pl.col("completion_tokens").sum(),
+        completion_tokens_mean=pl.col("completion_tokens").mean(),
+    )
+    span_q = flags.select(
+        tasks=pl.len(),
+        t0=pl.col("t_start").filter(pl.col("t_start") > 0).min(),
+        t1=pl.col("t_end").filter(pl.col("t_end") > 0).max(),
+    )
+    cells, latency, span = pl.collect_all([cells_q, latency_q, span_q])
+    cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
+    models = model_order(firsts.get_column("model").fill_null("").to_list())
+    opts = {"seed": seed, "reps": bootstrap, "confidence": confidence}
+
+    def table(keys: Sequence[str], clus: str | None = cluster) -> pl.DataFrame:
+        return _rate_table(cells, keys, clus, models, **opts)
+
+    overall = table(["model"])
+    t0, t1 = span.row(0)[1:]
+    return Report(
+        source=file, lines=lines, tasks=int(span["tasks"][0]),
+        answered=int(cells["n"].sum()), failed=int(cells["failed"].sum()),
+        cluster=cluster, seed=seed, bootstrap=bootstrap, confidence=confidence, by=by_cols,
+        span_s=(t1 - t0) if t0 is not None and t1 is not None and t1 >= t0 else None,
+        overall=overall,
+        by_difficulty=table(["model", "difficulty"]) if has_difficulty else None,
+        by_temperature=table(["model", "temperature"]),
+        by_difficulty_temperature=table(["model", "difficulty", "temperature"]) if has_difficulty else None,
+        custom=table(list(by_cols), custom_cluster) if by_cols else None,
+        comparisons=_comparisons(cells, cluster, models, **opts),
+        latency=_sorted(latency, ["model"], models),
+    )  # fmt: skip

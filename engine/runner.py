@@ -1,0 +1,312 @@
+"""Running an experiment end to end: check everything, start local targets, run the grid, report.
+
+Everything a user can get wrong is checked before anything is written: the spec,
+the questions, the scorer against every answer, API key variables, the run
+directory's owner, the log's readability, and that each endpoint answers at all.
+Only then is the log touched (a torn tail from a kill is cut, new records are
+appended). Ctrl-C stops sending, lets requests in flight finish for a grace period,
+and leaves a consistent log; the summary says the run was interrupted.
+
+Usage::
+
+    summary = run_experiment(Path("data/memorisation.toml"))
+    print(summary.render())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+
+from engine.client import ChatClient, RetryPolicy
+from engine.errors import ConfigError, EndpointError, QuestionsError, TransportError
+from engine.grid import grid_size, iter_tasks
+from engine.limits import EndpointLimiter, LimitConfig
+from engine.log import LogScan, LogWriter, RunPaths, check_owner, prepare_run_dir, repair_torn_tail, scan_log
+from engine.progress import Progress
+from engine.questions import Question, load_questions
+from engine.scheduler import Counters, Pool, StopSignal, run_grid
+from engine.scoring import Scorer, get_scorer
+from engine.spec import SIM_URL, ModelSpec, Spec, load_spec
+from engine.transport import AiohttpTransport, Transport
+
+INTERRUPTED_EXIT = 130
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunOptions:
+    """How to run a spec; every default of a run lives here."""
+
+    out: Path | None = None  # the run directory; runs/<name> by default
+    fresh: bool = False  # start a new log (the old one is renamed aside)
+    retry_failed: bool = True  # ask again the tasks a previous run logged as failed
+    quiet: bool = False
+    fsync: str | int | None = None  # overrides the spec's fsync policy
+    grace_s: float = 10.0  # after Ctrl-C, how long requests in flight may finish
+    report: bool = True  # write the report at the end
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prepared:
+    """A spec with everything it needs, checked and ready to run."""
+
+    spec: Spec
+    spec_text: str
+    questions: tuple[Question, ...]
+    scorer: Scorer
+    paths: RunPaths
+    scan: LogScan
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunSummary:
+    """What a run did. Usage: ``print(summary.render())``"""
+
+    run_dir: Path
+    total: int
+    already_done: int
+    finished: int
+    ok: int
+    failed: int
+    elapsed_s: float
+    requests: int
+    retries: int
+    rate_limited: int
+    interrupted: bool
+    target_requests: int | None = None  # what the built-in target says it answered, when used
+    by_model: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # label -> (ok, errors, failed)
+
+    @property
+    def exit_code(self) -> int:
+        return INTERRUPTED_EXIT if self.interrupted else 0
+
+    def render(self) -> str:
+        """A short plain-text summary for the terminal."""
+        rate = self.finished / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        lines = [
+            f"{'interrupted' if self.interrupted else 'finished'}: {self.finished:,} tasks this run "
+            f"({self.already_done:,} already in the log, {self.total:,} in the grid) in {self.elapsed_s:,.1f}s, "
+            f"{rate:,.1f} tasks/s",
+            f"requests {self.requests:,} · retries {self.retries:,} · 429s {self.rate_limited:,} · "
+            f"failed tasks {self.failed:,}",
+        ]
+        if self.target_requests is not None:
+            lines.append(f"built-in target (a simulation) answered {self.target_requests:,} requests")
+        for label, (ok, errors, failed) in self.by_model.items():
+            rate_text = f"{errors / ok:.2%}" if ok else "n/a"
+            lines.append(f"  {label}: error rate {rate_text} ({errors}/{ok} answered, {failed} failed) this run")
+        lines.append(f"log: {self.run_dir / 'results.jsonl'}")
+        return "\n".join(lines)
+
+
+def prepare(spec_path: Path, options: RunOptions) -> Prepared:
+    """Check a spec and its run directory without writing anything; raises EngineError on any problem.
+
+    Usage: ``prepared = prepare(Path("data/memorisation.toml"), RunOptions())``
+    """
+    spec = load_spec(spec_path)
+    spec_text = spec_path.read_text(encoding="utf-8")
+    questions = load_questions(spec.questions)
+    scorer = get_scorer(spec.scorer, pattern=spec.scorer_pattern)
+    for question in questions:
+        if (why := scorer.check_expected(question.answer)) is not None:
+            raise QuestionsError(f"{spec.questions}: question {question.id!r}: {why} (scorer {spec.scorer!r})")
+    for model in spec.models:
+        if model.api_key_env and not os.environ.get(model.api_key_env):
+            raise ConfigError(f"model {model.name!r}: environment variable {model.api_key_env} is not set (api_key_env)")
+    paths = RunPaths(options.out or Path("runs") / spec.name)
+    check_owner(paths, spec)  # a log of another experiment is refused before it is read
+    scan = scan_log(paths.results) if not options.fresh else LogScan(
+        ok=frozenset(), failed=frozenset(), records=0, torn_tail=False
+    )
+    return Prepared(spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan)
+
+
+@contextlib.contextmanager
+def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[dict[str, str], object | None]]:
+    """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
+
+    Yields ``({model label: base_url}, sim process or None)``.
+    """
+    urls: dict[str, str] = {}
+    sim = None
+    with contextlib.ExitStack() as stack:
+        if any(m.base_url == SIM_URL for m in spec.models):
+            from engine.sim import SimProcess
+
+            sim = stack.enter_context(SimProcess(sim_config(spec, questions)))
+        servers: dict[str, str] = {}
+        for model in spec.models:
+            if model.gguf is not None:
+                if model.gguf not in servers:
+                    from engine.serve import llama_server
+
+                    source = model.gguf if model.gguf == "smollm2" else spec.path.parent / model.gguf
+                    servers[model.gguf] = stack.enter_context(
+                        llama_server(source, n_parallel=min(model.concurrency, 8))
+                    )
+                urls[model.name] = servers[model.gguf]
+            elif model.base_url == SIM_URL:
+                assert sim is not None
+                urls[model.name] = sim.base_url
+            else:
+                assert model.base_url is not None
+                urls[model.name] = model.base_url
+        yield urls, sim
+
+
+def sim_config(spec: Spec, questions: Sequence[Question]):  # type: ignore[no-untyped-def]
+    """The built-in target's configuration for this spec: its questions, and the [sim] table."""
+    from engine.sim import Faults, SimConfig, SimFact
+
+    facts = tuple(
+        SimFact(question=q.text, answer=q.answer, object=q.tags.get("object"), difficulty=q.tags.get("difficulty"))
+        for q in questions
+    )
+    s = spec.sim
+    return SimConfig(
+        facts=facts, accuracy=s.accuracy, default_accuracy=s.default_accuracy, latency_ms=s.latency_ms,
+        jitter_ms=s.jitter_ms, rpm=s.rpm, tpm=s.tpm, faults=Faults(**s.faults), seed=s.seed,
+        format_noise=s.format_noise,
+    )
+
+
+def endpoint_groups(spec: Spec, urls: dict[str, str]) -> dict[tuple[str, str | None], list[ModelSpec]]:
+    """Models grouped by the endpoint that serves them (URL and key): they share limits and a pool."""
+    groups: dict[tuple[str, str | None], list[ModelSpec]] = defaultdict(list)
+    for model in spec.models:
+        groups[(urls[model.name], model.api_key_env)].append(model)
+    return groups
+
+
+def limit_config(models: Sequence[ModelSpec]) -> LimitConfig:
+    """One endpoint's limits from its models: the tightest quota set, the largest concurrency."""
+    rpms = [m.rpm for m in models if m.rpm]
+    tpms = [m.tpm for m in models if m.tpm]
+    return LimitConfig(
+        rpm=min(rpms) if rpms else None, tpm=min(tpms) if tpms else None,
+        concurrency=max(m.concurrency for m in models),
+    )
+
+
+async def preflight(transport: Transport, base_url: str, headers: dict[str, str], names: str) -> None:
+    """Check the endpoint answers HTTP at all, before anything is written. Costs no tokens."""
+    for attempt in range(3):
+        try:
+            response = await transport.request("GET", f"{base_url}/models", body=None, headers=headers, timeout=10)
+        except TransportError as exc:
+            if attempt == 2:
+                raise EndpointError(f"model {names}: endpoint {base_url} is unreachable ({exc})") from exc
+            await anyio.sleep(0.5 * (attempt + 1))
+            continue
+        if response.status == 404 and not response.body.lstrip().startswith(b"{"):
+            raise EndpointError(
+                f"model {names}: {base_url} does not look OpenAI-compatible (GET /models answered 404, not JSON)"
+            )
+        return
+
+
+async def run_prepared(
+    prepared: Prepared, options: RunOptions, *, transport_factory=None, console: Console | None = None
+) -> RunSummary:
+    """Run a checked spec: start targets, preflight, then run the grid and write the log.
+
+    ``transport_factory(concurrency) -> Transport`` replaces the aiohttp transport
+    (e.g. an ``HttpxTransport`` over ``httpx.MockTransport`` in tests).
+    """
+    spec, paths = prepared.spec, prepared.paths
+    console = console or Console(stderr=True)
+    make_transport = transport_factory or (lambda concurrency: AiohttpTransport(concurrency=concurrency))
+    policy = RetryPolicy(max_attempts=spec.max_attempts, max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s)
+    total = grid_size(spec, len(prepared.questions))
+    done = prepared.scan.done(retry_failed=options.retry_failed)
+    started = time.monotonic()
+    stop = StopSignal()
+    counters = Counters()
+    with local_targets(spec, prepared.questions) as (urls, sim):
+        groups = endpoint_groups(spec, urls)
+        transports: list[Transport] = []
+        try:
+            pools = []
+            for (base_url, key_env), models in groups.items():
+                limits = limit_config(models)
+                transport = make_transport(limits.concurrency)
+                transports.append(transport)
+                key = os.environ.get(key_env) if key_env else None
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                await preflight(transport, base_url, headers, ", ".join(repr(m.name) for m in models))
+                client = ChatClient(
+                    base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(limits),
+                    policy=policy, label=base_url if sim is None or base_url != sim.base_url else "sim",
+                )
+                tasks = iter_tasks(spec, prepared.questions, models, done=done)
+                pools.append(Pool(client=client, tasks=tasks, workers=limits.concurrency, max_tokens=spec.max_tokens))
+            # Everything checked: only now is the run directory written to.
+            prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh)
+            repair_torn_tail(paths.results)
+            progress = Progress(
+                total=total, already=min(total, len(done)), counters=counters,
+                clients=[p.client for p in pools], console=console, quiet=options.quiet,
+            )
+            with LogWriter(paths.results, fsync=options.fsync or spec.fsync) as writer:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_watch_signals, stop, tg.cancel_scope)
+                    tg.start_soon(progress.run)
+                    await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
+                                   grace_s=options.grace_s, counters=counters)
+                    tg.cancel_scope.cancel()
+            target_requests = sim.stats()["requests"] if sim is not None else None
+        finally:
+            for transport in transports:
+                await transport.aclose()
+    clients = [p.client for p in pools]
+    return RunSummary(
+        run_dir=paths.root, total=total, already_done=min(total, len(done)), finished=counters.done,
+        ok=counters.ok, failed=counters.failed, elapsed_s=time.monotonic() - started,
+        requests=sum(c.stats.requests for c in clients), retries=sum(c.stats.retries for c in clients),
+        rate_limited=sum(c.stats.rate_limited for c in clients), interrupted=stop.requested,
+        target_requests=target_requests,
+        by_model={label: (m.ok, m.errors, m.failed) for label, m in counters.by_model.items()},
+    )
+
+
+async def _watch_signals(stop: StopSignal, scope: anyio.CancelScope) -> None:
+    """First Ctrl-C: stop sending and finish what is in flight. Second: stop now."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if stop.requested:
+                scope.cancel()
+                return
+            stop.request()
+
+
+def run_experiment(
+    spec_path: Path, *, out: Path | None = None, fresh: bool = False, quiet: bool = False,
+    options: RunOptions | None = None,
+) -> RunSummary:
+    """Run (or resume) the experiment a spec describes, and write its report.
+
+    Usage: ``summary = run_experiment(Path("data/memorisation.toml"))``
+    """
+    options = options or RunOptions(out=out, fresh=fresh, quiet=quiet)
+    prepared = prepare(spec_path, options)
+    summary = anyio.run(run_prepared, prepared, options, backend="asyncio")
+    if options.report and summary.finished + summary.already_done > 0:
+        write_run_report(prepared.paths.root)
+    return summary
+
+
+def write_run_report(run_dir: Path) -> list[Path]:
+    """Write report.md and charts into the run directory (the report module does the work)."""
+    from engine.report import write_report
+
+    return write_report(run_dir)

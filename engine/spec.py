@@ -1,0 +1,264 @@
+"""The experiment spec: a TOML file naming models, questions, temperatures, repeats, prompt and scorer.
+
+Every default lives in the dataclasses below. Unknown keys are errors, not ignored,
+because a misspelt ``temprature`` silently running the wrong grid costs real money.
+
+Usage::
+
+    spec = load_spec(Path("data/memorisation.toml"))
+    spec.name, [m.name for m in spec.models], spec.temperatures
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import SpecError
+from engine.scoring import SCORERS
+
+SIM_URL = "sim"
+FSYNC_POLICIES = ("never", "always")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelSpec:
+    """One model to evaluate, and the OpenAI-compatible endpoint that serves it."""
+
+    name: str
+    model: str
+    base_url: str | None = None  # "sim" for the built-in target; None when gguf is set
+    gguf: str | None = None  # a local GGUF file (relative to the spec) or "smollm2"
+    api_key_env: str | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int = 32
+    params: Mapping[str, Any] = field(default_factory=dict)  # extra request fields (top_p, seed, ...)
+
+    @property
+    def endpoint(self) -> tuple[str, str | None]:
+        """Models sharing this pair share one endpoint's limits and connection pool."""
+        return (self.base_url or f"gguf:{self.gguf}", self.api_key_env)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SimSpec:
+    """How the built-in target behaves: accuracy per model id and difficulty, latency, quotas, faults."""
+
+    accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    default_accuracy: float = 0.9
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rpm: float | None = None
+    tpm: float | None = None
+    format_noise: float = 0.05
+    faults: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Spec:
+    """A whole experiment: the grid is models × questions × temperatures × repeats."""
+
+    path: Path
+    name: str
+    questions: Path
+    models: tuple[ModelSpec, ...]
+    temperatures: tuple[float, ...] = (0.0,)
+    repeats: int = 1
+    system: str | None = None
+    prompt: str = "{question}"
+    max_tokens: int = 32
+    scorer: str = "number"
+    scorer_pattern: str | None = None
+    timeout_s: float = 60.0
+    max_attempts: int = 6
+    max_retry_wait_s: float = 300.0
+    fsync: str | int = "never"  # "never", "always", or every N records
+    sim: SimSpec = field(default_factory=SimSpec)
+    replication: Mapping[str, Any] | None = None
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and check an experiment spec; any problem is one SpecError line naming file and field.
+
+    Usage: ``spec = load_spec(Path("data/memorisation.toml"))``
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec path is a directory, not a TOML file: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: malformed TOML: {exc}") from exc
+    return _Checker(path).spec(raw)
+
+
+class _Checker:
+    """Validates one raw TOML document, naming the file and field in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> SpecError:
+        return SpecError(f"{self.path}: {where}: {problem}" if where else f"{self.path}: {problem}")
+
+    def known_keys(self, table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self.fail(where or key, f"unknown key {key!r} (known: {hint})")
+
+    def string(self, table: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str | None:
+        value = table.get(key)
+        if value is None:
+            if required:
+                raise self.fail(where, f"missing required key {key!r}")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{where}{key}", f"must be a non-empty string, got {value!r}")
+        return value
+
+    def number(self, table: Mapping[str, Any], key: str, where: str, *, low: float, high: float = math.inf,
+               integer: bool = False, low_open: bool = False) -> Any:
+        value = table.get(key)
+        if value is None:
+            return None
+        kind = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise self.fail(f"{where}{key}", f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if not (low < value if low_open else low <= value) or value > high or value != value:
+            bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
+            raise self.fail(f"{where}{key}", f"must be {bound}, got {value!r}")
+        return value
+
+    def spec(self, raw: dict[str, Any]) -> Spec:
+        allowed = {f.name for f in fields(Spec)} - {"path"}
+        self.known_keys(raw, allowed, "")
+        name = self.string(raw, "name", "", required=True)
+        assert name is not None
+        if "/" in name or name.startswith("."):
+            raise self.fail("name", f"must be a plain directory name, got {name!r}")
+        questions = self.string(raw, "questions", "", required=True)
+        assert questions is not None
+        models = raw.get("models")
+        if not isinstance(models, list) or not models:
+            raise self.fail("models", "needs at least one [[models]] table")
+        checked = tuple(self.model(m, i) for i, m in enumerate(models))
+        seen: set[str] = set()
+        for m in checked:
+            if m.name in seen:
+                raise self.fail("models", f"duplicate model name {m.name!r}")
+            seen.add(m.name)
+        temperatures = raw.get("temperatures", [0.0])
+        if not isinstance(temperatures, list) or not temperatures:
+            raise self.fail("temperatures", f"must be a non-empty list of numbers, got {temperatures!r}")
+        temps = tuple(float(self.number({"t": t}, "t", "temperatures ", low=0.0, high=2.0)) for t in temperatures)
+        if len(set(temps)) != len(temps):
+            raise self.fail("temperatures", f"has duplicates: {list(temps)}")
+        scorer = self.string(raw, "scorer", "") or "number"
+        if scorer not in SCORERS:
+            raise self.fail("scorer", f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
+        prompt = self.string(raw, "prompt", "") or "{question}"
+        if "{question}" not in prompt:
+            raise self.fail("prompt", "must contain the placeholder {question}")
+        fsync = raw.get("fsync", "never")
+        if not (fsync in FSYNC_POLICIES or (isinstance(fsync, int) and not isinstance(fsync, bool) and fsync > 0)):
+            raise self.fail("fsync", f"must be 'never', 'always' or a positive record count, got {fsync!r}")
+        replication = raw.get("replication")
+        if replication is not None and not isinstance(replication, dict):
+            raise self.fail("replication", "must be a table")
+        defaults = Spec(path=self.path, name=name, questions=Path(questions), models=checked)
+        return Spec(
+            path=self.path,
+            name=name,
+            questions=(self.path.parent / questions),
+            models=checked,
+            temperatures=temps,
+            repeats=_or(self.number(raw, "repeats", "", low=1, integer=True), defaults.repeats),
+            system=self.string(raw, "system", ""),
+            prompt=prompt,
+            max_tokens=_or(self.number(raw, "max_tokens", "", low=1, integer=True), defaults.max_tokens),
+            scorer=scorer,
+            scorer_pattern=self.string(raw, "scorer_pattern", ""),
+            timeout_s=_or(self.number(raw, "timeout_s", "", low=0, low_open=True), defaults.timeout_s),
+            max_attempts=_or(self.number(raw, "max_attempts", "", low=1, integer=True), defaults.max_attempts),
+            max_retry_wait_s=_or(self.number(raw, "max_retry_wait_s", "", low=0), defaults.max_retry_wait_s),
+            fsync=fsync,
+            sim=self.sim(raw.get("sim", {})),
+            replication=replication,
+        )
+
+    def model(self, raw: Any, index: int) -> ModelSpec:
+        where = f"models[{index}]."
+        if not isinstance(raw, dict):
+            raise self.fail(f"models[{index}]", "must be a table")
+        self.known_keys(raw, {f.name for f in fields(ModelSpec)}, f"models[{index}]")
+        name = self.string(raw, "name", where, required=True)
+        assert name is not None
+        base_url = self.string(raw, "base_url", where)
+        gguf = self.string(raw, "gguf", where)
+        if (base_url is None) == (gguf is None):
+            raise self.fail(f"models[{index}] ({name})", "needs exactly one of base_url or gguf")
+        if base_url is not None and base_url != SIM_URL and not base_url.startswith(("http://", "https://")):
+            raise self.fail(f"{where}base_url", f"must be 'sim' or an http(s) URL, got {base_url!r}")
+        params = raw.get("params", {})
+        if not isinstance(params, dict):
+            raise self.fail(f"{where}params", "must be a table of extra request fields")
+        reserved = {"model", "messages", "temperature", "max_tokens", "stream"} & set(params)
+        if reserved:
+            raise self.fail(f"{where}params", f"cannot set {', '.join(sorted(reserved))} (the spec sets them)")
+        defaults = ModelSpec(name=name, model=name)
+        return ModelSpec(
+            name=name,
+            model=self.string(raw, "model", where) or name,
+            base_url=base_url.rstrip("/") if base_url else None,
+            gguf=gguf,
+            api_key_env=self.string(raw, "api_key_env", where),
+            rpm=self.number(raw, "rpm", where, low=0, low_open=True),
+            tpm=self.number(raw, "tpm", where, low=0, low_open=True),
+            concurrency=_or(
+                self.number(raw, "concurrency", where, low=1, high=10_000, integer=True), defaults.concurrency
+            ),
+            params=params,
+        )
+
+    def sim(self, raw: Any) -> SimSpec:
+        if not isinstance(raw, dict):
+            raise self.fail("sim", "must be a table")
+        self.known_keys(raw, {f.name for f in fields(SimSpec)}, "sim")
+        accuracy = raw.get("accuracy", {})
+        if not isinstance(accuracy, dict) or not all(isinstance(v, dict) for v in accuracy.values()):
+            raise self.fail("sim.accuracy", "must be a table of model id -> {difficulty = probability}")
+        for model, table in accuracy.items():
+            for difficulty in table:
+                self.number(table, difficulty, f"sim.accuracy.{model}.", low=0, high=1)
+        faults = raw.get("faults", {})
+        if not isinstance(faults, dict):
+            raise self.fail("sim.faults", "must be a table of fault name -> rate")
+        for fault in faults:
+            self.number(faults, fault, "sim.faults.", low=0, high=1)
+        d = SimSpec()
+        return SimSpec(
+            accuracy=accuracy,
+            default_accuracy=_or(self.number(raw, "default_accuracy", "sim.", low=0, high=1), d.default_accuracy),
+            latency_ms=_or(self.number(raw, "latency_ms", "sim.", low=0), d.latency_ms),
+            jitter_ms=_or(self.number(raw, "jitter_ms", "sim.", low=0), d.jitter_ms),
+            rpm=self.number(raw, "rpm", "sim.", low=0, low_open=True),
+            tpm=self.number(raw, "tpm", "sim.", low=0, low_open=True),
+            format_noise=_or(self.number(raw, "format_noise", "sim.", low=0, high=1), d.format_noise),
+            faults=faults,
+            seed=_or(self.number(raw, "seed", "sim.", low=0, integer=True), d.seed),
+        )
+
+
+def _or(value: Any, default: Any) -> Any:
+    """``value`` unless it was absent; unlike ``or``, keeps a real 0."""
+    return default if value is None else value
