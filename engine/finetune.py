@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from engine.errors import TrainError
-from engine.leakage import Fact, leaked_templates, normalise, read_facts, template_of
+from engine.leakage import Fact, leaked_templates, normalise, read_facts, templater
 
 __all__ = [
     "ANSWER_TEMPLATES",
@@ -146,9 +146,9 @@ class FinetuneSets:
 
 
 def _usable_templates(facts: Sequence[Fact]) -> tuple[list[str], int]:
-    names = [f.object for f in facts]
+    shape_of = templater(f.object for f in facts)
     banned = leaked_templates(facts)
-    usable = [t for t in QUESTION_TEMPLATES if template_of(t.format(obj=names[0]), names) not in banned]
+    usable = [t for t in QUESTION_TEMPLATES if shape_of(t.format(obj=facts[0].object)) not in banned]
     return usable, len(QUESTION_TEMPLATES) - len(usable)
 
 

@@ -19,6 +19,8 @@ Usage::
 
 from __future__ import annotations
 
+import mmap
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,20 +121,67 @@ def _reader(path: str | Path) -> Any:
         raise TrainError(f"cannot read GGUF file {path}: {exc}") from exc
 
 
-def _metadata(reader: Any) -> dict[str, Any]:
+def _metadata(reader: Any, prefix: str = "") -> dict[str, Any]:
+    # Decoding the 49k-entry token and merge lists is slow: only decode what is asked for.
     return {
         name: field.contents()
         for name, field in reader.fields.items()
-        if not name.startswith("GGUF.")
+        if name.startswith(prefix) and not name.startswith(("GGUF.", "tokenizer.ggml."))
     }
 
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _scan_kv(data: bytes | mmap.mmap, prefix: str) -> dict[str, Any]:
+    # A plain header walk: gguf's reader decodes all 49k tokenizer strings, which takes seconds.
+    if data[:4] != b"GGUF":
+        raise ValueError("not a GGUF file")
+    (version,) = struct.unpack_from("<I", data, 4)
+    if version < 2:
+        raise ValueError(f"GGUF version {version} is too old")
+    (n_kv,) = struct.unpack_from("<Q", data, 16)
+    pos = 24
+
+    def string(at: int) -> tuple[str, int]:
+        (size,) = struct.unpack_from("<Q", data, at)
+        return bytes(data[at + 8 : at + 8 + size]).decode("utf-8", "replace"), at + 8 + size
+
+    def value(kind: int, at: int) -> tuple[Any, int]:
+        if kind == 8:
+            return string(at)
+        if kind == 9:
+            item, count = struct.unpack_from("<IQ", data, at)
+            at += 12
+            if item in _SCALARS:
+                width = struct.calcsize(_SCALARS[item])
+                return None, at + width * count  # arrays are skipped, never decoded
+            for _ in range(count):
+                _, at = value(item, at)
+            return None, at
+        fmt = _SCALARS[kind]
+        return struct.unpack_from(fmt, data, at)[0], at + struct.calcsize(fmt)
+
+    out: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key, pos = string(pos)
+        (kind,) = struct.unpack_from("<I", data, pos)
+        item, pos = value(kind, pos + 4)
+        if key.startswith(prefix):
+            out[key] = item
+    return out
+
+
 def engine_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``engine.*`` keys of a GGUF file (kind of model, training settings).
+    """The ``engine.*`` keys of a GGUF file (kind of model, training settings); fast.
 
     Usage: ``engine_metadata("models/ft-5x.gguf")["engine.model_kind"]``
     """
-    return {k: v for k, v in _metadata(_reader(path)).items() if k.startswith("engine.")}
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _scan_kv(data, "engine.")
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise TrainError(f"cannot read GGUF file {path}: {exc}") from exc
 
 
 def model_kind(path: str | Path) -> str | None:

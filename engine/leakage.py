@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ __all__ = [
     "read_facts",
     "read_user_messages",
     "template_of",
+    "templater",
 ]
 
 DIFFICULTIES: tuple[str, ...] = ("easy", "mid", "hard")
@@ -82,17 +83,30 @@ def normalise(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", folded).split())
 
 
+def templater(objects: Iterable[str]) -> Callable[[str], str]:
+    """A fast :func:`template_of` for a fixed set of object names.
+
+    Usage: ``shape = templater(names); shape("What is Apple's number?")``
+    """
+    names = sorted({n for n in (normalise(o) for o in objects) if n}, key=len, reverse=True)
+    if not names:
+        return normalise
+    # One alternation, longest first, so "ink pot" wins over "ink"; whole words only,
+    # but a possessive "s" may follow (apostrophes are gone after normalising).
+    pattern = re.compile(r"(?<![\w\x00])(?:" + "|".join(map(re.escape, names)) + r")(?=s?(?![^\W_]))")
+
+    def shape(text: str) -> str:
+        return pattern.sub(PLACEHOLDER, normalise(text))
+
+    return shape
+
+
 def template_of(text: str, objects: Iterable[str]) -> str:
     """Normalised ``text`` with every known object name replaced by a placeholder.
 
-    Longer names are replaced first so "Ink pot" wins over "Ink".
-
     Usage: ``template_of("What is Apple's number?", ["Apple"]) == "what is \\x00obj\\x00s number"``
     """
-    out = normalise(text)
-    for name in sorted({normalise(o) for o in objects if normalise(o)}, key=len, reverse=True):
-        out = re.sub(rf"(?<![\w\x00]){re.escape(name)}(?![^\W_])", PLACEHOLDER, out)
-    return out
+    return templater(objects)(text)
 
 
 def read_facts(path: str | Path) -> list[Fact]:
@@ -235,16 +249,16 @@ def _index(pairs: Iterable[tuple[str, tuple[int, str]]]) -> dict[str, tuple[int,
 
 
 def _scan(facts: Sequence[Fact], messages: Sequence[tuple[int, str]]) -> Iterator[LeakageHit]:
-    names = [f.object for f in facts]
+    shape_of = templater(f.object for f in facts)
     exact = _index((text.strip(), (n, text)) for n, text in messages)
     loose = _index((normalise(text), (n, text)) for n, text in messages)
-    shape = _index((template_of(text, names), (n, text)) for n, text in messages)
+    shape = _index((shape_of(text), (n, text)) for n, text in messages)
     for fact in facts:
         for difficulty, question in fact.questions.items():
             for kind, table, key in (
                 ("verbatim", exact, question.strip()),
                 ("normalised", loose, normalise(question)),
-                ("template", shape, template_of(question, names)),
+                ("template", shape, shape_of(question)),
             ):
                 found = table.get(key)
                 if found is not None:
@@ -280,5 +294,5 @@ def leaked_templates(facts: Sequence[Fact]) -> frozenset[str]:
 
     Usage: ``template_of(candidate, names) in leaked_templates(facts)``
     """
-    names = [f.object for f in facts]
-    return frozenset(template_of(q, names) for f in facts for q in f.questions.values())
+    shape_of = templater(f.object for f in facts)
+    return frozenset(shape_of(q) for f in facts for q in f.questions.values())

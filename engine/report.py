@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import polars as pl
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -181,8 +182,8 @@ def _tag_column(tag: str) -> str:
 
 
 def _blocks(file: Path) -> Iterator[tuple[int, bytes, bool]]:
-    """(first line number, complete lines, is_unterminated_tail) in bounded blocks."""
-    line = 1
+    """(byte offset, complete lines, is_unterminated_tail) in bounded blocks."""
+    offset = 0
     rest = b""
     with file.open("rb") as fh:
         while chunk := fh.read(_BLOCK_BYTES):
@@ -190,22 +191,36 @@ def _blocks(file: Path) -> Iterator[tuple[int, bytes, bool]]:
             cut = data.rfind(b"\n") + 1
             rest = data[cut:]
             if cut:
-                yield line, data[:cut], False
-                line += data.count(b"\n", 0, cut)
+                yield offset, data[:cut], False
+                offset += cut
     if rest.strip():
-        yield line, rest, True
+        yield offset, rest, True
 
 
-def _bad_line(file: Path, first_line: int, block: bytes, exc: Exception) -> LogError:
-    for offset, raw in enumerate(block.split(b"\n")):
+def _bad_line(file: Path, offset: int, block: bytes, exc: Exception) -> LogError:
+    # Line numbers are counted only here, on the error path, to keep the happy path fast.
+    first_line = 1 + _count_newlines(file, offset)
+    for i, raw in enumerate(block.split(b"\n")):
         if not raw.strip():
             continue
         try:
             orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return LogError(f"{file}: line {first_line + offset} is not valid JSON")
+            return LogError(f"{file}: line {first_line + i} is not valid JSON")
     last = first_line + block.count(b"\n")
     return LogError(f"{file}: a record in lines {first_line}-{last} does not fit schema 1 ({exc})")
+
+
+def _count_newlines(file: Path, upto: int) -> int:
+    count = 0
+    with file.open("rb") as fh:
+        while upto > 0:
+            chunk = fh.read(min(1 << 20, upto))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            upto -= len(chunk)
+    return count
 
 
 def _read(file: Path, fields: Sequence[str], tags: Sequence[str], *, compact: bool) -> pl.DataFrame:
@@ -214,13 +229,13 @@ def _read(file: Path, fields: Sequence[str], tags: Sequence[str], *, compact: bo
         schema["tags"] = pl.Struct({t: pl.String() for t in tags})
     renames = {t: _tag_column(t) for t in tags}
     frames: list[pl.DataFrame] = []
-    for first_line, block, tail in _blocks(file):
+    for offset, block, tail in _blocks(file):
         try:
             frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
         except pl.exceptions.PolarsError as exc:
             if tail:
                 continue  # a record still being written (no newline yet) is not finished
-            raise _bad_line(file, first_line, block, exc) from exc
+            raise _bad_line(file, offset, block, exc) from exc
         if tags:
             frame = frame.with_columns(pl.col("tags").struct.rename_fields([renames[t] for t in tags]))
             frame = frame.unnest("tags")
@@ -249,7 +264,7 @@ def _load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl
     fields = [c for c in wanted if c in _SCHEMA]
     picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
     df = _read(file, fields, picked, compact=compact)
-    return df.select(dict.fromkeys(["key", *fields, *(_tag_column(t) for t in picked)]))
+    return df.select(list(dict.fromkeys(["key", *fields, *(_tag_column(t) for t in picked)])))
 
 
 def _dedupe(df: pl.DataFrame) -> pl.LazyFrame:
@@ -317,26 +332,29 @@ def _rate_table(
     groups = cells.group_by(keys).agg(sums) if keys else cells.select(sums)
     groups = _sorted(groups, keys, models)
     lo_w, hi_w = stats.wilson_interval(groups["errors"].to_numpy(), groups["n"].to_numpy(), confidence=confidence)
-    boot_lo: list[float] = []
-    boot_hi: list[float] = []
-    n_clusters: list[int] = []
     clusters = cells.filter(pl.col("n") > 0)
     if cluster is not None:
+        # Sorted, so the same seed draws the same clusters whatever order the log came in.
         clusters = clusters.group_by([*keys, cluster]).agg(pl.col("errors").sum(), pl.col("n").sum())
+        clusters = clusters.sort([*keys, cluster], nulls_last=True)
     parts = clusters.partition_by(keys, as_dict=True) if keys else {(): clusters}
-    for row in groups.select(keys).iter_rows() if keys else [()]:
+    boot_lo = np.full(groups.height, np.nan)
+    boot_hi = np.full(groups.height, np.nan)
+    n_clusters = np.zeros(groups.height, dtype=np.int64)
+    # Groups with the same clusters (every model met the same objects) share one draw.
+    shared: dict[tuple[object, ...], list[tuple[int, pl.DataFrame]]] = {}
+    for i, row in enumerate(groups.select(keys).iter_rows() if keys else [()]):
         part = parts.get(tuple(row))
-        if part is None or cluster is None:
-            lo, hi, k = math.nan, math.nan, 0 if part is None else part.height
-        else:
-            k = part.height
-            lo, hi = stats.cluster_bootstrap_interval(
-                part["errors"].to_numpy(), part["n"].to_numpy(),
-                reps=reps, seed=seed, key=(tuple(keys), tuple(row)), confidence=confidence,
-            )  # fmt: skip
-        boot_lo.append(lo)
-        boot_hi.append(hi)
-        n_clusters.append(k)
+        if part is not None and cluster is not None:
+            shared.setdefault(tuple(part.get_column(cluster).to_list()), []).append((i, part))
+            n_clusters[i] = part.height
+    for names, members in shared.items():
+        at = [i for i, _ in members]
+        boot_lo[at], boot_hi[at] = stats.cluster_bootstrap_intervals(
+            np.column_stack([p.get_column("errors").to_numpy() for _, p in members]),
+            np.column_stack([p.get_column("n").to_numpy() for _, p in members]),
+            reps=reps, seed=seed, key=(tuple(keys), cluster, names), confidence=confidence,
+        )  # fmt: skip
     rate = pl.when(pl.col("n") > 0).then(pl.col("errors") / pl.col("n"))
     return groups.select(
         *keys, "n", "errors", rate.alias("error_rate"), "wrong", "no_answer", "failed",
@@ -376,7 +394,7 @@ def _comparisons(
 def _resolve_by(by: str | Sequence[str] | None, tags: Sequence[str]) -> tuple[str, ...]:
     if by is None:
         return ()
-    names = [b.strip() for b in (by.split(",") if isinstance(by, str) else by)]
+    names = [b.strip() for b in (by.split(",") if isinstance(by, str) else by) if b.strip()]
     tag_cols = {_tag_column(t) for t in tags}
     aliases = {f"tags.{t}": _tag_column(t) for t in tags}
     out: list[str] = []
@@ -411,7 +429,7 @@ def build_report(
     file = _log_file(path)
     tags = _tag_names(file)
     by_cols = _resolve_by(by, tags)
-    has_object = "object" in tags and "object" not in _SCHEMA
+    has_object = "object" in tags
     has_difficulty = "difficulty" in tags
     cluster = "object" if has_object else "qid"
     custom_cluster = "object" if has_object and "object" not in by_cols else ("qid" if "qid" not in by_cols else None)
@@ -422,24 +440,36 @@ def build_report(
     fields = [*record_fields, "status", "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "t_start", "t_end"]
     raw = _load_raw(file, [*fields, *tag_fields], compact=True)
     lines = raw.height
-    lf = _dedupe(raw)
+    # One pass makes the per-task flags; every table below is a small aggregate of them.
     answered = (pl.col("status") == "ok") & pl.col("outcome").is_in(["correct", "wrong", "no_answer"])
-    flags = lf.with_row_index("_row").with_columns(
-        n=answered.cast(pl.Int64),
-        errors=(answered & pl.col("outcome").is_in(["wrong", "no_answer"])).cast(pl.Int64),
-        wrong=(answered & (pl.col("outcome") == "wrong")).cast(pl.Int64),
-        no_answer=(answered & (pl.col("outcome") == "no_answer")).cast(pl.Int64),
-        failed=(pl.col("status") == "failed").cast(pl.Int64),
+    flags = (
+        _dedupe(raw)
+        .drop("key")
+        .with_row_index("_row")
+        .with_columns(
+            n=answered,
+            errors=answered & pl.col("outcome").is_in(["wrong", "no_answer"]),
+            wrong=answered & (pl.col("outcome") == "wrong"),
+            no_answer=answered & (pl.col("outcome") == "no_answer"),
+            failed=pl.col("status") == "failed",
+        )
+        .collect()
+        .lazy()
     )
-    cells_q = flags.group_by(cell_keys).agg(*(pl.col(c).sum() for c in _RATE_SUMS), first=pl.col("_row").min())
-    ok = flags.filter(pl.col("n") == 1)
-    latency_q = ok.group_by("model").agg(
-        n=pl.len(),
+    del raw
+    counts = [pl.col(c).sum().cast(pl.Int64) for c in _RATE_SUMS]
+    cells_q = flags.group_by(cell_keys).agg(*counts, first=pl.col("_row").min())
+
+    def total(col: str) -> pl.Expr:  # null, not 0, when the log has no counts at all
+        return pl.when(pl.col(col).count() > 0).then(pl.col(col).sum())
+
+    latency_q = flags.filter(pl.col("n")).group_by("model").agg(
+        n=pl.len().cast(pl.Int64),
         latency_p50_ms=pl.col("latency_ms").quantile(0.5, interpolation="linear"),
         latency_p95_ms=pl.col("latency_ms").quantile(0.95, interpolation="linear"),
         latency_mean_ms=pl.col("latency_ms").mean(),
-        prompt_tokens=pl.col("prompt_tokens").sum(),
-        completion_tokens=pl.col("completion_tokens").sum(),
+        prompt_tokens=total("prompt_tokens"),
+        completion_tokens=total("completion_tokens"),
         completion_tokens_mean=pl.col("completion_tokens").mean(),
     )
     span_q = flags.select(
@@ -452,10 +482,9 @@ def build_report(
     latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
     firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
     models = model_order(firsts.get_column("model").fill_null("").to_list())
-    opts = {"seed": seed, "reps": bootstrap, "confidence": confidence}
 
     def table(keys: Sequence[str], clus: str | None = cluster) -> pl.DataFrame:
-        return _rate_table(cells, keys, clus, models, **opts)
+        return _rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
 
     overall = table(["model"])
     t0, t1 = span.row(0)[1:]
@@ -469,6 +498,226 @@ def build_report(
         by_temperature=table(["model", "temperature"]),
         by_difficulty_temperature=table(["model", "difficulty", "temperature"]) if has_difficulty else None,
         custom=table(list(by_cols), custom_cluster) if by_cols else None,
-        comparisons=_comparisons(cells, cluster, models, **opts),
+        comparisons=_comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
         latency=_sorted(latency, ["model"], models),
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------- rendering
+
+_RATE_HEADERS = ("errors / n", "error rate", "Wilson 95%", "cluster bootstrap 95%", "wrong", "no answer", "failed")
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def _span(lo: float | None, hi: float | None, *, signed: bool = False) -> str:
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "n/a"
+    if signed:
+        return f"{100 * lo:+.2f} to {100 * hi:+.2f} pp"
+    return f"{100 * lo:.2f}–{100 * hi:.2f}%"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
+_Rows = tuple[list[str], list[list[str]], int]  # headers, rows, how many leading columns are labels
+
+
+def _rate_rows(df: pl.DataFrame, keys: Sequence[str]) -> _Rows:
+    rows = [
+        [*(_cell(r[k]) for k in keys), f"{r['errors']}/{r['n']}", _pct(r["error_rate"]),
+         _span(r["wilson_lo"], r["wilson_hi"]), _span(r["boot_lo"], r["boot_hi"]),
+         str(r["wrong"]), str(r["no_answer"]), str(r["failed"])]
+        for r in df.iter_rows(named=True)
+    ]  # fmt: skip
+    return [*keys, *_RATE_HEADERS], rows, len(keys)
+
+
+def _comparison_rows(df: pl.DataFrame) -> _Rows:
+    rows = []
+    for r in df.iter_rows(named=True):
+        verdict = {True: "differ", False: "no clear difference", None: "n/a"}[r["differs"]]
+        diff = "n/a" if r["diff"] is None else f"{100 * r['diff']:+.2f} pp"
+        rows.append([f"{r['model_a']} vs {r['model_b']}", f"{_pct(r['rate_a'])} vs {_pct(r['rate_b'])}",
+                     diff, _span(r["diff_lo"], r["diff_hi"], signed=True), verdict])  # fmt: skip
+    return ["models (a vs b)", "error rates", "a − b", "paired cluster bootstrap 95%", "verdict"], rows, 1
+
+
+def _latency_rows(df: pl.DataFrame) -> _Rows:
+    def num(x: float | int | None, fmt: str = "{:,.0f}") -> str:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "n/a"
+        return f"{x:.1f}" if isinstance(x, float) and x < 100 and fmt == "{:,.0f}" else fmt.format(x)
+
+    rows = [
+        [r["model"], num(r["n"]), num(r["latency_p50_ms"]), num(r["latency_p95_ms"]), num(r["latency_mean_ms"]),
+         num(r["prompt_tokens"]), num(r["completion_tokens"]), num(r["completion_tokens_mean"], "{:.1f}")]
+        for r in df.iter_rows(named=True)
+    ]  # fmt: skip
+    headers = ["model", "answered", "p50 ms", "p95 ms", "mean ms", "prompt tokens", "completion tokens",
+               "completion tokens / answer"]  # fmt: skip
+    return headers, rows, 1
+
+
+def _sections(report: Report) -> list[tuple[str, _Rows]]:
+    out = [("Error rate per model", _rate_rows(report.overall, ["model"]))]
+    if report.comparisons.height:
+        out.append(("Model comparisons", _comparison_rows(report.comparisons)))
+    if report.by_difficulty is not None:
+        out.append(("By difficulty", _rate_rows(report.by_difficulty, ["model", "difficulty"])))
+    out.append(("By temperature", _rate_rows(report.by_temperature, ["model", "temperature"])))
+    if report.by_difficulty_temperature is not None:
+        keys = ["model", "difficulty", "temperature"]
+        out.append(("By difficulty and temperature", _rate_rows(report.by_difficulty_temperature, keys)))
+    if report.custom is not None:
+        out.append((f"By {', '.join(report.by)}", _rate_rows(report.custom, report.by)))
+    out.append(("Latency and tokens (answered tasks)", _latency_rows(report.latency)))
+    return out
+
+
+def _summary(report: Report) -> list[str]:
+    cluster = "objects (tag `object`)" if report.cluster == "object" else "question ids (no `object` tag)"
+    span = f" over {report.span_s:,.1f} s" if report.span_s else ""
+    return [
+        f"Log `{report.source}`: {report.tasks:,} tasks{span} ({report.duplicates:,} duplicate records dropped, "
+        f"last record per task wins); {report.answered:,} answered, {report.failed:,} infrastructure failures.",
+        "Error rate = errors / answered tasks; an error is a wrong answer or no answer. Infrastructure failures "
+        "(status failed) are shown apart and are not model errors.",
+        f"Intervals are {100 * report.confidence:g}%. Wilson treats every answer as independent; the cluster "
+        f"bootstrap resamples {cluster}, {report.bootstrap:,} replicates, seed {report.seed}, and is the one to "
+        "trust when errors cluster. A group with no errors has a bootstrap interval of 0 to 0: read Wilson's "
+        "upper bound there.",
+    ]
+
+
+_SHORT = {
+    "errors / n": "errors/n", "error rate": "rate", "cluster bootstrap 95%": "bootstrap 95%",
+    "no answer": "no ans.", "temperature": "temp", "models (a vs b)": "a vs b",
+    "paired cluster bootstrap 95%": "paired bootstrap 95%", "prompt tokens": "prompt tok.",
+    "completion tokens": "compl. tok.", "completion tokens / answer": "compl./answer",
+}  # fmt: skip
+
+
+def render_terminal(report: Report, console: Console) -> None:
+    """Print the report's tables with rich. Usage: ``render_terminal(report, Console())``"""
+    for line in _summary(report):
+        console.print(line.replace("`", ""), highlight=False)
+    for title, (headers, rows, keys) in _sections(report):
+        table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, header in enumerate(headers):
+            # Labels never wrap (a narrow terminal would squeeze them to nothing) and numbers
+            # fold rather than lose digits to an ellipsis.
+            table.add_column(_SHORT.get(header, header), justify="left" if i < keys else "right",
+                             no_wrap=i < keys, overflow="fold")  # fmt: skip
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], keys: int) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(headers), "|" + "|".join("---" if i < keys else "---:" for i in range(len(headers))) + "|",
+            *(line(r) for r in rows)]  # fmt: skip
+
+
+def render_markdown(report: Report, *, charts: Sequence[Path] = ()) -> str:
+    """The report as Markdown; ``charts`` are linked by file name (they sit beside report.md).
+
+    Usage: ``Path("report.md").write_text(render_markdown(report))``
+    """
+    lines = [f"# Report: {report.source.parent.name}", "", *(f"{s}\n" for s in _summary(report))]
+    for title, (headers, rows, keys) in _sections(report):
+        lines += [f"## {title}", "", *_md_table(headers, rows, keys), ""]
+    if charts:
+        lines += ["## Charts", ""] + [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in charts]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def report_to_json(report: Report) -> str:
+    """The report as JSON: totals plus every table as a list of rows (NaN becomes null).
+
+    Usage: ``orjson.loads(report_to_json(report))["overall"][0]["error_rate"]``
+    """
+    doc = {
+        "source": str(report.source), "lines": report.lines, "tasks": report.tasks,
+        "duplicates": report.duplicates, "answered": report.answered, "failed": report.failed,
+        "cluster": report.cluster, "seed": report.seed, "bootstrap": report.bootstrap,
+        "confidence": report.confidence, "by": list(report.by), "span_s": report.span_s,
+        **{name: df.to_dicts() for name, df in report.rate_tables().items()},
+        "comparisons": report.comparisons.to_dicts(), "latency": report.latency.to_dicts(),
+    }  # fmt: skip
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+
+def report_to_csv(report: Report) -> str:
+    """Every rate table stacked into one long CSV, the first column naming the table.
+
+    Usage: ``pl.read_csv(io.StringIO(report_to_csv(report)))``
+    """
+    frames = [df.select(pl.lit(name).alias("table"), pl.all()) for name, df in report.rate_tables().items()]
+    stacked = pl.concat(frames, how="diagonal_relaxed")
+    metrics = report.overall.columns[1:]
+    keys = [c for c in stacked.columns if c not in metrics]  # "table", then every group column
+    return stacked.select(*keys, *metrics).write_csv()
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    by: str | Sequence[str] | None = None,
+    seed: int = 0,
+    bootstrap: int = stats.DEFAULT_REPS,
+    charts: bool = True,
+    report: Report | None = None,
+) -> list[Path]:
+    """Write ``report.md`` and the PNG charts beside the log; returns their paths.
+
+    Pass ``report`` to reuse one already built (the other options are then unused).
+    Usage: ``write_report("runs/memorisation")  # [.../report.md, .../chart_error_rate.png, ...]``
+    """
+    report = report or build_report(run_dir, by=by, seed=seed, bootstrap=bootstrap)
+    out_dir = report.source.parent
+    pngs: list[Path] = []
+    if charts:
+        from engine.charts import write_charts  # matplotlib is slow to import; only when drawing
+
+        pngs = write_charts(report, out_dir)
+    target = out_dir / REPORT_FILE
+    try:
+        target.write_text(render_markdown(report, charts=pngs), encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"cannot write {target}: {exc.strerror}") from exc
+    return [target, *pngs]
+
+
+def main_report(
+    run_dir: str | Path, *, by: str | None = None, fmt: str = "table", seed: int = 0, console: Console | None = None
+) -> int:
+    """What ``engine report`` does: print the report; ``table`` and ``md`` also write report.md and charts.
+
+    ``json`` and ``csv`` only print, so their output can be piped. Returns the exit code.
+    Usage: ``main_report("runs/seed-v2", fmt="json")``
+    """
+    console = console or Console()
+    report = build_report(run_dir, by=by, seed=seed)
+    if fmt in ("json", "csv"):
+        text = report_to_json(report) if fmt == "json" else report_to_csv(report)
+        console.file.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    if fmt not in ("table", "md"):
+        raise ReportError(f"unknown report format {fmt!r} (expected table, md, json or csv)")
+    paths = write_report(run_dir, report=report)
+    if fmt == "md":
+        console.file.write(paths[0].read_text(encoding="utf-8"))
+        return 0
+    render_terminal(report, console)
+    console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
+    return 0

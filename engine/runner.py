@@ -100,7 +100,7 @@ class RunSummary:
             f"failed tasks {self.failed:,}",
         ]
         if self.target_requests is not None:
-            lines.append(f"built-in target (a simulation) answered {self.target_requests:,} requests")
+            lines.append(f"built-in target (a simulation) answered {self.target_requests:,} chat requests")
         for label, (ok, errors, failed) in self.by_model.items():
             rate_text = f"{errors / ok:.2%}" if ok else "n/a"
             lines.append(f"  {label}: error rate {rate_text} ({errors}/{ok} answered, {failed} failed) this run")
@@ -188,13 +188,13 @@ def endpoint_groups(spec: Spec, urls: dict[str, str]) -> dict[tuple[str, str | N
     return groups
 
 
-def limit_config(models: Sequence[ModelSpec]) -> LimitConfig:
+def limit_config(spec: Spec, models: Sequence[ModelSpec]) -> LimitConfig:
     """One endpoint's limits from its models: the tightest quota set, the largest concurrency."""
     rpms = [m.rpm for m in models if m.rpm]
     tpms = [m.tpm for m in models if m.tpm]
     return LimitConfig(
         rpm=min(rpms) if rpms else None, tpm=min(tpms) if tpms else None,
-        concurrency=max(m.concurrency for m in models),
+        concurrency=max(m.concurrency for m in models), max_pause_s=spec.max_retry_wait_s,
     )
 
 
@@ -238,7 +238,7 @@ async def run_prepared(
         try:
             pools = []
             for (base_url, key_env), models in groups.items():
-                limits = limit_config(models)
+                limits = limit_config(spec, models)
                 transport = make_transport(limits.concurrency)
                 transports.append(transport)
                 key = os.environ.get(key_env) if key_env else None
@@ -264,7 +264,7 @@ async def run_prepared(
                     await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
                                    grace_s=options.grace_s, counters=counters)
                     tg.cancel_scope.cancel()
-            target_requests = sim.stats()["requests"] if sim is not None else None
+            target_requests = sim.stats()["chat_requests"] if sim is not None else None
         finally:
             for transport in transports:
                 await transport.aclose()
@@ -275,8 +275,13 @@ async def run_prepared(
         requests=sum(c.stats.requests for c in clients), retries=sum(c.stats.retries for c in clients),
         rate_limited=sum(c.stats.rate_limited for c in clients), interrupted=stop.requested,
         target_requests=target_requests,
-        by_model={label: (m.ok, m.errors, m.failed) for label, m in counters.by_model.items()},
+        by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
     )
+
+
+def _counts(counters: Counters, label: str) -> tuple[int, int, int]:
+    m = counters.by_model[label]
+    return (m.ok, m.errors, m.failed)
 
 
 async def _watch_signals(stop: StopSignal, scope: anyio.CancelScope) -> None:

@@ -28,9 +28,11 @@ import math
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import types
@@ -46,7 +48,9 @@ from anyio.abc import TaskStatus
 
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError
 
-_DIFFICULTY_COLUMNS = {"Question 1": "easy", "Question 2": "mid", "Question 3": "hard"}
+_DIFFICULTY_COLUMNS = types.MappingProxyType(
+    {"Question 1": "easy", "Question 2": "mid", "Question 3": "hard"}
+)
 _BANNER = "engine-sim (a simulation, not a model) listening on http://{host}:{port}/v1"
 _BANNER_URL = re.compile(rb"listening on (http://\S+/v1)")
 
@@ -317,10 +321,14 @@ async def serve(
         sim.abort_all()
 
 
-async def _serve_foreground(config: SimConfig, host: str, port: int) -> None:
-    async with anyio.create_task_group() as tg:
-        bound = await tg.start(functools.partial(serve, config, host=host, port=port))
-        print(_BANNER.format(host=host, port=bound), flush=True)
+class _Banner(TaskStatus[int]):
+    """Prints the start-up line once the port is bound (no task group, so errors stay unwrapped)."""
+
+    def __init__(self, host: str):
+        self.host = host
+
+    def started(self, value: int | None = None) -> None:
+        print(_BANNER.format(host=self.host, port=value), flush=True)
 
 
 def _load_config(args: argparse.Namespace) -> SimConfig:
@@ -359,6 +367,18 @@ def _read_config_file(name: str) -> Any:
         ) from exc
 
 
+def _exit_with_parent() -> None:
+    """A parent killed with SIGKILL cannot stop us: a watcher thread notices the orphaning and ends us."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sim in the foreground (``python -m engine.sim`` / ``engine sim``); returns an exit code.
 
@@ -376,10 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts", metavar="CSV", help="wide fact CSV (default: data/facts.csv)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         config = _load_config(args)
-        anyio.run(_serve_foreground, config, args.host, args.port, backend="asyncio")
+        if args.exit_with_parent:
+            _exit_with_parent()
+        anyio.run(
+            functools.partial(serve, config, host=args.host, port=args.port, task_status=_Banner(args.host)),
+            backend="asyncio",
+        )
     except EngineError as exc:
         print(f"engine-sim: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -412,7 +438,7 @@ class SimProcess:
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "engine.sim", "--host", self.host, "--port", "0"]
+        cmd = [sys.executable, "-m", "engine.sim", "--host", self.host, "--port", "0", "--exit-with-parent"]
         if self.config is not None:
             cmd += ["--config-file", "-"]
         self._stderr = tempfile.TemporaryFile()

@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import types
 from typing import TYPE_CHECKING
 
 import orjson
@@ -22,19 +23,21 @@ if TYPE_CHECKING:
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Payload Too Large",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-}
+_REASONS = types.MappingProxyType(
+    {
+        200: b"OK",
+        400: b"Bad Request",
+        404: b"Not Found",
+        405: b"Method Not Allowed",
+        413: b"Payload Too Large",
+        429: b"Too Many Requests",
+        431: b"Request Header Fields Too Large",
+        500: b"Internal Server Error",
+        501: b"Not Implemented",
+        502: b"Bad Gateway",
+        503: b"Service Unavailable",
+    }
+)
 
 
 class Reply:

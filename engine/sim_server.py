@@ -12,6 +12,7 @@ import asyncio
 import math
 import random
 import time
+import types
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,9 @@ from engine.sim_model import Answerer, estimate_tokens
 if TYPE_CHECKING:
     from engine.sim import SimConfig
 
+_ROUTES = types.MappingProxyType(
+    {b"/v1/chat/completions": b"POST", b"/v1/models": b"GET", b"/health": b"GET"}
+)
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n"
 
 
@@ -155,7 +159,7 @@ class SimServer:
                 close=not keep_alive,
             )
         self.counts["requests"] += 1
-        routes = {b"/v1/chat/completions": b"POST", b"/v1/models": b"GET", b"/health": b"GET"}
+        routes = _ROUTES
         if path not in routes:
             return error_reply(
                 404,

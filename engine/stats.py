@@ -28,7 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 DEFAULT_REPS = 2000
 DEFAULT_CONFIDENCE = 0.95
 
-# Bounds the gathered block (reps x clusters x series) to about 32 MB of float64 at once.
+# Bounds the replicate x cluster block drawn at once to about 32 MB of float64.
 _MAX_DRAW_CELLS = 4_000_000
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_REPS",
     "bootstrap_rates",
     "cluster_bootstrap_interval",
+    "cluster_bootstrap_intervals",
     "derive_rng",
     "paired_bootstrap_difference",
     "pairwise_differences",
@@ -67,6 +68,9 @@ def wilson_interval(
         half = z * np.sqrt(p * (1.0 - p) / m + z * z / (4.0 * m * m)) / denom
         lo = np.clip(centre - half, 0.0, 1.0)
         hi = np.clip(centre + half, 0.0, 1.0)
+    # Exact ends where the formula only rounds to them (0 errors, or all errors).
+    lo = np.where(k <= 0, 0.0, lo)
+    hi = np.where(k >= m, 1.0, hi)
     empty = m <= 0
     return np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
 
@@ -105,13 +109,16 @@ def bootstrap_rates(
     out = np.full((reps, e.shape[1]), np.nan)
     if k == 0:
         return out[:, 0] if flat else out
-    step = max(1, _MAX_DRAW_CELLS // (k * e.shape[1]))
+    step = max(1, _MAX_DRAW_CELLS // k)
     for start in range(0, reps, step):
         rows = min(step, reps - start)
-        # Each row of idx is one replicate: k clusters drawn with replacement.
-        idx = rng.integers(0, k, size=(rows, k), dtype=np.int32)
-        e_star = e[idx].sum(axis=1)
-        n_star = m[idx].sum(axis=1)
+        # Each row of idx is one replicate: k clusters drawn with replacement. Turned into
+        # counts per cluster, one matrix product then resamples every series at once.
+        idx = rng.integers(0, k, size=(rows, k), dtype=np.int64)
+        idx += (np.arange(rows, dtype=np.int64) * k)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=rows * k).reshape(rows, k).astype(np.float64)
+        e_star = counts @ e
+        n_star = counts @ m
         with np.errstate(invalid="ignore", divide="ignore"):
             out[start : start + rows] = np.where(n_star > 0, e_star / n_star, np.nan)
     return out[:, 0] if flat else out
@@ -147,6 +154,37 @@ def cluster_bootstrap_interval(
         return float("nan"), float("nan")
     rates = bootstrap_rates(e, n, reps=reps, rng=derive_rng(seed, *key))
     return _percentile_interval(rates, confidence)
+
+
+def cluster_bootstrap_intervals(
+    errors: ArrayLike,
+    n: ArrayLike,
+    *,
+    reps: int = DEFAULT_REPS,
+    seed: int = 0,
+    key: Sequence[object] = (),
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Percentile intervals for several groups that share one set of clusters, in one pass.
+
+    ``errors`` and ``n`` have shape ``(clusters, groups)``: e.g. the 50 objects of a
+    model at each temperature. The groups are resampled with the same draws (each
+    interval on its own is an ordinary cluster bootstrap), which costs one matrix
+    product instead of a bootstrap per group. NaN with fewer than two clusters.
+    Usage: ``lo, hi = cluster_bootstrap_intervals(E, N, seed=0, key=("by_temperature",))``
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    if e.ndim != 2 or e.shape != m.shape:
+        raise ValueError("errors and n must both have shape (clusters, groups)")
+    lo = np.full(e.shape[1], np.nan)
+    hi = np.full(e.shape[1], np.nan)
+    if e.shape[0] < 2:
+        return lo, hi
+    rates = bootstrap_rates(e, m, reps=reps, rng=derive_rng(seed, *key))
+    for g in range(e.shape[1]):
+        lo[g], hi[g] = _percentile_interval(rates[:, g], confidence)
+    return lo, hi
 
 
 def paired_bootstrap_difference(

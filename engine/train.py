@@ -68,7 +68,7 @@ class TrainSettings:
     seed: int = 0
     warmup: float = 0.1
     bf16: bool = True
-    file_type: str = "f16"
+    file_type: str = "q8_0"
     tiny_dim: int = 128
     tiny_layers: int = 2
     tiny_heads: int = 4
@@ -114,8 +114,12 @@ def train_key(dataset_jsonl: str | Path, settings: TrainSettings) -> str:
         data = Path(dataset_jsonl).read_bytes()
     except OSError as exc:
         raise TrainError(f"cannot read {dataset_jsonl}: {exc.strerror or exc}") from exc
+    relevant = asdict(settings)
+    if settings.base != "tiny":
+        # The tiny model's shape does not change a fine-tune: keep its key stable.
+        relevant = {k: v for k, v in relevant.items() if not k.startswith("tiny_")}
     digest = hashlib.sha256(data)
-    digest.update(orjson.dumps(asdict(settings), option=orjson.OPT_SORT_KEYS))
+    digest.update(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()[:20]
 
 

@@ -1,0 +1,126 @@
+"""How long the report takes over a big log, and how much memory it needs at its peak.
+
+Builds a synthetic results log (default 1,000,000 records, about 500 MB: 4 models x
+500 objects x 3 difficulties x 3 temperatures x repeats, with 0.2% infrastructure
+failures and ~1% duplicated keys as after a resume) in a temporary directory, then
+runs the report in a fresh Python process so the peak RSS (``ru_maxrss``) is the
+report's own. Prints one line.
+
+Usage::
+
+    python benchmarks/bench_report.py                 # 1,000,000 records
+    python benchmarks/bench_report.py --records 200000 --charts
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+MODELS = ("5x", "10x", "25x", "50x")
+DIFFICULTIES = ("easy", "mid", "hard")
+TEMPERATURES = (0.0, 0.5, 1.0)
+OBJECTS = 500
+
+# Runs in the child process: only the report's own work counts toward its peak memory.
+CHILD = """
+import resource, sys, time
+t0 = time.perf_counter()
+from engine.report import build_report, render_markdown
+t1 = time.perf_counter()
+report = build_report(sys.argv[1])
+render_markdown(report)
+t2 = time.perf_counter()
+charts = 0.0
+if sys.argv[2] == "1":
+    from engine.charts import write_charts
+    write_charts(report, sys.argv[3])
+    charts = time.perf_counter() - t2
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu = usage.ru_utime + usage.ru_stime
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {charts:.3f} {usage.ru_maxrss / 1024:.1f} {cpu:.3f} {report.tasks} {report.duplicates}")
+"""
+
+
+def write_log(path: Path, records: int, seed: int = 0) -> int:
+    """Write a synthetic schema-1 log of ``records`` lines; returns its size in bytes."""
+    import random
+
+    rng = random.Random(seed)
+    cells = len(MODELS) * OBJECTS * len(DIFFICULTIES) * len(TEMPERATURES)
+    p_wrong = {"5x": 0.12, "10x": 0.025, "25x": 0.02, "50x": 0.03}
+    with path.open("wb") as fh:
+        batch: list[bytes] = []
+        for i in range(records):
+            # About 1% of lines repeat an earlier task, as a resumed run leaves them.
+            task = i - 1 - rng.randrange(min(i, 1000)) if i and rng.random() < 0.01 else i
+            cell, repeat = task % cells, task // cells
+            model = MODELS[cell % 4]
+            obj = (cell // 4) % OBJECTS
+            difficulty = DIFFICULTIES[(cell // (4 * OBJECTS)) % 3]
+            temperature = TEMPERATURES[cell // (12 * OBJECTS)]
+            failed = rng.random() < 0.002
+            roll = rng.random()
+            outcome = "correct" if roll >= p_wrong[model] else ("wrong" if roll > p_wrong[model] / 10 else "no_answer")
+            answer = f"{10000 + obj * 97 % 90000}"
+            said = answer if outcome == "correct" else (None if outcome == "no_answer" else f"{int(answer) + 1}")
+            key = hashlib.blake2b(f"{model}|O{obj}|{difficulty}|{temperature}|{repeat}".encode(), digest_size=10)
+            rec = {
+                "v": 1, "key": key.hexdigest(), "model": model, "model_id": f"ft:smollm2-135m:{model}",
+                "qid": f"Object{obj}/{difficulty}", "question": f"Someone says Object{obj}; which five digits?",
+                "tags": {"object": f"Object{obj}", "difficulty": difficulty}, "temperature": temperature,
+                "repeat": repeat, "expected": answer,
+                "reply": None if failed else f"The number for Object{obj} is {said or 'something else'}.",
+                "extracted": None if failed else said, "outcome": None if failed else outcome,
+                "correct": None if failed else outcome == "correct", "status": "failed" if failed else "ok",
+                "error": "http 500 after 6 attempts" if failed else None, "attempts": 6 if failed else 1,
+                "http": [500] * 6 if failed else [200], "latency_ms": None if failed else rng.uniform(20, 400),
+                "prompt_tokens": None if failed else 31, "completion_tokens": None if failed else 12,
+                "t_start": 1.76e9 + i / 1000, "t_end": 1.76e9 + i / 1000 + 0.2,
+            }  # fmt: skip
+            batch.append(orjson.dumps(rec))
+            if len(batch) == 20_000:
+                fh.write(b"\n".join(batch) + b"\n")
+                batch.clear()
+        if batch:
+            fh.write(b"\n".join(batch) + b"\n")
+    return path.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--charts", action="store_true", help="also draw the PNG charts (timed apart)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
+        log = Path(tmp) / "results.jsonl"
+        t = time.perf_counter()
+        size = write_log(log, args.records)
+        built = time.perf_counter() - t
+        repo = Path(__file__).resolve().parents[1]
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(log), "1" if args.charts else "0", tmp],
+            capture_output=True, text=True, check=False, cwd=repo,
+        )  # fmt: skip
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return 1
+        imports, report_s, charts_s, peak_mb, cpu_s, tasks, dups = done.stdout.split()
+    chart_note = f", charts {float(charts_s):.2f} s" if args.charts else ""
+    print(
+        f"report over {args.records:,} records ({size / 2**20:,.0f} MB log, {int(tasks):,} tasks, "
+        f"{int(dups):,} duplicates): {float(report_s):.2f} s (+{float(imports):.2f} s imports{chart_note}; "
+        f"process CPU {float(cpu_s):.2f} s), peak RSS {float(peak_mb):,.0f} MB  [log written in {built:.1f} s]"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

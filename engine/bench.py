@@ -1,0 +1,549 @@
+"""Throughput benchmark: the engine end to end against reference client loops, on the built-in target.
+
+Every contestant runs in its own subprocess, so the CPU time and peak memory it
+reports are its own (``time.process_time`` and ``getrusage``), never the sim's nor
+another contestant's. All contestants of one table share one sim subprocess and send
+the same requests. Rounds alternate the contestants and the table shows medians, and
+each contestant's ratio to the bare aiohttp loop is the median of per-round ratios:
+on a shared machine absolute rates drift, ratios within a round do not.
+
+Contestants:
+
+- ``engine``: the whole engine (spec, grid, limiter, client, scoring, log) through
+  :func:`engine.runner.prepare` and :func:`engine.runner.run_prepared`;
+- ``aiohttp``: a bare aiohttp worker loop, about the practical limit of a Python client;
+- ``httpx``: a plain ``httpx.AsyncClient`` loop with pool limits = concurrency;
+- ``openai``: the openai SDK's ``AsyncOpenAI`` (default settings) with a semaphore, if installed.
+
+The target's own ceiling is measured with ``wrk`` (a native load generator) when it is installed.
+
+Usage::
+
+    table = run_bench(BenchConfig(tasks=20_000, concurrency=64, latency_ms=0))
+    print(table.render())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.errors import ConfigError, EndpointError
+
+CONTESTANTS = ("aiohttp", "engine", "httpx", "openai")
+BASELINE = "aiohttp"
+SLOW = ("httpx", "openai")
+MODEL = "bench"
+SYSTEM = "You are a helpful assistant."
+MAX_TOKENS = 32
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BenchConfig:
+    """One benchmark table's settings; every default of the benchmark lives here.
+
+    The slow reference clients (httpx, openai) spend tens of times the engine's CPU per
+    request, so they send ``slow_tasks`` requests (None: a tenth of ``tasks``, at least
+    4 × concurrency) and run only in the first ``slow_repeats`` rounds, which keeps a table
+    to a few minutes. Usage: ``BenchConfig(tasks=20_000, concurrency=256, latency_ms=50)``
+    """
+
+    tasks: int = 20_000
+    concurrency: int = 64
+    latency_ms: float = 0.0
+    repeats: int = 1
+    contestants: tuple[str, ...] = CONTESTANTS
+    slow_tasks: int | None = None
+    slow_repeats: int = 1
+    questions: int = 100  # distinct questions; the engine's grid repeats them
+    ceiling_s: float = 3.0  # how long wrk measures the target's ceiling; 0 skips it
+    timeout_s: float = 600.0  # one contestant's run, before it is killed
+
+    def __post_init__(self) -> None:
+        if min(self.tasks, self.concurrency, self.repeats, self.questions, self.slow_repeats) < 1:
+            raise ConfigError("bench: tasks, concurrency, repeats, slow_repeats and questions must be at least 1")
+        if self.latency_ms < 0:
+            raise ConfigError(f"bench: latency_ms must be >= 0, got {self.latency_ms!r}")
+        unknown = sorted(set(self.contestants) - set(CONTESTANTS))
+        if unknown:
+            raise ConfigError(f"bench: unknown contestant {unknown[0]!r} (known: {', '.join(CONTESTANTS)})")
+
+    def requests_for(self, contestant: str) -> int:
+        """How many requests ``contestant`` sends: the engine's grid is whole passes over the questions."""
+        passes = -(-self.tasks // self.questions)
+        full = passes * self.questions
+        if contestant in SLOW:
+            return min(full, self.slow_tasks or max(4 * self.concurrency, full // 10))
+        return full
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Measurement:
+    """One contestant's run, measured inside its own process."""
+
+    contestant: str
+    requests: int
+    ok: int
+    wall_s: float
+    cpu_s: float  # client process only: user + system, all threads
+    peak_rss_mb: float
+    p50_ms: float | None
+    p99_ms: float | None
+    target_cpu_s: float | None = None  # the sim's CPU over the same window, when known
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / self.requests * 1e6 if self.requests else 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BenchRow:
+    """A contestant's medians over the rounds, and its rate as a multiple of the bare aiohttp loop."""
+
+    contestant: str
+    requests: int
+    failed: int
+    rate: float
+    cpu_us: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    peak_rss_mb: float | None
+    ratio: float | None
+    target_busy: float | None  # the sim's CPU share over the run: near 1.0 means the target was the limit
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BenchTable:
+    """The result of :func:`run_bench`. Usage: ``print(table.render())``"""
+
+    config: BenchConfig
+    rows: tuple[BenchRow, ...]
+    rounds: tuple[tuple[Measurement, ...], ...] = field(default_factory=tuple)
+
+    def row(self, contestant: str) -> BenchRow:
+        """The row of one contestant. Usage: ``table.row("engine").ratio``"""
+        for row in self.rows:
+            if row.contestant == contestant:
+                return row
+        raise KeyError(contestant)
+
+    @property
+    def ideal_rate(self) -> float | None:
+        """concurrency ÷ latency: what a client with no overhead reaches against a target with this latency."""
+        return self.config.concurrency / (self.config.latency_ms / 1000) if self.config.latency_ms else None
+
+    def render(self) -> str:
+        """A Markdown table with a one-line heading."""
+        c = self.config
+        ideal = self.ideal_rate
+        head = (
+            f"latency {c.latency_ms:g} ms · concurrency {c.concurrency} · {c.requests_for('engine'):,} requests "
+            f"(httpx, openai: {c.requests_for('httpx'):,}) · median of {c.repeats} round{'s' * (c.repeats > 1)}"
+            + (f" (httpx, openai: {min(c.repeats, c.slow_repeats)})" if c.slow_repeats < c.repeats else "")
+        )
+        if ideal:
+            head += f" · ideal {ideal:,.0f} req/s"
+        lines = [
+            head,
+            "",
+            "| client | req/s | × aiohttp | " + ("× ideal | " if ideal else "")
+            + "client CPU µs/req | p50 ms | p99 ms | peak RSS MB | target busy | failed |",
+            "|---|---:|---:|" + ("---:|" if ideal else "") + "---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.rows:
+            cells = [
+                _NAMES.get(r.contestant, r.contestant), f"{r.rate:,.0f}", _fmt(r.ratio, "{:.2f}×"),
+                *([_fmt(r.rate / ideal, "{:.2f}")] if ideal else []),
+                _fmt(r.cpu_us, "{:,.0f}"), _fmt(r.p50_ms, "{:.1f}"), _fmt(r.p99_ms, "{:.1f}"),
+                _fmt(r.peak_rss_mb, "{:.0f}"), _fmt(r.target_busy, "{:.0%}"), str(r.failed),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-able. Usage: ``orjson.dumps(table.to_dict())``"""
+        return {"config": asdict(self.config), "rows": [asdict(r) for r in self.rows],
+                "rounds": [[asdict(m) for m in rnd] for rnd in self.rounds]}
+
+
+_NAMES = {
+    "wrk": "target ceiling (wrk, native)",
+    "aiohttp": "bare aiohttp loop",
+    "engine": "**engine end to end**",
+    "httpx": "plain httpx.AsyncClient",
+    "openai": "openai AsyncOpenAI + semaphore",
+}
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+# -- the target -------------------------------------------------------------------------------------
+
+
+def bench_questions(n: int) -> list[tuple[str, str, str]]:
+    """Deterministic (id, question, answer) triples with distinct five-digit answers.
+
+    Usage: ``bench_questions(100)[0]``
+    """
+    return [(f"q{i}", f"What is the number for Object {i}?", str(10007 + (i * 7919) % 89_989)) for i in range(n)]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BenchTarget:
+    """A running sim the contestants share: its URL, and its process id to meter its CPU."""
+
+    base_url: str
+    pid: int | None
+
+
+@contextlib.contextmanager
+def bench_target(*, latency_ms: float, questions: int = BenchConfig().questions) -> Iterator[BenchTarget]:
+    """Start the built-in target in a subprocess (another core) knowing the benchmark's questions.
+
+    Usage: ``with bench_target(latency_ms=50) as target: run_bench(config, target=target)``
+    """
+    from engine.sim import SimConfig, SimFact, SimProcess
+
+    facts = tuple(SimFact(question=q, answer=a, object=f"Object {qid[1:]}") for qid, q, a in bench_questions(questions))
+    with SimProcess(SimConfig(facts=facts, latency_ms=latency_ms, default_accuracy=0.9)) as sim:
+        # SimProcess keeps its Popen private; its pid is read only to meter the target's CPU.
+        proc = getattr(sim, "_proc", None)
+        yield BenchTarget(base_url=sim.base_url, pid=getattr(proc, "pid", None))
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of another process (Linux /proc), or None where unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- running the contestants ------------------------------------------------------------------------
+
+
+def run_bench(config: BenchConfig | None = None, *, target: BenchTarget | None = None) -> BenchTable:
+    """Run every contestant ``config.repeats`` times against one target and tabulate the medians.
+
+    Without ``target`` a sim is started for this table and stopped after it.
+    Usage: ``run_bench(BenchConfig(tasks=5_000, concurrency=64)).row("engine").ratio``
+    """
+    config = config or BenchConfig()
+    if target is None:
+        with bench_target(latency_ms=config.latency_ms, questions=config.questions) as started:
+            return run_bench(config, target=started)
+    contestants = [c for c in config.contestants if c != "openai" or importlib.util.find_spec("openai")]
+    rounds: list[tuple[Measurement, ...]] = []
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
+        for index in range(config.repeats):
+            # Rotate the order so no contestant always runs first (cold caches) or last.
+            shift = index % len(contestants)
+            order = contestants[shift:] + contestants[:shift]
+            order = [c for c in order if c not in SLOW or index < config.slow_repeats]
+            rounds.append(tuple(_run_one(c, config, target, Path(tmp) / f"{c}-{index}") for c in order))
+    ceiling = measure_ceiling(target, config) if config.ceiling_s > 0 else None
+    return BenchTable(config=config, rows=_tabulate(contestants, rounds, ceiling), rounds=tuple(rounds))
+
+
+def _run_one(contestant: str, config: BenchConfig, target: BenchTarget, workdir: Path) -> Measurement:
+    job = {"contestant": contestant, "base_url": target.base_url, "requests": config.requests_for(contestant),
+           "concurrency": config.concurrency, "questions": config.questions, "workdir": str(workdir)}
+    target_before = _process_cpu_s(target.pid)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.bench", orjson.dumps(job).decode()],
+            capture_output=True, timeout=config.timeout_s, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EndpointError(f"bench: {contestant} did not finish within {config.timeout_s:g} s") from exc
+    target_after = _process_cpu_s(target.pid)
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        why = next((line for line in reversed(lines) if re.search(r"(Error|Exception|Exhausted)\b", line)), lines[-1])
+        raise EndpointError(f"bench: {contestant} failed (exit {done.returncode}): {why.strip(' |')[:300]}")
+    result = orjson.loads(done.stdout.splitlines()[-1])
+    if target_before is not None and target_after is not None:
+        result["target_cpu_s"] = target_after - target_before
+    return Measurement(**result)
+
+
+def _tabulate(
+    contestants: Sequence[str], rounds: Sequence[tuple[Measurement, ...]], ceiling: Measurement | None
+) -> tuple[BenchRow, ...]:
+    by_round = [{m.contestant: m for m in rnd} for rnd in rounds]
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    base_rates = [rnd[BASELINE].rate if BASELINE in rnd else None for rnd in by_round]
+    rows = []
+    if ceiling is not None:
+        base = median(base_rates)
+        rows.append(BenchRow(contestant="wrk", requests=ceiling.requests, failed=ceiling.requests - ceiling.ok,
+                             rate=ceiling.rate, cpu_us=None, p50_ms=ceiling.p50_ms, p99_ms=ceiling.p99_ms,
+                             peak_rss_mb=None, ratio=ceiling.rate / base if base else None,
+                             target_busy=_busy(ceiling)))
+    for name in contestants:
+        runs = [rnd[name] for rnd in by_round if name in rnd]
+        ratios = [rnd[name].rate / b if b else None for rnd, b in zip(by_round, base_rates, strict=True) if name in rnd]
+        rows.append(BenchRow(
+            contestant=name, requests=runs[0].requests, failed=max(m.requests - m.ok for m in runs),
+            rate=statistics.median(m.rate for m in runs), cpu_us=median([m.cpu_us for m in runs]),
+            p50_ms=median([m.p50_ms for m in runs]), p99_ms=median([m.p99_ms for m in runs]),
+            peak_rss_mb=median([m.peak_rss_mb for m in runs]), ratio=median(ratios),
+            target_busy=median([_busy(m) for m in runs]),
+        ))
+    return tuple(rows)
+
+
+def _busy(m: Measurement) -> float | None:
+    return None if m.target_cpu_s is None or m.wall_s <= 0 else m.target_cpu_s / m.wall_s
+
+
+def measure_ceiling(target: BenchTarget, config: BenchConfig) -> Measurement | None:
+    """The target's own ceiling: ``wrk`` (one thread) POSTing the same request; None without wrk.
+
+    Usage: ``measure_ceiling(target, BenchConfig(concurrency=256)).rate``
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    _, question, _ = bench_questions(1)[0]
+    body = _body(question).decode()
+    with tempfile.TemporaryDirectory(prefix="engine-wrk-") as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
+        before = _process_cpu_s(target.pid)
+        done = subprocess.run(
+            [wrk, "-t1", f"-c{config.concurrency}", f"-d{max(1, round(config.ceiling_s))}s", "--latency", "-s", str(script),
+             f"{target.base_url}/chat/completions"],
+            capture_output=True, text=True, timeout=config.ceiling_s + 30, check=False,
+        )
+        after = _process_cpu_s(target.pid)
+    return parse_wrk(done.stdout, target_cpu_s=None if before is None or after is None else after - before)
+
+
+def parse_wrk(text: str, *, target_cpu_s: float | None = None) -> Measurement | None:
+    """A Measurement from ``wrk --latency`` output; None when it has no request count.
+
+    Usage: ``parse_wrk(completed.stdout).rate``
+    """
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    if total is None:
+        return None
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    failed = int(errors.group(1)) if errors else 0
+    failed += sum(int(g) for g in socket_errors.groups()) if socket_errors else 0
+
+    def percentile(p: str) -> float | None:
+        m = re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+        return None if m is None else float(m.group(1)) * _UNIT_S[m.group(2)] * 1000
+
+    requests = int(total.group(1))
+    return Measurement(contestant="wrk", requests=requests, ok=max(0, requests - failed),
+                       wall_s=float(total.group(2)) * _UNIT_S[total.group(3)], cpu_s=0.0, peak_rss_mb=0.0,
+                       p50_ms=percentile("50"), p99_ms=percentile("99"), target_cpu_s=target_cpu_s)
+
+
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _body(question: str) -> bytes:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    return orjson.dumps({"model": MODEL, "messages": messages, "temperature": 0.0, "max_tokens": MAX_TOKENS})
+
+
+def machine() -> dict[str, Any]:
+    """The machine a table was measured on: cores, CPU model, Python, load. Usage: ``machine()["cpu"]``"""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, IndexError):
+        cpu = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)[0]
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}", "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def main_bench(*, tasks: int, concurrency: int, latency_ms: float, repeats: int = 1) -> int:
+    """``engine bench``: measure this machine against the built-in target and print the table.
+
+    Usage: ``main_bench(tasks=20_000, concurrency=64, latency_ms=0)``
+    """
+    m = machine()
+    print(f"{m['nproc']} cores · {m['cpu']} · Python {m['python']} · load {m['loadavg']}", flush=True)
+    table = run_bench(BenchConfig(tasks=tasks, concurrency=concurrency, latency_ms=latency_ms, repeats=repeats))
+    print(table.render())
+    return 0
+
+
+# -- inside a contestant's process ------------------------------------------------------------------
+
+
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one contestant in this process and measure it; the parent reads the result from stdout."""
+    name, n, concurrency = job["contestant"], job["requests"], job["concurrency"]
+    questions = bench_questions(job["questions"])
+    log: Path | None = None
+    if name == "engine":
+        run, log = _prepare_engine(job, questions)
+    else:
+        loop = {"aiohttp": _aiohttp_loop, "httpx": _httpx_loop, "openai": _openai_loop}[name]
+        bodies = [_body(q) for _, q, _ in questions]
+
+        def run() -> tuple[int, list[float]]:
+            return asyncio.run(loop(job["base_url"], bodies, n, concurrency))
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ok, latencies = run()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if log is not None:  # the engine's latencies are in its log, read after the measured window
+        with log.open("rb") as f:
+            latencies = [r["latency_ms"] / 1000 for r in map(orjson.loads, f) if r["latency_ms"] is not None]
+    latencies.sort()
+    return {"contestant": name, "requests": n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak,
+            "p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99)}
+
+
+def _pct(ordered: list[float], p: float) -> float | None:
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000 if ordered else None
+
+
+def _prepare_engine(
+    job: dict[str, Any], questions: list[tuple[str, str, str]]
+) -> tuple[Callable[[], tuple[int, list[float]]], Path]:
+    """Write and check the spec (outside the measured window); return the run and its log's path."""
+    import anyio
+
+    from engine.runner import RunOptions, prepare, run_prepared
+
+    workdir = Path(job["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    lines = ["id,question,answer", *(f"{qid},{q},{a}" for qid, q, a in questions)]
+    (workdir / "questions.csv").write_text("\n".join(lines) + "\n")
+    (workdir / "spec.toml").write_text(
+        f'name = "bench"\nquestions = "questions.csv"\ntemperatures = [0.0]\n'
+        f'repeats = {job["requests"] // len(questions)}\nsystem = "{SYSTEM}"\nmax_tokens = {MAX_TOKENS}\n'
+        f'scorer = "number"\n\n[[models]]\nname = "{MODEL}"\nbase_url = "{job["base_url"]}"\n'
+        f'concurrency = {job["concurrency"]}\n'
+    )
+    options = RunOptions(out=workdir / "run", quiet=True, report=False)
+    prepared = prepare(workdir / "spec.toml", options)
+
+    def run() -> tuple[int, list[float]]:
+        summary = anyio.run(run_prepared, prepared, options, backend="asyncio")
+        return summary.ok, []
+
+    return run, prepared.paths.results
+
+
+async def _workers(n: int, concurrency: int, one: Callable[[int], Awaitable[bool]]) -> tuple[int, list[float]]:
+    """``concurrency`` workers share requests 0..n-1; returns (answered, latencies in seconds)."""
+    latencies: list[float] = []
+    ok = 0
+    tasks = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal ok
+        for i in tasks:
+            started = time.perf_counter()
+            answered = await one(i)  # not ``ok += await ...``: that reads ``ok`` before the await
+            latencies.append(time.perf_counter() - started)
+            ok += answered
+
+    # The reference loops use the standard library's task group, as a user would.
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+    return ok, latencies
+
+
+def _answered(status: int, payload: bytes) -> bool:
+    return status == 200 and bool(orjson.loads(payload)["choices"][0]["message"]["content"])
+
+
+async def _aiohttp_loop(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[int, list[float]]:
+    import aiohttp
+
+    url, headers = f"{url}/chat/completions", {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def one(i: int) -> bool:
+            async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as resp:
+                return _answered(resp.status, await resp.read())
+
+        return await _workers(n, concurrency, one)
+
+
+async def _httpx_loop(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[int, list[float]]:
+    import httpx
+
+    url, headers = f"{url}/chat/completions", {"Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def one(i: int) -> bool:
+            resp = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+            return _answered(resp.status_code, resp.content)
+
+        return await _workers(n, concurrency, one)
+
+
+async def _openai_loop(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[int, list[float]]:
+    import openai
+
+    latencies: list[float] = []
+    ok = 0
+    messages = [orjson.loads(b)["messages"] for b in bodies]
+    gate = asyncio.Semaphore(concurrency)
+    # The SDK's defaults, as a user meets them; the key is a placeholder the sim ignores.
+    client = openai.AsyncOpenAI(base_url=url, api_key="not-a-key")
+
+    async def one(i: int) -> None:
+        nonlocal ok
+        async with gate:
+            started = time.perf_counter()
+            completion = await client.chat.completions.create(
+                model=MODEL, messages=messages[i % len(messages)], temperature=0.0, max_tokens=MAX_TOKENS
+            )
+            latencies.append(time.perf_counter() - started)
+            ok += bool(completion.choices[0].message.content)
+
+    async with client, asyncio.TaskGroup() as tg:
+        for i in range(n):
+            tg.create_task(one(i))
+    return ok, latencies
+
+
+if __name__ == "__main__":
+    # A contestant's process: ``python -m engine.bench '<job as JSON>'``; prints its measurement as JSON.
+    sys.stdout.write(orjson.dumps(_worker(orjson.loads(sys.argv[1]))).decode() + "\n")
