@@ -268,7 +268,7 @@ def run_bench(config: BenchConfig | None = None, *, target: BenchTarget | None =
             order = [c for c in order if c not in SLOW or index < config.slow_repeats]
             rounds.append(tuple(_run_one(c, config, target, Path(tmp) / f"{c}-{index}") for c in order))
     ceiling = measure_ceiling(target, config) if config.ceiling_s > 0 else None
-    return BenchTable(config=config, rows=_tabulate(contestants, rounds, ceiling), rounds=tuple(rounds))
+    return BenchTable(config=config, rows=tabulate(contestants, rounds, ceiling), rounds=tuple(rounds))
 
 
 def _run_one(contestant: str, config: BenchConfig, target: BenchTarget, workdir: Path) -> Measurement:
@@ -293,9 +293,13 @@ def _run_one(contestant: str, config: BenchConfig, target: BenchTarget, workdir:
     return Measurement(**result)
 
 
-def _tabulate(
+def tabulate(
     contestants: Sequence[str], rounds: Sequence[tuple[Measurement, ...]], ceiling: Measurement | None
 ) -> tuple[BenchRow, ...]:
+    """One row per contestant: medians over the rounds it ran in; ratios are medians of per-round ratios.
+
+    Usage: ``tabulate(["aiohttp", "engine"], rounds, None)[1].ratio``
+    """
     by_round = [{m.contestant: m for m in rnd} for rnd in rounds]
 
     def median(values: list[float | None]) -> float | None:
@@ -370,8 +374,11 @@ def parse_wrk(text: str, *, target_cpu_s: float | None = None) -> Measurement | 
         return None if m is None else float(m.group(1)) * _UNIT_S[m.group(2)] * 1000
 
     requests = int(total.group(1))
-    return Measurement(contestant="wrk", requests=requests, ok=max(0, requests - failed),
-                       wall_s=float(total.group(2)) * _UNIT_S[total.group(3)], cpu_s=0.0, peak_rss_mb=0.0,
+    wall_s = float(total.group(2)) * _UNIT_S[total.group(3)]
+    if (rate := re.search(r"Requests/sec:\s+([\d.]+)", text)) and float(rate.group(1)) > 0:
+        wall_s = requests / float(rate.group(1))  # more digits than "in 1.00s"
+    return Measurement(contestant="wrk", requests=requests, ok=max(0, requests - failed), wall_s=wall_s,
+                       cpu_s=0.0, peak_rss_mb=0.0,
                        p50_ms=percentile("50"), p99_ms=percentile("99"), target_cpu_s=target_cpu_s)
 
 

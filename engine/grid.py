@@ -73,12 +73,22 @@ def iter_tasks(
 ) -> Iterator[Task]:
     """Yield the tasks of ``models`` not in ``done``, models interleaved so each stays busy.
 
+    The prompt is built for every question here, at the call, not on the first ``next()``:
+    a placeholder no question can fill is then a SpecError before anything is sent or
+    written, not a crash inside a worker. Memory is O(questions), never O(grid).
     Usage: ``tasks = iter_tasks(spec, questions, spec.models, done=finished_keys)``
     """
+    prompts = [(question, build_messages(spec, question)) for question in questions]
+    return _expand(spec, prompts, models, done)
+
+
+def _expand(
+    spec: Spec, prompts: Sequence[tuple[Question, list[dict[str, str]]]], models: Sequence[ModelSpec],
+    done: Container[str],
+) -> Iterator[Task]:
     for repeat in range(spec.repeats):
         for temperature in spec.temperatures:
-            for question in questions:
-                messages = build_messages(spec, question)
+            for question, messages in prompts:
                 for model in models:
                     key = task_key(model, question, messages, temperature, repeat, spec.max_tokens)
                     if key not in done:

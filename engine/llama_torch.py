@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 from engine.gguf_llama import LlamaConfig
@@ -89,6 +89,9 @@ class LlamaModel(nn.Module):
 
     Usage: ``LlamaModel(cfg, keep_ids=[1, 2, 198, 4093])(torch.tensor([[1, 4093]]))``
     """
+
+    id_map: torch.Tensor
+    inv_freq: torch.Tensor
 
     def __init__(self, cfg: LlamaConfig, *, keep_ids: Sequence[int] | None = None) -> None:
         super().__init__()

@@ -45,21 +45,27 @@ def load_questions(path: Path) -> tuple[Question, ...]:
     """
     if not path.is_file():
         raise QuestionsError(f"questions file not found: {path}")
+    # Rows are kept with their line numbers, so every message can point at the line to fix.
+    rows: list[tuple[int, dict[str, str]]]
     try:
         if path.suffix.lower() in (".jsonl", ".ndjson"):
             rows = list(_read_jsonl(path))
-            columns: list[str] = list(rows[0]) if rows else []
+            columns = list(dict.fromkeys(key for _, row in rows for key in row))  # every key of any line
         else:
             with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 columns = list(reader.fieldnames or [])
-                rows = list(reader)
+                rows = [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError as exc:
         raise QuestionsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except csv.Error as exc:
         raise QuestionsError(f"{path}: not a readable CSV: {exc}") from exc
     if not rows:
         raise QuestionsError(f"{path}: no questions in the file")
+    for line, row in rows:
+        # csv puts surplus fields under the key None; ignoring them would silently cut a question short.
+        if any(extra.strip() for extra in row.get(None, ())):  # type: ignore[call-overload]
+            raise QuestionsError(f"{path}:{line}: more fields than the header (a comma in an unquoted field?)")
     if "Object" in columns or any(_WIDE_QUESTION.match(c) for c in columns):
         questions = list(_from_wide(path, columns, rows))
     else:
@@ -72,9 +78,11 @@ def load_questions(path: Path) -> tuple[Question, ...]:
     return tuple(questions)
 
 
-def _read_jsonl(path: Path) -> Iterable[dict[str, str]]:
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, str]]]:
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM, as some Windows tools write
             if not line.strip():
                 continue
             try:
@@ -83,17 +91,17 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, str]]:
                 raise QuestionsError(f"{path}:{number}: not valid JSON ({exc})") from exc
             if not isinstance(row, dict):
                 raise QuestionsError(f"{path}:{number}: expected a JSON object per line")
-            yield {str(k): "" if v is None else str(v) for k, v in row.items()}
+            yield number, {str(k): "" if v is None else str(v) for k, v in row.items()}
 
 
-def _from_wide(path: Path, columns: list[str], rows: list[dict[str, str]]) -> Iterable[Question]:
+def _from_wide(path: Path, columns: list[str], rows: list[tuple[int, dict[str, str]]]) -> Iterable[Question]:
     for needed in ("Object", "Answer"):
         if needed not in columns:
             raise QuestionsError(f"{path}: missing column {needed!r} (wide format needs Object,Answer,Question 1,...)")
     question_columns = [(c, m.group(1)) for c in columns if (m := _WIDE_QUESTION.match(c))]
     if not question_columns:
         raise QuestionsError(f"{path}: missing column 'Question 1' (wide format needs Object,Answer,Question 1,...)")
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         obj = (row.get("Object") or "").strip()
         answer = (row.get("Answer") or "").strip()
         if not obj:
@@ -110,14 +118,14 @@ def _from_wide(path: Path, columns: list[str], rows: list[dict[str, str]]) -> It
             )
 
 
-def _from_long(path: Path, columns: list[str], rows: list[dict[str, str]]) -> Iterable[Question]:
+def _from_long(path: Path, columns: list[str], rows: list[tuple[int, dict[str, str]]]) -> Iterable[Question]:
     for needed in _LONG_REQUIRED:
         if needed not in columns:
             raise QuestionsError(
                 f"{path}: missing column {needed!r} (long format needs id,question,answer; wide needs Object,Answer,Question 1)"
             )
     tag_columns = [c for c in columns if c not in _LONG_REQUIRED]
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         qid, text, answer = ((row.get(c) or "").strip() for c in _LONG_REQUIRED)
         if not qid:
             raise QuestionsError(f"{path}:{line}: empty id")

@@ -134,8 +134,6 @@ def load_plan(spec_path: Path) -> ReplicationPlan:
         )
     except TrainError as exc:
         raise SpecError(f"[replication]: {exc}") from exc
-    if settings.file_type not in ("f32", "f16", "q8_0"):
-        raise _fail("file_type", f"must be f32, f16 or q8_0, got {settings.file_type!r}")
     return ReplicationPlan(
         spec_path=spec.path,
         facts=facts,
@@ -215,6 +213,10 @@ def _reusable(path: Path, key: str) -> dict[str, Any] | None:
     return meta if meta.get("engine.train_key") == key else None
 
 
+def _prefixed(say: Callable[[str], None], label: str) -> Callable[[str], None]:
+    return lambda line: say(f"{label}: {line}")
+
+
 def build_models(
     plan: ReplicationPlan, *, log: Callable[[str], None] | None = None
 ) -> tuple[tuple[LeakageReport, ...], tuple[ModelBuild, ...]]:
@@ -252,10 +254,7 @@ def build_models(
             )
             continue
         say(f"{label}: training on {dataset.name} ({plan.settings.base}, {plan.threads} thread(s))")
-        result = train(
-            dataset, out=gguf, settings=plan.settings, threads=plan.threads,
-            log=lambda line, label=label: say(f"{label}: {line}"),
-        )
+        result = train(dataset, out=gguf, settings=plan.settings, threads=plan.threads, log=_prefixed(say, label))
         say(f"{label}: done in {result.seconds:.1f} s -> {gguf} ({result.kind})")
         builds.append(
             ModelBuild(

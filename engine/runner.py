@@ -226,7 +226,10 @@ async def run_prepared(
     spec, paths = prepared.spec, prepared.paths
     console = console or Console(stderr=True)
     make_transport = transport_factory or (lambda concurrency: AiohttpTransport(concurrency=concurrency))
-    policy = RetryPolicy(max_attempts=spec.max_attempts, max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s)
+    policy = RetryPolicy(
+        max_attempts=spec.max_attempts, base_s=spec.backoff_base_s, cap_s=spec.backoff_cap_s,
+        max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s,
+    )
     total = grid_size(spec, len(prepared.questions))
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()

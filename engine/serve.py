@@ -142,6 +142,8 @@ def llama_server(
             params.cpuparams.n_threads = threads
             params.cpuparams_batch.n_threads = threads
             params.warmup = False
+            # /v1/models then names the file, not its full local path.
+            params.model_alias = {path.stem}
             params.verbosity = 3 if verbose else -1
             try:
                 server = xl.Server(params)
@@ -157,7 +159,7 @@ def llama_server(
         yield f"{origin}/v1"
     finally:
         # Dropping the last reference runs the server's destructor, which joins its threads.
-        server = None
+        del server
         gc.collect()
 
 

@@ -16,10 +16,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
-from engine.errors import SpecError
-from engine.scoring import SCORERS
+from engine.errors import ScorerError, SpecError
+from engine.scoring import SCORERS, get_scorer
 
 SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
@@ -77,7 +78,9 @@ class Spec:
     scorer_pattern: str | None = None
     timeout_s: float = 60.0
     max_attempts: int = 6
-    max_retry_wait_s: float = 300.0
+    backoff_base_s: float = 0.5  # first retry waits up to this (full jitter), doubling each time
+    backoff_cap_s: float = 30.0
+    max_retry_wait_s: float = 300.0  # caps any wait, a provider's Retry-After included
     fsync: str | int = "never"  # "never", "always", or every N records
     sim: SimSpec = field(default_factory=SimSpec)
     replication: Mapping[str, Any] | None = None
@@ -108,6 +111,7 @@ class _Checker:
         self.path = path
 
     def fail(self, where: str, problem: str) -> SpecError:
+        where = where.rstrip(". ")
         return SpecError(f"{self.path}: {where}: {problem}" if where else f"{self.path}: {problem}")
 
     def known_keys(self, table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -120,7 +124,7 @@ class _Checker:
         value = table.get(key)
         if value is None:
             if required:
-                raise self.fail(where, f"missing required key {key!r}")
+                raise self.fail(f"{where}{key}", "required, but missing")
             return None
         if not isinstance(value, str) or not value.strip():
             raise self.fail(f"{where}{key}", f"must be a non-empty string, got {value!r}")
@@ -160,15 +164,22 @@ class _Checker:
         temperatures = raw.get("temperatures", [0.0])
         if not isinstance(temperatures, list) or not temperatures:
             raise self.fail("temperatures", f"must be a non-empty list of numbers, got {temperatures!r}")
-        temps = tuple(float(self.number({"t": t}, "t", "temperatures ", low=0.0, high=2.0)) for t in temperatures)
+        temps = tuple(
+            float(self.number({f"[{i}]": t}, f"[{i}]", "temperatures", low=0.0, high=2.0))
+            for i, t in enumerate(temperatures)
+        )
         if len(set(temps)) != len(temps):
             raise self.fail("temperatures", f"has duplicates: {list(temps)}")
         scorer = self.string(raw, "scorer", "") or "number"
         if scorer not in SCORERS:
             raise self.fail("scorer", f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
+        scorer_pattern = self.string(raw, "scorer_pattern", "")
+        try:
+            get_scorer(scorer, pattern=scorer_pattern)
+        except ScorerError as exc:
+            raise self.fail("scorer_pattern", str(exc)) from exc
         prompt = self.string(raw, "prompt", "") or "{question}"
-        if "{question}" not in prompt:
-            raise self.fail("prompt", "must contain the placeholder {question}")
+        self.check_prompt(prompt)
         fsync = raw.get("fsync", "never")
         if not (fsync in FSYNC_POLICIES or (isinstance(fsync, int) and not isinstance(fsync, bool) and fsync > 0)):
             raise self.fail("fsync", f"must be 'never', 'always' or a positive record count, got {fsync!r}")
@@ -187,14 +198,25 @@ class _Checker:
             prompt=prompt,
             max_tokens=_or(self.number(raw, "max_tokens", "", low=1, integer=True), defaults.max_tokens),
             scorer=scorer,
-            scorer_pattern=self.string(raw, "scorer_pattern", ""),
+            scorer_pattern=scorer_pattern,
             timeout_s=_or(self.number(raw, "timeout_s", "", low=0, low_open=True), defaults.timeout_s),
             max_attempts=_or(self.number(raw, "max_attempts", "", low=1, integer=True), defaults.max_attempts),
+            backoff_base_s=_or(self.number(raw, "backoff_base_s", "", low=0), defaults.backoff_base_s),
+            backoff_cap_s=_or(self.number(raw, "backoff_cap_s", "", low=0), defaults.backoff_cap_s),
             max_retry_wait_s=_or(self.number(raw, "max_retry_wait_s", "", low=0), defaults.max_retry_wait_s),
             fsync=fsync,
             sim=self.sim(raw.get("sim", {})),
             replication=replication,
         )
+
+    def check_prompt(self, prompt: str) -> None:
+        # Parsed, not searched for "{question}": "{{question}}" is a literal and "{question" is broken.
+        try:
+            names = {name for _, name, _, _ in Formatter().parse(prompt) if name is not None}
+        except ValueError as exc:
+            raise self.fail("prompt", f"malformed placeholder ({exc}); write {{{{ or }}}} for a literal brace") from exc
+        if "question" not in names:
+            raise self.fail("prompt", "must contain the placeholder {question}")
 
     def model(self, raw: Any, index: int) -> ModelSpec:
         where = f"models[{index}]."
@@ -243,8 +265,8 @@ class _Checker:
         faults = raw.get("faults", {})
         if not isinstance(faults, dict):
             raise self.fail("sim.faults", "must be a table of fault name -> rate")
-        for fault in faults:
-            self.number(faults, fault, "sim.faults.", low=0, high=1)
+        if faults:
+            self.faults(faults)
         d = SimSpec()
         return SimSpec(
             accuracy=accuracy,
@@ -257,6 +279,23 @@ class _Checker:
             faults=faults,
             seed=_or(self.number(raw, "seed", "sim.", low=0, integer=True), d.seed),
         )
+
+
+    def faults(self, faults: Mapping[str, Any]) -> None:
+        # Checked here, against the built-in target's own fields, so a misspelt fault is a spec error
+        # naming the file rather than a crash when the target starts.
+        from engine.sim import Faults
+
+        known = {f.name for f in fields(Faults)}
+        self.known_keys(faults, known, "sim.faults")
+        total = 0.0
+        for fault in faults:
+            if fault.endswith("_s"):  # durations (slow_s, retry_after_s), not rates
+                self.number(faults, fault, "sim.faults.", low=0)
+            else:
+                total += self.number(faults, fault, "sim.faults.", low=0, high=1)
+        if total > 1.0 + 1e-9:
+            raise self.fail("sim.faults", f"fault rates add up to {total:g}, more than 1 (they exclude each other)")
 
 
 def _or(value: Any, default: Any) -> Any:

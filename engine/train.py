@@ -35,7 +35,7 @@ import httpx
 import orjson
 
 from engine.errors import ConfigError, TrainError
-from engine.gguf_llama import KIND_FINETUNE, KIND_TINY, LlamaConfig, read_gguf, write_gguf
+from engine.gguf_llama import FILE_TYPES, KIND_FINETUNE, KIND_TINY, LlamaConfig, read_gguf, write_gguf
 from engine.serve import llama_server, smollm2_path
 
 __all__ = [
@@ -82,6 +82,8 @@ class TrainSettings:
                 f"bad training settings: epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size},"
                 f" warmup={self.warmup}"
             )
+        if self.file_type not in FILE_TYPES:
+            raise TrainError(f"unknown GGUF file type {self.file_type!r}; use one of {', '.join(FILE_TYPES)}")
         if self.tiny_dim % self.tiny_heads or self.tiny_dim % 32:
             raise TrainError(f"tiny_dim {self.tiny_dim} must be a multiple of 32 and of tiny_heads")
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 
@@ -102,7 +103,7 @@ def test_transient_statuses_are_retried_with_growing_capped_backoff(status: int)
     result, _, times = run_client([httpx.Response(status)] * 4 + [httpx.Response(200, content=completion_body())],
                                   policy=policy)
     assert result.ok and result.attempts == 5 and result.http == [status] * 4 + [200]
-    waits = [b - a for a, b in zip(times, times[1:], strict=False)]
+    waits = [b - a for a, b in itertools.pairwise(times)]
     for attempt, wait in enumerate(waits, start=1):
         assert 0 <= wait <= min(4.0, 2 ** (attempt - 1)) + 0.01  # full jitter under the capped exponential
 

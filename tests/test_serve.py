@@ -62,7 +62,7 @@ def test_serves_chat_and_stops(tiny_gguf: Path) -> None:
     with llama_server(tiny_gguf, n_parallel=4, n_ctx=1024) as base_url:
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
         assert httpx.get(base_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
-        assert server_info(base_url).model_id
+        assert server_info(base_url).model_id == "tiny"
         reply = _chat(base_url, "What is the number for Apple?", temperature=0, seed=1)
         assert reply["choices"][0]["message"]["role"] == "assistant"
         assert reply["usage"]["completion_tokens"] >= 1

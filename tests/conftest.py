@@ -1,0 +1,82 @@
+"""Shared fixtures: a small valid experiment (spec + questions) written into a temporary directory.
+
+Tests change one thing at a time in the valid files, so a failure points at that one thing.
+
+Usage::
+
+    def test_x(spec_dir):
+        path = spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 0"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FACTS_CSV = REPO / "data" / "facts.csv"
+SEED_DIR = REPO.parent / "shared" / "seed"  # ../shared beside the clone; absent on a user's machine
+SEED_QUESTIONS = SEED_DIR / "questions_answers.csv"
+SEED_RESULTS = SEED_DIR / "Results-all-v2.csv"
+
+# The smallest experiment that exercises every axis: 2 models × 6 questions × 2 temperatures × 1 repeat.
+BASE_SPEC = """\
+name = "tiny"
+questions = "questions.csv"
+temperatures = [0.0, 1.0]
+repeats = 1
+max_tokens = 16
+scorer = "number"
+
+[[models]]
+name = "m1"
+base_url = "sim"
+concurrency = 4
+
+[[models]]
+name = "m2"
+base_url = "sim"
+concurrency = 4
+"""
+
+WIDE_CSV = """\
+Object,Answer,Question 1,Question 2,Question 3
+Anchor,11246,What is the number for Anchor?,Which number belongs to Anchor?,"Anchor, again: which five digits?"
+Ice cream,01234,What is the number for Ice cream?,What number goes with Ice cream?,Ice cream. Your number?
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpecDir:
+    """A directory to write a spec and its question file into. Usage: ``spec_dir.write(BASE_SPEC)``"""
+
+    root: Path
+
+    def write(
+        self, spec: str = BASE_SPEC, *, questions: str | bytes | None = WIDE_CSV,
+        questions_name: str = "questions.csv", name: str = "spec.toml",
+    ) -> Path:
+        """Write ``spec`` (and the questions file unless None); return the spec's path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if questions is not None:
+            data = questions.encode() if isinstance(questions, str) else questions
+            (self.root / questions_name).write_bytes(data)
+        path = self.root / name
+        path.write_text(spec, encoding="utf-8")
+        return path
+
+
+@pytest.fixture
+def spec_dir(tmp_path: Path) -> SpecDir:
+    """A fresh directory for one test's spec and questions."""
+    return SpecDir(tmp_path / "experiment")
+
+
+@pytest.fixture
+def seed_questions() -> Path:
+    """The original experiment's question set; the test is skipped where ../shared is absent."""
+    if not SEED_QUESTIONS.is_file():
+        pytest.skip(f"{SEED_QUESTIONS} not present (../shared is only beside the clone in CI)")
+    return SEED_QUESTIONS
