@@ -37,6 +37,7 @@ __all__ = [
     "GGUFModel",
     "LlamaConfig",
     "engine_metadata",
+    "gguf_keys",
     "model_kind",
     "read_gguf",
     "tensor_names",
@@ -172,16 +173,26 @@ def _scan_kv(data: bytes | mmap.mmap, prefix: str) -> dict[str, Any]:
     return out
 
 
-def engine_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``engine.*`` keys of a GGUF file (kind of model, training settings); fast.
+def gguf_keys(path: str | Path, prefix: str) -> dict[str, Any]:
+    """Scalar and string metadata of a GGUF file whose keys start with ``prefix``; fast.
 
-    Usage: ``engine_metadata("models/ft-5x.gguf")["engine.model_kind"]``
+    Arrays (the tokenizer's lists) are skipped and come back as None.
+
+    Usage: ``gguf_keys(smollm2_path(), "llama.")["llama.vocab_size"]``
     """
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _scan_kv(data, "engine.")
+            return _scan_kv(data, prefix)
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise TrainError(f"cannot read GGUF file {path}: {exc}") from exc
+
+
+def engine_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``engine.*`` keys of a GGUF file (kind of model, training settings).
+
+    Usage: ``engine_metadata("models/ft-5x.gguf")["engine.model_kind"]``
+    """
+    return gguf_keys(path, "engine.")
 
 
 def model_kind(path: str | Path) -> str | None:

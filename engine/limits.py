@@ -49,7 +49,7 @@ class LimitConfig:
     rpm: float | None = None
     tpm: float | None = None
     concurrency: int = 32
-    burst_s: float = 1.0  # largest burst, in seconds of quota
+    burst_s: float = 0.25  # largest burst, in seconds of quota: providers enforce sub-minute windows
     start_concurrency: int = 8  # adaptive: where the window starts before growing
     decrease: float = 0.7  # adaptive: rate and window multiplier on a 429
     increase_per_s: float = 0.03  # adaptive: rate growth per clean second, as a share of the rate

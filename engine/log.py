@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterable
@@ -84,7 +85,12 @@ def prepare_run_dir(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool)
     paths.root.mkdir(parents=True, exist_ok=True)
     if fresh and paths.results.exists():
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        paths.results.rename(paths.root / f"results.{stamp}.jsonl.old")
+        aside = paths.root / f"results.{stamp}.jsonl.old"
+        for n in itertools.count(1):  # rename() would silently replace a log set aside in the same second
+            if not aside.exists():
+                break
+            aside = paths.root / f"results.{stamp}-{n}.jsonl.old"
+        paths.results.rename(aside)
     if not paths.meta.exists():
         meta = {"name": spec.name, "schema": SCHEMA_VERSION, "created": time.time()}
         _write_atomic(paths.meta, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
@@ -129,7 +135,7 @@ def scan_log(path: Path) -> LogScan:
             frame = pl.read_ndjson(path, schema=_KEY_SCHEMA)
         except pl.exceptions.PolarsError:
             frame = None  # find the bad line below, slowly but precisely
-    if frame is None or frame["key"].null_count():
+    if frame is None or frame["key"].null_count() or frame["status"].null_count():
         frame = _scan_slowly(path)
     ok = frame.filter(pl.col("status") == "ok")["key"]
     failed = frame.filter(pl.col("status") != "ok")["key"]
@@ -144,15 +150,21 @@ def _scan_slowly(path: Path) -> pl.DataFrame:
     statuses: list[str] = []
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
-            complete = line.endswith(b"\n")
+            if not line.endswith(b"\n"):
+                # The torn tail of a kill, even when its JSON happens to be whole: repair_torn_tail
+                # cuts it, so counting it as done would lose the task.
+                break
+            if not line.strip():
+                continue  # as the fast path reads a blank line
             try:
                 record = orjson.loads(line)
-                keys.append(record["key"])
-                statuses.append(record["status"])
+                key, status = record["key"], record["status"]
+                if not isinstance(key, str) or not isinstance(status, str):
+                    raise TypeError("key and status must be strings")
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                if not complete:
-                    break  # the torn tail of a kill: the task was never finished
                 raise LogError(f"{path}:{number}: unreadable record ({type(exc).__name__}); the log was damaged") from exc
+            keys.append(key)
+            statuses.append(status)
     return pl.DataFrame({"key": keys, "status": statuses}, schema=_KEY_SCHEMA)
 
 

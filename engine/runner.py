@@ -176,7 +176,7 @@ def sim_config(spec: Spec, questions: Sequence[Question]):  # type: ignore[no-un
     return SimConfig(
         facts=facts, accuracy=s.accuracy, default_accuracy=s.default_accuracy, latency_ms=s.latency_ms,
         jitter_ms=s.jitter_ms, rpm=s.rpm, tpm=s.tpm, faults=Faults(**s.faults), seed=s.seed,
-        format_noise=s.format_noise,
+        format_noise=s.format_noise, rate_headers=s.rate_headers,
     )
 
 

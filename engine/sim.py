@@ -130,6 +130,7 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     format_noise: float = 0.05
+    rate_headers: bool = True  # send x-ratelimit-* headers with quotas; False plays a provider that hides them
 
     def __post_init__(self) -> None:
         facts = tuple(self.facts)

@@ -261,7 +261,7 @@ class SimServer:
         if wait <= 0:
             for _, bucket, c in limits:
                 bucket.level -= c
-        headers = b"".join(bucket.headers(unit.encode()) for unit, bucket, _ in limits)
+        headers = b"".join(bucket.headers(unit.encode()) for unit, bucket, _ in limits) if self.config.rate_headers else b""
         if wait <= 0:
             return headers
         self.counts["quota"] += 1

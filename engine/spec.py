@@ -59,6 +59,7 @@ class SimSpec:
     format_noise: float = 0.05
     faults: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
+    rate_headers: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,6 +129,12 @@ class _Checker:
             return None
         if not isinstance(value, str) or not value.strip():
             raise self.fail(f"{where}{key}", f"must be a non-empty string, got {value!r}")
+        return value
+
+    def boolean(self, table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where}{key}", f"must be true or false, got {value!r}")
         return value
 
     def number(self, table: Mapping[str, Any], key: str, where: str, *, low: float, high: float = math.inf,
@@ -278,6 +285,7 @@ class _Checker:
             format_noise=_or(self.number(raw, "format_noise", "sim.", low=0, high=1), d.format_noise),
             faults=faults,
             seed=_or(self.number(raw, "seed", "sim.", low=0, integer=True), d.seed),
+            rate_headers=self.boolean(raw, "rate_headers", "sim.", d.rate_headers),
         )
 
 

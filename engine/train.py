@@ -35,7 +35,15 @@ import httpx
 import orjson
 
 from engine.errors import ConfigError, TrainError
-from engine.gguf_llama import FILE_TYPES, KIND_FINETUNE, KIND_TINY, LlamaConfig, read_gguf, write_gguf
+from engine.gguf_llama import (
+    FILE_TYPES,
+    KIND_FINETUNE,
+    KIND_TINY,
+    LlamaConfig,
+    gguf_keys,
+    read_gguf,
+    write_gguf,
+)
 from engine.serve import llama_server, smollm2_path
 
 __all__ = [
@@ -301,7 +309,9 @@ def train(
         del pretrained
         kind = KIND_FINETUNE
     else:
-        vocab = read_gguf_vocab_size(source)
+        vocab = int(gguf_keys(source, "llama.vocab_size").get("llama.vocab_size") or 0)
+        if vocab < 1:
+            raise TrainError(f"{source}: no llama.vocab_size; cannot size the tiny model's vocabulary")
         cfg = LlamaConfig(
             vocab_size=vocab, dim=s.tiny_dim, n_layers=s.tiny_layers, n_heads=s.tiny_heads,
             n_kv_heads=s.tiny_heads, ffn_dim=3 * s.tiny_dim, rope_theta=10000.0, norm_eps=1e-5,
@@ -381,16 +391,3 @@ def train(
         key=key,
         threads=threads,
     )
-
-
-def read_gguf_vocab_size(path: str | Path) -> int:
-    """Number of tokens in a GGUF's tokenizer, without loading its tensors.
-
-    Usage: ``read_gguf_vocab_size(smollm2_path()) == 49152``
-    """
-    from gguf import GGUFReader
-
-    try:
-        return len(GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].data)
-    except (OSError, KeyError, ValueError) as exc:
-        raise TrainError(f"cannot read the tokenizer of {path}") from exc
