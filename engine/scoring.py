@@ -41,7 +41,10 @@ class Score:
 class Scorer(Protocol):
     """A callable ``(reply, expected) -> Score``; ``check_expected`` rejects answers it cannot score."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The scorer's name, as in the spec (read-only: scorers are frozen)."""
+        ...
 
     def __call__(self, reply: str, expected: str) -> Score: ...
 

@@ -256,6 +256,9 @@ def test_the_unchanged_experiment_runs(tmp_path: Path, good_run: Path) -> None:
     # The rows' baseline is fine on its own: resuming its complete log asks nothing and exits 0.
     SpecDir(tmp_path).write()
     shutil.copytree(good_run, tmp_path / RUN_DIR)
+    log = tmp_path / RUN_DIR / "results.jsonl"
+    assert len(log.read_bytes().splitlines()) == 24  # 2 models × 6 questions × 2 temperatures
+    before = log.read_bytes()
     done = engine(["run", "spec.toml", "--out", str(RUN_DIR), "--quiet", "--no-report"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "0 tasks this run (24 already in the log, 24 in the grid)" in done.stdout
+    assert log.read_bytes() == before  # every task was done: nothing asked again
