@@ -204,10 +204,7 @@ def _fmt(value: float | None, pattern: str) -> str:
 
 
 def bench_questions(n: int) -> list[tuple[str, str, str]]:
-    """Deterministic (id, question, answer) triples with distinct five-digit answers.
-
-    Usage: ``bench_questions(100)[0]``
-    """
+    """Deterministic (id, question, answer) triples, distinct five-digit answers. Usage: ``bench_questions(100)``"""
     return [(f"q{i}", f"What is the number for Object {i}?", str(10007 + (i * 7919) % 89_989)) for i in range(n)]
 
 
@@ -221,10 +218,7 @@ class BenchTarget:
 
 @contextlib.contextmanager
 def bench_target(*, latency_ms: float, questions: int = BenchConfig().questions) -> Iterator[BenchTarget]:
-    """Start the built-in target in a subprocess (another core) knowing the benchmark's questions.
-
-    Usage: ``with bench_target(latency_ms=50) as target: run_bench(config, target=target)``
-    """
+    """Start the sim in a subprocess (another core). Usage: ``with bench_target(latency_ms=50) as t: ...``"""
     from engine.sim import SimConfig, SimFact, SimProcess
 
     facts = tuple(SimFact(question=q, answer=a, object=f"Object {qid[1:]}") for qid, q, a in bench_questions(questions))
@@ -332,9 +326,9 @@ def _busy(m: Measurement) -> float | None:
 
 
 def measure_ceiling(target: BenchTarget, config: BenchConfig) -> Measurement | None:
-    """The target's own ceiling: ``wrk`` (one thread) POSTing the same request; None without wrk.
+    """The target's ceiling: ``wrk`` (native, one thread) POSTing the same request; None without wrk.
 
-    Usage: ``measure_ceiling(target, BenchConfig(concurrency=256)).rate``
+    Usage: ``measure_ceiling(target, BenchConfig(concurrency=256))``
     """
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -357,10 +351,7 @@ def measure_ceiling(target: BenchTarget, config: BenchConfig) -> Measurement | N
 
 
 def parse_wrk(text: str, *, target_cpu_s: float | None = None) -> Measurement | None:
-    """A Measurement from ``wrk --latency`` output; None when it has no request count.
-
-    Usage: ``parse_wrk(completed.stdout).rate``
-    """
+    """A Measurement from ``wrk --latency`` output, or None. Usage: ``parse_wrk(completed.stdout)``"""
     total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
     if total is None:
         return None
@@ -401,7 +392,7 @@ def machine() -> dict[str, Any]:
 
 
 def main_bench(*, tasks: int, concurrency: int, latency_ms: float, repeats: int = 1) -> int:
-    """``engine bench``: measure this machine against the built-in target and print the table.
+    """``engine bench``: measure this machine and print the table.
 
     Usage: ``main_bench(tasks=20_000, concurrency=64, latency_ms=0)``
     """
@@ -409,6 +400,8 @@ def main_bench(*, tasks: int, concurrency: int, latency_ms: float, repeats: int 
     print(f"{m['nproc']} cores · {m['cpu']} · Python {m['python']} · load {m['loadavg']}", flush=True)
     table = run_bench(BenchConfig(tasks=tasks, concurrency=concurrency, latency_ms=latency_ms, repeats=repeats))
     print(table.render())
+    print("\nclient CPU: the client's own process (user + system); target busy: the sim's CPU over the run "
+          "(near 100% would make the target the limit); built-in target = a simulation, not a model.")
     return 0
 
 

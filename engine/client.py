@@ -121,6 +121,7 @@ class ChatClient:
         prompt_chars = sum(len(m["content"]) for m in messages)
         statuses: list[int] = []
         error = "no attempt made"
+        wait: float | None
         attempt = 0
         while attempt < self.policy.max_attempts:
             attempt += 1
@@ -167,7 +168,8 @@ class ChatClient:
             )
             if isinstance(parsed, str):
                 return parsed, self.policy.backoff(attempt, self._rng)
-            reply, (prompt_tokens, completion_tokens) = parsed
+            reply, tokens = parsed
+            prompt_tokens, completion_tokens = tokens if tokens is not None else (None, None)
             return Completion(reply=reply, error=None, attempts=0, prompt_tokens=prompt_tokens,
                               completion_tokens=completion_tokens)
         await self.limiter.observe(status=status, headers=response.headers)

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from rich.console import Console
@@ -38,6 +39,9 @@ from engine.scheduler import Counters, Pool, StopSignal, run_grid
 from engine.scoring import Scorer, get_scorer
 from engine.spec import SIM_URL, ModelSpec, Spec, load_spec
 from engine.transport import AiohttpTransport, Transport
+
+if TYPE_CHECKING:
+    from engine.sim import SimConfig, SimProcess
 
 INTERRUPTED_EXIT = 130
 
@@ -132,13 +136,13 @@ def prepare(spec_path: Path, options: RunOptions) -> Prepared:
 
 
 @contextlib.contextmanager
-def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[dict[str, str], object | None]]:
+def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
     Yields ``({model label: base_url}, sim process or None)``.
     """
     urls: dict[str, str] = {}
-    sim = None
+    sim: SimProcess | None = None
     with contextlib.ExitStack() as stack:
         if any(m.base_url == SIM_URL for m in spec.models):
             from engine.sim import SimProcess
@@ -164,7 +168,7 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
         yield urls, sim
 
 
-def sim_config(spec: Spec, questions: Sequence[Question]):  # type: ignore[no-untyped-def]
+def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
     """The built-in target's configuration for this spec: its questions, and the [sim] table."""
     from engine.sim import Faults, SimConfig, SimFact
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
 
 import anyio
 import httpx
@@ -168,12 +167,8 @@ def test_key_is_sent_as_bearer_and_redirects_are_not_followed() -> None:
     assert not result.ok and SECRET not in (result.error or "")
 
 
-def fake_handler(status_for: Callable[[int], int]) -> Callable[[httpx.Request], httpx.Response]:
-    calls = {"n": 0}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls["n"] += 1
-        status = status_for(calls["n"])
-        return httpx.Response(status, content=completion_body() if status == 200 else b"{}")
-
-    return handler
+def test_a_completion_without_usage_is_still_a_reply() -> None:
+    body = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "Apple is 65451."}}]})
+    result, _, _ = run_client([httpx.Response(200, content=body)])
+    assert result.ok and result.reply == "Apple is 65451."
+    assert result.prompt_tokens is None and result.completion_tokens is None
