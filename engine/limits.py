@@ -71,7 +71,13 @@ class _Bucket:
         return self._limiter.max_rate
 
     async def acquire(self, amount: float) -> None:
-        await self._limiter.acquire(min(amount, self._limiter.max_rate))
+        # A request larger than the bucket is charged in bucket-sized pieces: clamping it
+        # instead would let big requests through at a fraction of their real cost.
+        limiter = self._limiter
+        while amount > limiter.max_rate:
+            await limiter.acquire(limiter.max_rate)
+            amount -= limiter.max_rate
+        await limiter.acquire(amount)
 
     async def set_rate(self, per_second: float) -> None:
         """Change the rate; the new bucket starts full, so a cut is never followed by a burst."""
