@@ -134,18 +134,15 @@ _NARROW = {
     "paired cluster bootstrap 95%": "paired\nbootstrap 95%", "prompt tokens": "prompt\ntok.",
     "completion tokens": "compl.\ntok.", "completion tokens / answer": "compl.\n/answer",
 }  # fmt: skip
-# (headers, cell padding) from roomiest to tightest: 3, 2 then 1 space between columns.
-_LAYOUTS: tuple[tuple[dict[str, str], dict[str, object]], ...] = (
-    (_SHORT, {"padding": (0, 1)}),
-    (_NARROW, {"padding": (0, 1), "collapse_padding": True}),
-    (_NARROW, {"padding": (0, 0)}),
-)
+# (headers, spaces between columns), roomiest first.
+_LAYOUTS: tuple[tuple[dict[str, str], int], ...] = ((_SHORT, 3), (_NARROW, 2), (_NARROW, 1))
 
 
 def _terminal_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], keys: int,
-                    names: dict[str, str], layout: dict[str, object], *, wrap: bool = False) -> Table:  # fmt: skip
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  pad_edge=False, show_edge=False, **layout)  # fmt: skip
+                    names: dict[str, str], gap: int, *, wrap: bool = False) -> Table:  # fmt: skip
+    # SIMPLE_HEAD draws a one-space divider; cell padding (collapsed between cells) adds the rest.
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_edge=False, padding=(0, 1 if gap > 1 else 0), collapse_padding=gap == 2)  # fmt: skip
     for i, header in enumerate(headers):
         # A number or interval split over two lines misreads, so cells only wrap when even the
         # tightest layout is too wide; they then fold, since cropping would lose digits.
@@ -165,12 +162,12 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(line.replace("`", ""), highlight=False)
     unbounded = console.options.update_width(1 << 16)  # measured against the console, a table never exceeds it
     for title, (headers, rows, keys) in _sections(report):
-        for names, layout in _LAYOUTS:
-            table = _terminal_table(title, headers, rows, keys, names, layout)
+        for names, gap in _LAYOUTS:
+            table = _terminal_table(title, headers, rows, keys, names, gap)
             if console.measure(table, options=unbounded).maximum <= console.width:
                 break
         else:
-            table = _terminal_table(title, headers, rows, keys, names, layout, wrap=True)
+            table = _terminal_table(title, headers, rows, keys, names, gap, wrap=True)
         console.print()
         console.print(table)
     console.print()

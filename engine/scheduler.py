@@ -173,4 +173,7 @@ async def _work(
             )
             record = make_record(task, completion, scorer, t_start, time.time())
             counters.count(record)
-            await send.send(record)
+            try:
+                send.send_nowait(record)  # room in the buffer: no forced trip through the event loop
+            except anyio.WouldBlock:
+                await send.send(record)

@@ -30,7 +30,7 @@ from engine.errors import TransportError
 
 
 class Response(NamedTuple):
-    """What came back: status, headers with lower-case names, and the raw body."""
+    """What came back: status, headers (a case-insensitive mapping), and the raw body."""
 
     status: int
     headers: Mapping[str, str]
@@ -56,6 +56,7 @@ class AiohttpTransport:
     def __init__(self, *, concurrency: int) -> None:
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=60.0)
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use: a session binds to the running event loop.
@@ -70,13 +71,14 @@ class AiohttpTransport:
         self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str], timeout: float
     ) -> Response:
         session = self._session or self._open()
+        if timeout != self._timeout.total:
+            self._timeout = aiohttp.ClientTimeout(total=timeout)
         try:
             async with session.request(
-                method, url, data=body, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                method, url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
             ) as resp:
                 payload = await resp.read()
-                return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, payload)
+                return Response(resp.status, resp.headers, payload)
         except TimeoutError as exc:
             raise TransportError("timeout", f"no complete reply within {timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -116,7 +118,7 @@ class HttpxTransport:
             raise TransportError("connect", _describe(exc)) from exc
         except httpx.TransportError as exc:
             raise TransportError("read", _describe(exc)) from exc
-        return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
+        return Response(resp.status_code, resp.headers, resp.content)
 
     async def aclose(self) -> None:
         if self._owned:

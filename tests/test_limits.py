@@ -49,7 +49,20 @@ def test_token_estimate_learns_from_usage() -> None:
 
     run_virtual(learn)
     learnt = limiter.estimate(prompt_chars=400, max_tokens=256)
-    assert learnt < 80  # about 50 prompt + 5 completion tokens, not 356
+    assert 50 <= learnt < 80  # about 50 prompt + 5 completion tokens, not 356
+
+
+def test_token_estimate_settles_when_the_endpoint_counts_more_than_estimated() -> None:
+    # Chat formatting makes real prompts cost more tokens than chars / 4: the learnt ratio must settle
+    # at that ratio, not compound on every reply (it once overflowed after ~19,500 replies).
+    limiter = EndpointLimiter(LimitConfig())
+
+    async def learn() -> None:
+        for _ in range(30_000):
+            await limiter.observe(status=200, headers={}, usage=(26, 9), prompt_estimate=19)
+
+    run_virtual(learn)
+    assert limiter.estimate(prompt_chars=60, max_tokens=32) == pytest.approx(26 + 9, abs=2)
 
 
 def test_429_with_retry_after_pauses_the_whole_endpoint_as_long_as_asked() -> None:
