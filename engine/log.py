@@ -6,6 +6,9 @@ can leave at most a torn last line; it is detected and cut before appending. A b
 line anywhere else means the log was damaged by something other than us: we stop
 and say where, and never write to it.
 
+:func:`read_records` is the one reader of a log (the resume scan and the report both
+use it): bounded blocks, only the columns asked for, an unterminated last line left out.
+
 Usage::
 
     paths = RunPaths(Path("runs/memorisation"))
@@ -17,12 +20,14 @@ Usage::
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -35,6 +40,26 @@ from engine.spec import Spec
 
 SCHEMA_VERSION = 1
 WRITE_BATCH = 512  # records per write(2): one syscall for a burst, never a whole run in memory
+
+RECORD_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
+    "v": pl.Int64(), "key": pl.String(), "model": pl.String(), "model_id": pl.String(), "qid": pl.String(),
+    "question": pl.String(), "temperature": pl.Float64(), "repeat": pl.Int64(), "expected": pl.String(),
+    "reply": pl.String(), "extracted": pl.String(), "outcome": pl.String(), "correct": pl.Boolean(),
+    "status": pl.String(), "error": pl.String(), "attempts": pl.Int64(), "http": pl.List(pl.Int64()),
+    "latency_ms": pl.Float64(), "prompt_tokens": pl.Int64(), "completion_tokens": pl.Int64(),
+    "t_start": pl.Float64(), "t_end": pl.Float64(),
+})  # fmt: skip
+"""Polars type of each field of a schema-1 record, in contract order, but ``tags`` (str→str, read apart).
+
+Usage: ``RECORD_SCHEMA["latency_ms"]  # Float64``
+"""
+RECORD_FIELDS: tuple[str, ...] = (*RECORD_SCHEMA, "tags")
+"""Every field of a schema-1 record, in contract order."""
+
+_BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
+# Low-cardinality text columns, held as categoricals with ``compact``: a million records
+# then cost a few bytes each instead of a string apiece.
+_COMPACT = frozenset({"model", "model_id", "qid", "status", "outcome", "expected", "extracted", "error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,26 +142,18 @@ class LogScan:
         return self.ok if retry_failed else self.ok | self.failed
 
 
-_KEY_SCHEMA = {"key": pl.String, "status": pl.String}
-
-
 def scan_log(path: Path) -> LogScan:
-    """Read the keys a log holds, fast (Polars over two columns), without changing the file.
+    """Read the keys a log holds (two columns, bounded memory), without changing the file.
 
-    A torn last line (a kill mid-write) is left out and flagged; a bad line anywhere
-    else is a LogError naming the line. Usage: ``scan_log(Path("runs/x/results.jsonl")).ok``
+    A torn last line (a kill mid-write, even one whose JSON is whole: repair_torn_tail cuts
+    it, so counting it as done would lose the task) is left out and flagged; a bad line
+    anywhere else, or a record without key or status, is a LogError naming the line.
+    Usage: ``scan_log(Path("runs/x/results.jsonl")).ok``
     """
     if not path.exists() or path.stat().st_size == 0:
         return LogScan(ok=frozenset(), failed=frozenset(), records=0, torn_tail=False)
     torn = _torn_tail_offset(path) is not None
-    frame: pl.DataFrame | None = None
-    if not torn:
-        try:
-            frame = pl.read_ndjson(path, schema=_KEY_SCHEMA)
-        except pl.exceptions.PolarsError:
-            frame = None  # find the bad line below, slowly but precisely
-    if frame is None or frame["key"].null_count() or frame["status"].null_count():
-        frame = _scan_slowly(path)
+    frame = read_records(path, ["status"], required=("status",))
     ok = frame.filter(pl.col("status") == "ok")["key"]
     failed = frame.filter(pl.col("status") != "ok")["key"]
     ok_keys = frozenset(ok.to_list())
@@ -145,27 +162,147 @@ def scan_log(path: Path) -> LogScan:
     )
 
 
-def _scan_slowly(path: Path) -> pl.DataFrame:
-    keys: list[str] = []
-    statuses: list[str] = []
-    with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
+# --------------------------------------------------------------------------- reading
+
+
+def tag_column(tag: str) -> str:
+    """The column a tag becomes: its own name, or ``tags.<name>`` when a record field has that name.
+
+    Usage: ``tag_column("object")  # 'object'``
+    """
+    return f"tags.{tag}" if tag in RECORD_SCHEMA else tag
+
+
+def tag_names(file: Path) -> list[str] | None:
+    """The tag names of a log (those of its first complete record); None when it has no complete record.
+
+    Usage: ``tag_names(Path("runs/x/results.jsonl"))  # ['object', 'difficulty']``
+    """
+    with file.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
             if not line.endswith(b"\n"):
-                # The torn tail of a kill, even when its JSON happens to be whole: repair_torn_tail
-                # cuts it, so counting it as done would lose the task.
+                return None  # only a torn tail: read_records leaves it out too
+            if line.strip():
                 break
-            if not line.strip():
-                continue  # as the fast path reads a blank line
+        else:
+            return None
+    if (error := _line_error(file, number, line, ())) is not None:
+        raise error
+    tags = orjson.loads(line).get("tags")
+    return [str(k) for k in tags] if isinstance(tags, dict) else []
+
+
+def read_records(
+    file: str | Path, fields: Sequence[str], tags: Sequence[str] = (), *, compact: bool = False,
+    required: Sequence[str] = (),
+) -> pl.DataFrame:  # fmt: skip
+    """The records of a log, columns ``key``, *fields* and one per tag (see :func:`tag_column`), in log order.
+
+    Reads in bounded blocks, parsing only the columns asked for. Blank lines are skipped
+    and an unterminated last line (a record still being written, or torn by a kill) is
+    left out. A line that is not JSON, not an object, without ``key`` or a *required*
+    field, of a schema version other than 1, or with a field of the wrong type is a
+    LogError naming its line. ``compact`` holds low-cardinality text as categoricals.
+    Duplicates are kept (the last record of a key wins; dedupe with ``is_last_distinct``).
+    Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
+    """
+    file = Path(file)
+    unknown = [f for f in (*fields, *required) if f not in RECORD_SCHEMA]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
+    checked = tuple(dict.fromkeys(("v", "key", *required)))
+    schema: dict[str, pl.DataType] = {f: RECORD_SCHEMA[f] for f in dict.fromkeys((*checked, *fields))}
+    tags = list(dict.fromkeys(tags))
+    if tags:
+        schema["tags"] = pl.Struct({t: pl.String() for t in tags})
+    columns = list(dict.fromkeys(["key", *fields, *(tag_column(t) for t in tags)]))
+
+    def shape(frame: pl.DataFrame) -> pl.DataFrame:
+        if tags:
+            frame = frame.with_columns(pl.col("tags").struct.rename_fields([tag_column(t) for t in tags]))
+            frame = frame.unnest("tags")
+        frame = frame.select(columns)
+        if compact:
+            frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in columns if c in _COMPACT)
+        return frame
+
+    frames: list[pl.DataFrame] = []
+    for offset, block in _blocks(file):
+        try:
+            frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
+        except pl.exceptions.PolarsError as exc:
+            raise _locate(file, offset, block, schema, checked) from exc
+        if any(frame.get_column(c).null_count() for c in checked) or (frame.get_column("v") != SCHEMA_VERSION).any():
+            raise _locate(file, offset, block, schema, checked)
+        frames.append(shape(frame))
+    if not frames:
+        return shape(pl.read_ndjson(io.BytesIO(b""), schema=schema))
+    return pl.concat(frames, how="vertical")
+
+
+def _blocks(file: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, whole lines) in bounded blocks; an unterminated last line is never yielded."""
+    offset = 0
+    rest = b""
+    with file.open("rb") as fh:
+        while chunk := fh.read(_BLOCK_BYTES):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield offset, data[:cut]
+                offset += cut
+
+
+def _line_error(file: Path, number: int, raw: bytes, required: Sequence[str]) -> LogError | None:
+    """What is wrong with one line, as the error to raise; None when nothing orjson can see is."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        reason = "is not valid JSON"
+    else:
+        missing = [f for f in required if record.get(f) is None] if isinstance(record, dict) else []
+        if not isinstance(record, dict):
+            reason = "is not a JSON object"
+        elif missing:
+            reason = f"has no {missing[0]!r}"
+        elif "v" in required and record["v"] != SCHEMA_VERSION:
+            return LogError(f"{file}:{number}: schema version {record['v']!r} is not supported (expected {SCHEMA_VERSION})")
+        else:
+            return None
+    return LogError(f"{file}:{number}: unreadable record (line {number} {reason}); the log was damaged")
+
+
+def _locate(
+    file: Path, offset: int, block: bytes, schema: dict[str, pl.DataType], required: Sequence[str]
+) -> LogError:
+    """The error naming the first bad line of a block that failed; only ever on the error path."""
+    first = 1 + _count_newlines(file, offset)
+    lines = block.split(b"\n")
+    for i, raw in enumerate(lines):
+        if raw.strip() and (error := _line_error(file, first + i, raw, required)) is not None:
+            return error
+    for i, raw in enumerate(lines):  # sound JSON throughout: find the line whose types do not fit
+        if raw.strip():
             try:
-                record = orjson.loads(line)
-                key, status = record["key"], record["status"]
-                if not isinstance(key, str) or not isinstance(status, str):
-                    raise TypeError("key and status must be strings")
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise LogError(f"{path}:{number}: unreadable record ({type(exc).__name__}); the log was damaged") from exc
-            keys.append(key)
-            statuses.append(status)
-    return pl.DataFrame({"key": keys, "status": statuses}, schema=_KEY_SCHEMA)
+                pl.read_ndjson(io.BytesIO(raw), schema=schema)
+            except pl.exceptions.PolarsError as exc:
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                n = first + i
+                return LogError(f"{file}:{n}: unreadable record (line {n} does not fit schema 1: {why}); the log was damaged")
+    return LogError(f"{file}: lines {first}-{first + len(lines) - 2} do not fit schema {SCHEMA_VERSION}; the log was damaged")
+
+
+def _count_newlines(file: Path, upto: int) -> int:
+    count = 0
+    with file.open("rb") as fh:
+        while upto > 0:
+            chunk = fh.read(min(1 << 20, upto))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            upto -= len(chunk)
+    return count
 
 
 def _torn_tail_offset(path: Path) -> int | None:

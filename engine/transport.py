@@ -82,7 +82,8 @@ class AiohttpTransport:
         except TimeoutError as exc:
             raise TransportError("timeout", f"no complete reply within {timeout:g} s") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError("connect", _describe(exc)) from exc
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            raise TransportError("connect", f"cannot connect to {exc.host}:{exc.port}: {reason.lower()}") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise TransportError("read", _describe(exc)) from exc
 

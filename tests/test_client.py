@@ -172,3 +172,8 @@ def test_a_completion_without_usage_is_still_a_reply() -> None:
     result, _, _ = run_client([httpx.Response(200, content=body)])
     assert result.ok and result.reply == "Apple is 65451."
     assert result.prompt_tokens is None and result.completion_tokens is None
+
+
+def test_unknown_model_stops_the_run_naming_the_model() -> None:
+    with pytest.raises(EndpointError, match="model 'm' served there"):
+        run_client([httpx.Response(404, json={"error": {"code": "model_not_found", "message": "no such model"}})])
