@@ -178,8 +178,10 @@ def tag_names(file: Path) -> list[str] | None:
 
     Usage: ``tag_names(Path("runs/x/results.jsonl"))  # ['object', 'difficulty']``
     """
+    number = 0
     with file.open("rb") as fh:
-        for number, line in enumerate(fh, start=1):
+        for line in fh:
+            number += 1
             if not line.endswith(b"\n"):
                 return None  # only a torn tail: read_records leaves it out too
             if line.strip():

@@ -1,10 +1,10 @@
 """The report: error rates with honest intervals, model comparisons, latency and tokens.
 
-A results log (``results.jsonl``, schema version 1) is read once, in bounded blocks
-and keeping only the columns the report needs, then deduplicated by task key (the
-last record wins, so a resumed run counts each task once) and aggregated lazily with
-Polars. Memory follows the number of records and the columns asked for, not the size
-of the replies in the file.
+A results log (``results.jsonl``, schema version 1) is read once by
+:func:`engine.log.read_records` (bounded blocks, only the columns the report needs, an
+unterminated last line left out), then deduplicated by task key (the last record wins,
+so a resumed run counts each task once) and aggregated lazily with Polars. Memory
+follows the number of records and the columns asked for, not the size of the replies.
 
 Definitions used everywhere:
 
@@ -30,20 +30,19 @@ Usage::
 
 from __future__ import annotations
 
-import io
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 import polars as pl
 from rich.console import Console
 
 from engine import stats
-from engine.errors import LogError, ReportError
+from engine.errors import ReportError
+from engine.log import RECORD_FIELDS, RECORD_SCHEMA, read_records, tag_column, tag_names
 
 # Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.
 from engine.report_render import render_markdown, render_terminal, report_to_csv, report_to_json
@@ -65,44 +64,12 @@ __all__ = [
 RESULTS_FILE = "results.jsonl"
 REPORT_FILE = "report.md"
 
-# Schema version 1 of a results record (see the log contract); tags are read apart.
-_SCHEMA: dict[str, pl.DataType] = {
-    "v": pl.Int64(),
-    "key": pl.String(),
-    "model": pl.String(),
-    "model_id": pl.String(),
-    "qid": pl.String(),
-    "question": pl.String(),
-    "temperature": pl.Float64(),
-    "repeat": pl.Int64(),
-    "expected": pl.String(),
-    "reply": pl.String(),
-    "extracted": pl.String(),
-    "outcome": pl.String(),
-    "correct": pl.Boolean(),
-    "status": pl.String(),
-    "error": pl.String(),
-    "attempts": pl.Int64(),
-    "http": pl.List(pl.Int64()),
-    "latency_ms": pl.Float64(),
-    "prompt_tokens": pl.Int64(),
-    "completion_tokens": pl.Int64(),
-    "t_start": pl.Float64(),
-    "t_end": pl.Float64(),
-}
-RECORD_FIELDS: tuple[str, ...] = (*_SCHEMA, "tags")
-"""Every field of a schema-1 record, in contract order."""
-
 GROUPABLE_FIELDS: tuple[str, ...] = (
     "model", "model_id", "qid", "question", "temperature", "repeat", "expected",
     "extracted", "outcome", "correct", "status", "error", "attempts",
 )  # fmt: skip
 """Record fields a report may group by (``--by``); tag names are allowed too."""
 
-# Low-cardinality text columns are held as categoricals: a million records then cost
-# a few bytes each instead of a string apiece.
-_COMPACT = ("model", "model_id", "qid", "status", "outcome", "expected", "extracted", "error")
-_BLOCK_BYTES = 8 << 20
 _DIFFICULTY_ORDER = {"easy": 0, "mid": 1, "medium": 1, "hard": 2}
 _RATE_SUMS = ("n", "errors", "wrong", "no_answer", "failed")
 
@@ -166,109 +133,25 @@ def _log_file(path: str | Path) -> Path:
 
 
 def _tag_names(file: Path) -> list[str]:
-    with file.open("rb") as fh:
-        first = fh.readline()
-        while first and not first.strip():
-            first = fh.readline()
-    if not first.strip():
+    tags = tag_names(file)
+    if tags is None:
         raise ReportError(f"results log {file} is empty")
-    try:
-        record = orjson.loads(first)
-    except orjson.JSONDecodeError as exc:
-        raise LogError(f"{file}: first record is not valid JSON ({exc})") from exc
-    tags = record.get("tags") if isinstance(record, dict) else None
-    return [str(k) for k in tags] if isinstance(tags, dict) else []
-
-
-def _tag_column(tag: str) -> str:
-    # A tag named like a record field would shadow it; it stays reachable as tags.<name>.
-    return f"tags.{tag}" if tag in _SCHEMA else tag
-
-
-def _blocks(file: Path) -> Iterator[tuple[int, bytes, bool]]:
-    """(byte offset, complete lines, is_unterminated_tail) in bounded blocks."""
-    offset = 0
-    rest = b""
-    with file.open("rb") as fh:
-        while chunk := fh.read(_BLOCK_BYTES):
-            data = rest + chunk
-            cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
-            if cut:
-                yield offset, data[:cut], False
-                offset += cut
-    if rest.strip():
-        yield offset, rest, True
-
-
-def _bad_line(file: Path, offset: int, block: bytes, exc: Exception) -> LogError:
-    # Line numbers are counted only here, on the error path, to keep the happy path fast.
-    first_line = 1 + _count_newlines(file, offset)
-    for i, raw in enumerate(block.split(b"\n")):
-        if not raw.strip():
-            continue
-        try:
-            orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return LogError(f"{file}: line {first_line + i} is not valid JSON")
-    last = first_line + block.count(b"\n")
-    return LogError(f"{file}: a record in lines {first_line}-{last} does not fit schema 1 ({exc})")
-
-
-def _count_newlines(file: Path, upto: int) -> int:
-    count = 0
-    with file.open("rb") as fh:
-        while upto > 0:
-            chunk = fh.read(min(1 << 20, upto))
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            upto -= len(chunk)
-    return count
-
-
-def _read(file: Path, fields: Sequence[str], tags: Sequence[str], *, compact: bool) -> pl.DataFrame:
-    schema: dict[str, pl.DataType] = {f: _SCHEMA[f] for f in dict.fromkeys(("v", "key", *fields))}
-    if tags:
-        schema["tags"] = pl.Struct({t: pl.String() for t in tags})
-    renames = {t: _tag_column(t) for t in tags}
-    frames: list[pl.DataFrame] = []
-    for offset, block, tail in _blocks(file):
-        try:
-            frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
-        except pl.exceptions.PolarsError as exc:
-            if tail:
-                continue  # a record still being written (no newline yet) is not finished
-            raise _bad_line(file, offset, block, exc) from exc
-        if tags:
-            frame = frame.with_columns(pl.col("tags").struct.rename_fields([renames[t] for t in tags]))
-            frame = frame.unnest("tags")
-        if compact:
-            frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in frame.columns if c in _COMPACT)
-        frames.append(frame)
-    if not frames:
-        raise ReportError(f"results log {file} has no records")
-    df = pl.concat(frames, how="vertical")
-    versions = df.get_column("v").unique().to_list()
-    if versions != [1]:
-        bad = sorted({str(v) for v in versions if v != 1})
-        raise LogError(f"{file}: schema version {', '.join(bad)} is not supported (expected 1)")
-    if df.get_column("key").null_count():
-        raise LogError(f"{file}: {df.get_column('key').null_count()} records have no task key")
-    return df
+    return tags
 
 
 def _load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.DataFrame:
     tags = _tag_names(file)
-    tag_cols = {_tag_column(t): t for t in tags}
-    wanted = list(columns) if columns is not None else [*_SCHEMA, "tags"]
-    unknown = [c for c in wanted if c not in _SCHEMA and c not in tag_cols and c != "tags"]
+    tag_cols = {tag_column(t): t for t in tags}
+    wanted = list(columns) if columns is not None else list(RECORD_FIELDS)
+    unknown = [c for c in wanted if c not in RECORD_SCHEMA and c not in tag_cols and c != "tags"]
     if unknown:
         raise ReportError(f"unknown log field {unknown[0]!r}")
-    fields = [c for c in wanted if c in _SCHEMA]
+    fields = [c for c in wanted if c in RECORD_SCHEMA]
     picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
-    df = _read(file, fields, picked, compact=compact)
-    return df.select(list(dict.fromkeys(["key", *fields, *(_tag_column(t) for t in picked)])))
+    df = read_records(file, fields, picked, compact=compact)
+    if df.is_empty():
+        raise ReportError(f"results log {file} has no records")
+    return df
 
 
 def _dedupe(df: pl.DataFrame) -> pl.LazyFrame:
@@ -399,8 +282,8 @@ def _resolve_by(by: str | Sequence[str] | None, tags: Sequence[str]) -> tuple[st
     if by is None:
         return ()
     names = [b.strip() for b in (by.split(",") if isinstance(by, str) else by) if b.strip()]
-    tag_cols = {_tag_column(t) for t in tags}
-    aliases = {f"tags.{t}": _tag_column(t) for t in tags}
+    tag_cols = {tag_column(t) for t in tags}
+    aliases = {f"tags.{t}": tag_column(t) for t in tags}
     out: list[str] = []
     for name in names:
         column = aliases.get(name, name)
@@ -439,8 +322,8 @@ def build_report(
     custom_cluster = "object" if has_object and "object" not in by_cols else ("qid" if "qid" not in by_cols else None)
     base = ["model", *(["difficulty"] if has_difficulty else []), "temperature"]
     cell_keys = list(dict.fromkeys([*base, *by_cols, cluster, *([custom_cluster] if custom_cluster else [])]))
-    tag_fields = [c for c in cell_keys if c not in _SCHEMA]
-    record_fields = [c for c in cell_keys if c in _SCHEMA]
+    tag_fields = [c for c in cell_keys if c not in RECORD_SCHEMA]
+    record_fields = [c for c in cell_keys if c in RECORD_SCHEMA]
     fields = [*record_fields, "status", "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "t_start", "t_end"]
     raw = _load_raw(file, [*fields, *tag_fields], compact=True)
     lines = raw.height
