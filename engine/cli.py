@@ -101,7 +101,7 @@ def _data_leakage(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from engine.train import train
 
-    result = train(args.dataset, out=args.out, base=args.base, epochs=args.epochs)
+    result = train(args.dataset, out=args.out, base=args.base, epochs=args.epochs, log=print)
     print(result)
     return 0
 
@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
 def _replicate(args: argparse.Namespace) -> int:
     from engine.replicate import replicate
 
-    replicate(args.spec, quiet=args.quiet)
+    print(replicate(args.spec, quiet=args.quiet))
     return 0
 
 
@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("dataset", type=Path)
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"))
-    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--epochs", type=int, help="default: the base's own (3 for smollm2, 40 for tiny)")
     train.set_defaults(func=_train)
 
     rep = sub.add_parser("replicate", help="the whole study: build sets, train, serve, evaluate, report")
