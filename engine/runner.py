@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -169,19 +170,14 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
 
 
 def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
-    """The built-in target's configuration for this spec: its questions, and the [sim] table."""
-    from engine.sim import Faults, SimConfig, SimFact
+    """The built-in target's configuration for this spec: the [sim] table, with the spec's questions as facts."""
+    from engine.sim import SimFact
 
     facts = tuple(
         SimFact(question=q.text, answer=q.answer, object=q.tags.get("object"), difficulty=q.tags.get("difficulty"))
         for q in questions
     )
-    s = spec.sim
-    return SimConfig(
-        facts=facts, accuracy=s.accuracy, default_accuracy=s.default_accuracy, latency_ms=s.latency_ms,
-        jitter_ms=s.jitter_ms, rpm=s.rpm, tpm=s.tpm, faults=Faults(**s.faults), seed=s.seed,
-        format_noise=s.format_noise, rate_headers=s.rate_headers,
-    )
+    return dataclasses.replace(spec.sim, facts=facts)
 
 
 def endpoint_groups(spec: Spec, urls: dict[str, str]) -> dict[tuple[str, str | None], list[ModelSpec]]:

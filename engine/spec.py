@@ -19,8 +19,9 @@ from pathlib import Path
 from string import Formatter
 from typing import Any
 
-from engine.errors import ScorerError, SpecError
+from engine.errors import ConfigError, ScorerError, SpecError
 from engine.scoring import SCORERS, get_scorer
+from engine.sim import Faults, SimConfig
 
 SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
@@ -47,22 +48,6 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SimSpec:
-    """How the built-in target behaves: accuracy per model id and difficulty, latency, quotas, faults."""
-
-    accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    default_accuracy: float = 0.9
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    rpm: float | None = None
-    tpm: float | None = None
-    format_noise: float = 0.05
-    faults: Mapping[str, float] = field(default_factory=dict)
-    seed: int = 0
-    rate_headers: bool = True
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Spec:
     """A whole experiment: the grid is models × questions × temperatures × repeats."""
 
@@ -83,7 +68,7 @@ class Spec:
     backoff_cap_s: float = 30.0
     max_retry_wait_s: float = 300.0  # caps any wait, a provider's Retry-After included
     fsync: str | int = "never"  # "never", "always", or every N records
-    sim: SimSpec = field(default_factory=SimSpec)
+    sim: SimConfig = field(default_factory=SimConfig)  # the built-in target's behaviour; its facts come later
     replication: Mapping[str, Any] | None = None
 
 
@@ -259,10 +244,11 @@ class _Checker:
             params=params,
         )
 
-    def sim(self, raw: Any) -> SimSpec:
+    def sim(self, raw: Any) -> SimConfig:
+        """The [sim] table as the target's own config (its defaults live there), checked field by field."""
         if not isinstance(raw, dict):
             raise self.fail("sim", "must be a table")
-        self.known_keys(raw, {f.name for f in fields(SimSpec)}, "sim")
+        self.known_keys(raw, {f.name for f in fields(SimConfig)} - {"facts"}, "sim")
         accuracy = raw.get("accuracy", {})
         if not isinstance(accuracy, dict) or not all(isinstance(v, dict) for v in accuracy.values()):
             raise self.fail("sim.accuracy", "must be a table of model id -> {difficulty = probability}")
@@ -274,26 +260,22 @@ class _Checker:
             raise self.fail("sim.faults", "must be a table of fault name -> rate")
         if faults:
             self.faults(faults)
-        d = SimSpec()
-        return SimSpec(
-            accuracy=accuracy,
-            default_accuracy=_or(self.number(raw, "default_accuracy", "sim.", low=0, high=1), d.default_accuracy),
-            latency_ms=_or(self.number(raw, "latency_ms", "sim.", low=0), d.latency_ms),
-            jitter_ms=_or(self.number(raw, "jitter_ms", "sim.", low=0), d.jitter_ms),
-            rpm=self.number(raw, "rpm", "sim.", low=0, low_open=True),
-            tpm=self.number(raw, "tpm", "sim.", low=0, low_open=True),
-            format_noise=_or(self.number(raw, "format_noise", "sim.", low=0, high=1), d.format_noise),
-            faults=faults,
-            seed=_or(self.number(raw, "seed", "sim.", low=0, integer=True), d.seed),
-            rate_headers=self.boolean(raw, "rate_headers", "sim.", d.rate_headers),
-        )
-
+        for key in ("default_accuracy", "format_noise"):
+            self.number(raw, key, "sim.", low=0, high=1)
+        for key in ("latency_ms", "jitter_ms"):
+            self.number(raw, key, "sim.", low=0)
+        for key in ("rpm", "tpm"):
+            self.number(raw, key, "sim.", low=0, low_open=True)
+        self.number(raw, "seed", "sim.", low=0, integer=True)
+        self.boolean(raw, "rate_headers", "sim.", True)
+        try:
+            return SimConfig.from_dict(raw)
+        except ConfigError as exc:
+            raise self.fail("sim", str(exc).removeprefix("sim config: ")) from exc
 
     def faults(self, faults: Mapping[str, Any]) -> None:
         # Checked here, against the built-in target's own fields, so a misspelt fault is a spec error
         # naming the file rather than a crash when the target starts.
-        from engine.sim import Faults
-
         known = {f.name for f in fields(Faults)}
         self.known_keys(faults, known, "sim.faults")
         total = 0.0

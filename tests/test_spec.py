@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import SpecError
-from engine.spec import ModelSpec, SimSpec, Spec, load_spec
+from engine.sim import Faults, SimConfig
+from engine.spec import ModelSpec, Spec, load_spec
 from tests.conftest import BASE_SPEC, REPO, SpecDir
 
 MINIMAL = """\
@@ -33,7 +34,7 @@ def test_minimal_spec_gets_every_default(spec_dir: SpecDir) -> None:
     assert spec.temperatures == (0.0,) and spec.repeats == 1 and spec.scorer == "number"
     (model,) = spec.models
     assert model == ModelSpec(name="m1", model="m1", base_url="https://api.example.com/v1")  # trailing / cut
-    assert spec.sim == SimSpec()
+    assert spec.sim == SimConfig()
 
 
 def test_project_specs_load() -> None:
@@ -57,7 +58,7 @@ def test_full_spec_values_are_kept(spec_dir: SpecDir) -> None:
     assert (spec.timeout_s, spec.max_attempts, spec.max_retry_wait_s, spec.fsync) == (2.5, 3, 0, 100)
     assert spec.models[1].params == {"top_p": 0.9} and spec.models[0].params == {}
     assert spec.sim.latency_ms == 5 and spec.sim.seed == 7
-    assert spec.sim.faults == {"error_500": 0.1, "slow_s": 2}
+    assert spec.sim.faults == Faults(error_500=0.1, slow_s=2)
     assert spec.temperatures == (0.0, 1.0) and all(isinstance(t, float) for t in spec.temperatures)
 
 
