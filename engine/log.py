@@ -268,6 +268,8 @@ def _line_error(file: Path, number: int, raw: bytes, required: Sequence[str]) ->
             reason = "is not a JSON object"
         elif missing:
             reason = f"has no {missing[0]!r}"
+        elif "v" in required and type(record["v"]) is not int:
+            reason = "has a 'v' that is not an integer"
         elif "v" in required and record["v"] != SCHEMA_VERSION:
             return LogError(f"{file}:{number}: schema version {record['v']!r} is not supported (expected {SCHEMA_VERSION})")
         else:
