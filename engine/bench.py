@@ -7,7 +7,8 @@ the same requests. Rounds alternate the contestants and the table shows medians,
 each contestant's ratio to the bare aiohttp loop is the median of per-round ratios:
 on a shared machine absolute rates drift, ratios within a round do not.
 
-Contestants:
+Contestants (their client loops, run in ``python -m engine.bench_clients``, live in
+:mod:`engine.bench_clients`):
 
 - ``engine``: the whole engine (spec, grid, limiter, client, scoring, log) through
   :func:`engine.runner.prepare` and :func:`engine.runner.run_prepared`;
@@ -25,34 +26,36 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from engine.bench_clients import MAX_TOKENS, MODEL, SYSTEM, bench_questions, request_body
 from engine.errors import ConfigError, EndpointError
+
+__all__ = [
+    "BASELINE", "CONTESTANTS", "MAX_TOKENS", "MODEL", "SLOW", "SYSTEM", "BenchConfig", "BenchRow", "BenchTable",
+    "BenchTarget", "Measurement", "bench_questions", "bench_target", "machine", "main_bench", "measure_ceiling",
+    "parse_wrk", "request_body", "run_bench", "tabulate",
+]
 
 CONTESTANTS = ("aiohttp", "engine", "httpx", "openai")
 BASELINE = "aiohttp"
 SLOW = ("httpx", "openai")
-MODEL = "bench"
-SYSTEM = "You are a helpful assistant."
-MAX_TOKENS = 32
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -203,11 +206,6 @@ def _fmt(value: float | None, pattern: str) -> str:
 # -- the target -------------------------------------------------------------------------------------
 
 
-def bench_questions(n: int) -> list[tuple[str, str, str]]:
-    """Deterministic (id, question, answer) triples, distinct five-digit answers. Usage: ``bench_questions(100)``"""
-    return [(f"q{i}", f"What is the number for Object {i}?", str(10007 + (i * 7919) % 89_989)) for i in range(n)]
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BenchTarget:
     """A running sim the contestants share: its URL, and its process id to meter its CPU."""
@@ -223,9 +221,7 @@ def bench_target(*, latency_ms: float, questions: int = BenchConfig().questions)
 
     facts = tuple(SimFact(question=q, answer=a, object=f"Object {qid[1:]}") for qid, q, a in bench_questions(questions))
     with SimProcess(SimConfig(facts=facts, latency_ms=latency_ms, default_accuracy=0.9)) as sim:
-        # SimProcess keeps its Popen private; its pid is read only to meter the target's CPU.
-        proc = getattr(sim, "_proc", None)
-        yield BenchTarget(base_url=sim.base_url, pid=getattr(proc, "pid", None))
+        yield BenchTarget(base_url=sim.base_url, pid=sim.pid)
 
 
 def _process_cpu_s(pid: int | None) -> float | None:
@@ -271,7 +267,7 @@ def _run_one(contestant: str, config: BenchConfig, target: BenchTarget, workdir:
     target_before = _process_cpu_s(target.pid)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "engine.bench", orjson.dumps(job).decode()],
+            [sys.executable, "-m", "engine.bench_clients", orjson.dumps(job).decode()],
             capture_output=True, timeout=config.timeout_s, check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -334,7 +330,7 @@ def measure_ceiling(target: BenchTarget, config: BenchConfig) -> Measurement | N
     if wrk is None:
         return None
     _, question, _ = bench_questions(1)[0]
-    body = _body(question).decode()
+    body = request_body(question).decode()
     with tempfile.TemporaryDirectory(prefix="engine-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(
@@ -376,11 +372,6 @@ def parse_wrk(text: str, *, target_cpu_s: float | None = None) -> Measurement | 
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
-def _body(question: str) -> bytes:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-    return orjson.dumps({"model": MODEL, "messages": messages, "temperature": 0.0, "max_tokens": MAX_TOKENS})
-
-
 def machine() -> dict[str, Any]:
     """The machine a table was measured on: cores, CPU model, Python, load. Usage: ``machine()["cpu"]``"""
     cpu = platform.processor() or platform.machine()
@@ -403,147 +394,3 @@ def main_bench(*, tasks: int, concurrency: int, latency_ms: float, repeats: int 
     print("\nclient CPU: the client's own process (user + system); target busy: the sim's CPU over the run "
           "(near 100% would make the target the limit); built-in target = a simulation, not a model.")
     return 0
-
-
-# -- inside a contestant's process ------------------------------------------------------------------
-
-
-def _worker(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one contestant in this process and measure it; the parent reads the result from stdout."""
-    name, n, concurrency = job["contestant"], job["requests"], job["concurrency"]
-    questions = bench_questions(job["questions"])
-    log: Path | None = None
-    if name == "engine":
-        run, log = _prepare_engine(job, questions)
-    else:
-        loop = {"aiohttp": _aiohttp_loop, "httpx": _httpx_loop, "openai": _openai_loop}[name]
-        bodies = [_body(q) for _, q, _ in questions]
-
-        def run() -> tuple[int, list[float]]:
-            return asyncio.run(loop(job["base_url"], bodies, n, concurrency))
-
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    ok, latencies = run()
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    if log is not None:  # the engine's latencies are in its log, read after the measured window
-        with log.open("rb") as f:
-            latencies = [r["latency_ms"] / 1000 for r in map(orjson.loads, f) if r["latency_ms"] is not None]
-    latencies.sort()
-    return {"contestant": name, "requests": n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak,
-            "p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99)}
-
-
-def _pct(ordered: list[float], p: float) -> float | None:
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000 if ordered else None
-
-
-def _prepare_engine(
-    job: dict[str, Any], questions: list[tuple[str, str, str]]
-) -> tuple[Callable[[], tuple[int, list[float]]], Path]:
-    """Write and check the spec (outside the measured window); return the run and its log's path."""
-    import anyio
-
-    from engine.runner import RunOptions, prepare, run_prepared
-
-    workdir = Path(job["workdir"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    lines = ["id,question,answer", *(f"{qid},{q},{a}" for qid, q, a in questions)]
-    (workdir / "questions.csv").write_text("\n".join(lines) + "\n")
-    (workdir / "spec.toml").write_text(
-        f'name = "bench"\nquestions = "questions.csv"\ntemperatures = [0.0]\n'
-        f'repeats = {job["requests"] // len(questions)}\nsystem = "{SYSTEM}"\nmax_tokens = {MAX_TOKENS}\n'
-        f'scorer = "number"\n\n[[models]]\nname = "{MODEL}"\nbase_url = "{job["base_url"]}"\n'
-        f'concurrency = {job["concurrency"]}\n'
-    )
-    options = RunOptions(out=workdir / "run", quiet=True, report=False)
-    prepared = prepare(workdir / "spec.toml", options)
-
-    def run() -> tuple[int, list[float]]:
-        summary = anyio.run(run_prepared, prepared, options, backend="asyncio")
-        return summary.ok, []
-
-    return run, prepared.paths.results
-
-
-async def _workers(n: int, concurrency: int, one: Callable[[int], Awaitable[bool]]) -> tuple[int, list[float]]:
-    """``concurrency`` workers share requests 0..n-1; returns (answered, latencies in seconds)."""
-    latencies: list[float] = []
-    ok = 0
-    tasks = iter(range(n))
-
-    async def worker() -> None:
-        nonlocal ok
-        for i in tasks:
-            started = time.perf_counter()
-            answered = await one(i)  # not ``ok += await ...``: that reads ``ok`` before the await
-            latencies.append(time.perf_counter() - started)
-            ok += answered
-
-    # The reference loops use the standard library's task group, as a user would.
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(concurrency):
-            tg.create_task(worker())
-    return ok, latencies
-
-
-def _answered(status: int, payload: bytes) -> bool:
-    return status == 200 and bool(orjson.loads(payload)["choices"][0]["message"]["content"])
-
-
-async def _aiohttp_loop(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[int, list[float]]:
-    import aiohttp
-
-    url, headers = f"{url}/chat/completions", {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def one(i: int) -> bool:
-            async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as resp:
-                return _answered(resp.status, await resp.read())
-
-        return await _workers(n, concurrency, one)
-
-
-async def _httpx_loop(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[int, list[float]]:
-    import httpx
-
-    url, headers = f"{url}/chat/completions", {"Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-
-        async def one(i: int) -> bool:
-            resp = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
-            return _answered(resp.status_code, resp.content)
-
-        return await _workers(n, concurrency, one)
-
-
-async def _openai_loop(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[int, list[float]]:
-    import openai
-
-    latencies: list[float] = []
-    ok = 0
-    messages = [orjson.loads(b)["messages"] for b in bodies]
-    gate = asyncio.Semaphore(concurrency)
-    # The SDK's defaults, as a user meets them; the key is a placeholder the sim ignores.
-    client = openai.AsyncOpenAI(base_url=url, api_key="not-a-key")
-
-    async def one(i: int) -> None:
-        nonlocal ok
-        async with gate:
-            started = time.perf_counter()
-            completion = await client.chat.completions.create(
-                model=MODEL, messages=messages[i % len(messages)], temperature=0.0, max_tokens=MAX_TOKENS
-            )
-            latencies.append(time.perf_counter() - started)
-            ok += bool(completion.choices[0].message.content)
-
-    async with client, asyncio.TaskGroup() as tg:
-        for i in range(n):
-            tg.create_task(one(i))
-    return ok, latencies
-
-
-if __name__ == "__main__":
-    # A contestant's process: ``python -m engine.bench '<job as JSON>'``; prints its measurement as JSON.
-    sys.stdout.write(orjson.dumps(_worker(orjson.loads(sys.argv[1]))).decode() + "\n")

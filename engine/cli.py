@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
 
     options = RunOptions(
         out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
-        fsync=_fsync(args.fsync), report=not args.no_report,
+        fsync=_fsync(args.fsync), report=not args.no_report, write_ahead=args.write_ahead,
     )
     summary = run_experiment(args.spec, options=options)
     print(summary.render())
@@ -131,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-retry-failed", action="store_true", help="on resume, do not ask failed tasks again")
     run.add_argument("--fsync", help="never | always | N (fsync every N records); overrides the spec")
     run.add_argument("--quiet", action="store_true", help="no live progress, only the summary")
+    run.add_argument("--write-ahead", action="store_true",
+                     help="journal each request before sending, so a resume after a crash says how many were in flight")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.set_defaults(func=_run)
 

@@ -80,6 +80,11 @@ class RunPaths:
     def meta(self) -> Path:
         return self.root / "run.json"
 
+    @property
+    def started(self) -> Path:
+        """The write-ahead journal: one line per request about to be sent (only with write-ahead on)."""
+        return self.root / "started.jsonl"
+
 
 def check_owner(paths: RunPaths, spec: Spec) -> None:
     """Refuse a run directory whose log belongs to another experiment; reads, never writes.
@@ -357,12 +362,26 @@ class LogWriter:
     Usage: ``with LogWriter(path, fsync="never") as w: w.write([record])``
     """
 
-    def __init__(self, path: Path, *, fsync: str | int = "never") -> None:
+    def __init__(self, path: Path, *, fsync: str | int = "never", journal: Path | None = None) -> None:
         self.path = path
         self.fsync = fsync
         self.records = 0
         self._since_sync = 0
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # The journal starts empty each run: what it held was counted by in_flight_at_stop().
+        self._journal = -1 if journal is None else os.open(journal, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
+
+    @property
+    def journaling(self) -> bool:
+        return self._journal >= 0
+
+    def started(self, key: str) -> None:
+        """Journal that the request of ``key`` is about to be sent, before it is (write-ahead).
+
+        Written at once, not batched: a record written after the request left would miss the
+        crash it is meant to reveal. Costs one small write(2) per request.
+        """
+        os.write(self._journal, b'{"key":"%s"}\n' % key.encode())
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records, each one line, in one write call."""
@@ -397,9 +416,28 @@ class LogWriter:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+        if self._journal >= 0:
+            os.close(self._journal)
+            self._journal = -1
 
     def __enter__(self) -> LogWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def in_flight_at_stop(paths: RunPaths, finished: frozenset[str]) -> int | None:
+    """Requests the last run sent but never finished: in flight when it stopped (paid for, lost).
+
+    Reads the write-ahead journal; None when the last run kept none.
+    Usage: ``in_flight_at_stop(paths, scan.ok | scan.failed)``
+    """
+    if not paths.started.exists():
+        return None
+    keys: set[str] = set()
+    with paths.started.open("rb") as f:
+        for line in f:
+            if line.endswith(b"\n"):  # a torn last line is a request that was never sent
+                keys.add(line[8:-3].decode())
+    return len(keys - finished)

@@ -33,7 +33,16 @@ from engine.client import ChatClient, RetryPolicy
 from engine.errors import ConfigError, EndpointError, QuestionsError, TransportError
 from engine.grid import grid_size, iter_tasks
 from engine.limits import EndpointLimiter, LimitConfig
-from engine.log import LogScan, LogWriter, RunPaths, check_owner, prepare_run_dir, repair_torn_tail, scan_log
+from engine.log import (
+    LogScan,
+    LogWriter,
+    RunPaths,
+    check_owner,
+    in_flight_at_stop,
+    prepare_run_dir,
+    repair_torn_tail,
+    scan_log,
+)
 from engine.progress import Progress
 from engine.questions import Question, load_questions
 from engine.scheduler import Counters, Pool, StopSignal, run_grid
@@ -58,6 +67,7 @@ class RunOptions:
     fsync: str | int | None = None  # overrides the spec's fsync policy
     grace_s: float = 10.0  # after Ctrl-C, how long requests in flight may finish
     report: bool = True  # write the report at the end
+    write_ahead: bool = False  # journal each request before sending it, to count what a crash left in flight
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,6 +98,7 @@ class RunSummary:
     rate_limited: int
     interrupted: bool
     target_requests: int | None = None  # what the built-in target says it answered, when used
+    in_flight_at_last_stop: int | None = None  # from the previous run's write-ahead journal, if it kept one
     by_model: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # label -> (ok, errors, failed)
 
     @property
@@ -104,6 +115,11 @@ class RunSummary:
             f"requests {self.requests:,} · retries {self.retries:,} · 429s {self.rate_limited:,} · "
             f"failed tasks {self.failed:,}",
         ]
+        if self.in_flight_at_last_stop:
+            lines.append(
+                f"the previous run stopped with {self.in_flight_at_last_stop:,} requests in flight "
+                "(sent, never logged: asked again now, so paid for twice if the provider finished them)"
+            )
         if self.target_requests is not None:
             lines.append(f"built-in target (a simulation) answered {self.target_requests:,} chat requests")
         for label, (ok, errors, failed) in self.by_model.items():
@@ -256,11 +272,13 @@ async def run_prepared(
             # Everything checked: only now is the run directory written to.
             prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh)
             repair_torn_tail(paths.results)
+            in_flight = in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
             progress = Progress(
                 total=total, already=min(total, len(done)), counters=counters,
                 clients=[p.client for p in pools], console=console, quiet=options.quiet,
             )
-            with LogWriter(paths.results, fsync=options.fsync or spec.fsync) as writer:
+            journal = paths.started if options.write_ahead else None
+            with LogWriter(paths.results, fsync=options.fsync or spec.fsync, journal=journal) as writer:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_watch_signals, stop, tg.cancel_scope)
                     tg.start_soon(progress.run)
@@ -277,7 +295,7 @@ async def run_prepared(
         ok=counters.ok, failed=counters.failed, elapsed_s=time.monotonic() - started,
         requests=sum(c.stats.requests for c in clients), retries=sum(c.stats.retries for c in clients),
         rate_limited=sum(c.stats.rate_limited for c in clients), interrupted=stop.requested,
-        target_requests=target_requests,
+        target_requests=target_requests, in_flight_at_last_stop=in_flight,
         by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
     )
 

@@ -143,7 +143,7 @@ async def run_grid(
             tg.start_soon(_grace_then_cancel, stop, grace_s, workers.cancel_scope, watch)
             for pool in pools:
                 for _ in range(pool.workers):
-                    workers.start_soon(_work, pool, scorer, send.clone(), stop, counters)
+                    workers.start_soon(_work, pool, scorer, send.clone(), stop, counters, writer)
         watch.cancel()  # the workers are done: the grace watcher has nothing left to do
     return counters
 
@@ -158,15 +158,18 @@ async def _grace_then_cancel(stop: StopSignal, grace_s: float, workers: CancelSc
 
 async def _work(
     pool: Pool, scorer: Scorer, send: MemoryObjectSendStream[dict[str, Any]], stop: StopSignal,
-    counters: Counters,
+    counters: Counters, writer: LogWriter,
 ) -> None:
     client = pool.client
+    journal = writer.started if writer.journaling else None
     async with send:
         # The iterator is shared by the pool's workers: next() never awaits, so each task goes to one worker.
         for task in pool.tasks:
             if stop.requested:
                 return
             t_start = time.time()
+            if journal is not None:
+                journal(task.key)
             completion = await client.complete(
                 model=task.model.model, messages=task.messages, temperature=task.temperature,
                 max_tokens=pool.max_tokens, params=task.model.params,

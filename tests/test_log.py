@@ -216,3 +216,20 @@ def test_fresh_renames_the_old_log_aside_never_deletes(tmp_path: Path, spec: Spe
     aside = sorted(paths.root.glob("results.*.jsonl.old"))
     assert sorted(p.read_bytes() for p in aside) == sorted(contents)
     assert scan_log(paths.results).records == 0
+
+
+def test_write_ahead_journal_counts_requests_a_stop_left_in_flight(tmp_path: Path) -> None:
+    from engine.log import LogWriter, RunPaths, in_flight_at_stop
+
+    paths = RunPaths(tmp_path)
+    assert in_flight_at_stop(paths, frozenset()) is None  # no journal kept: unknown, not zero
+    with LogWriter(paths.results, journal=paths.started) as writer:
+        for key in ("a" * 20, "b" * 20, "c" * 20):
+            writer.started(key)
+        writer.write([{"key": "a" * 20}])
+    with paths.started.open("ab") as f:
+        f.write(b'{"key":"dddd')  # torn: never finished writing, so never sent
+    assert in_flight_at_stop(paths, frozenset({"a" * 20})) == 2
+    with LogWriter(paths.results, journal=paths.started):
+        pass
+    assert paths.started.read_bytes() == b""  # each run starts its own journal
