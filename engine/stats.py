@@ -149,11 +149,11 @@ def cluster_bootstrap_interval(
     fewer than two clusters the spread cannot be estimated: ``(nan, nan)``.
     Usage: ``lo, hi = cluster_bootstrap_interval([3, 0, 1], [18, 18, 18], seed=0)``
     """
-    e = np.asarray(errors, dtype=np.float64)
-    if e.size < 2:
-        return float("nan"), float("nan")
-    rates = bootstrap_rates(e, n, reps=reps, rng=derive_rng(seed, *key))
-    return _percentile_interval(rates, confidence)
+    column = np.asarray(errors, dtype=np.float64)[:, None]
+    lo, hi = cluster_bootstrap_intervals(
+        column, np.asarray(n, dtype=np.float64)[:, None], reps=reps, seed=seed, key=key, confidence=confidence
+    )
+    return float(lo[0]), float(hi[0])
 
 
 def cluster_bootstrap_intervals(
