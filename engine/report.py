@@ -181,12 +181,16 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 def model_order(labels_in_log_order: Sequence[str]) -> list[str]:
     """Models ordered by the number in their label (``5x`` before ``10x``), else by first appearance.
 
-    A number written as ``<n>x`` wins over any other number in the label; labels without
-    a number follow those with one. Usage: ``model_order(["50x", "5x", "base"])  # ['5x', '50x', 'base']``
+    A number written as ``<n>x`` wins over any other number in the label, and once any label
+    has one, labels without one (a control such as ``smollm2``) count as unnumbered; labels
+    without a number follow those with one.
+    Usage: ``model_order(["50x", "5x", "base"])  # ['5x', '50x', 'base']``
     """
+    by_examples = any(_NUMBER_X.search(label) for label in labels_in_log_order)
 
     def number(label: str) -> float:
-        found = _NUMBER_X.search(label) or (_NUMBER.findall(label) or [None])[-1]
+        plain = None if by_examples else (_NUMBER.findall(label) or [None])[-1]
+        found = _NUMBER_X.search(label) or plain
         if found is None:
             return math.inf
         return float(found.group(1) if isinstance(found, re.Match) else found)

@@ -166,6 +166,8 @@ def test_models_are_ordered_by_the_number_in_their_label() -> None:
     assert model_order(["50x", "base", "5x", "25x", "10x"]) == ["5x", "10x", "25x", "50x", "base"]
     assert model_order(["smollm2-135m-ft-10x", "smollm2-135m-ft-5x"]) == ["smollm2-135m-ft-5x", "smollm2-135m-ft-10x"]
     assert model_order(["gpt-b", "gpt-a"]) == ["gpt-b", "gpt-a"]  # no numbers: first appearance
+    assert model_order(["smollm2", "ft-50x", "ft-5x"]) == ["ft-5x", "ft-50x", "smollm2"]  # the control goes last
+    assert model_order(["model-2", "model-10"]) == ["model-2", "model-10"]
 
 
 def test_report_does_not_depend_on_log_order(tmp_path: Path) -> None:
