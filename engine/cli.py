@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -211,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read our output left early (`engine report ... | head`): no traceback for that.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

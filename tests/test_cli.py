@@ -1,0 +1,57 @@
+"""The command line: thin wiring over the library, one line per error, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "data" / "memorisation.toml"
+
+
+def test_plan_prints_the_grid_and_its_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "4 models × 150 questions × 3 temperatures × 2 repeats = 3,600 tasks" in out
+    assert "ft-5x: 900 tasks" in out
+
+
+def test_an_engine_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("engine: error: spec file not found")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))",
+         "plan", str(EXAMPLE)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `engine plan ... | head -0`
+    err = proc.stderr.read()
+    proc.wait(timeout=30)
+    assert b"Traceback" not in err
+
+
+def test_run_then_report_and_export_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        f'name = "tiny"\nquestions = "{ROOT / "data" / "facts.csv"}"\n'
+        '[[models]]\nname = "ft-5x"\nbase_url = "sim"\n'
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "finished: 150 tasks this run" in capsys.readouterr().out
+    assert (out / "report.md").exists() and (out / "chart_error_rate.png").exists()
+    assert main(["report", str(out), "--format", "json"]) == 0
+    assert '"ft-5x"' in capsys.readouterr().out
+    assert main(["export", str(out), "--format", "seed-csv", "--out", str(tmp_path / "results.csv")]) == 0
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(lines) == 151  # a header and one row per answered task
