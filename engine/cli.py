@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -38,10 +38,9 @@ def _run(args: argparse.Namespace) -> int:
 def _fsync(value: str | None) -> str | int | None:
     if value is None or value in ("never", "always"):
         return value
-    try:
-        return int(value)
-    except ValueError:
-        raise EngineError(f"--fsync must be never, always or a record count, got {value!r}") from None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--fsync must be never, always or a record count, got {value!r} (a count is at least 1)")
+    return int(value)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -85,7 +84,10 @@ def _export(args: argparse.Namespace) -> int:
 def _data_finetune(args: argparse.Namespace) -> int:
     from engine.finetune import build_finetune_sets
 
-    examples = tuple(int(x) for x in args.examples.split(","))
+    try:
+        examples = tuple(int(x) for x in args.examples.split(","))
+    except ValueError:
+        raise ConfigError(f"--examples must be whole numbers separated by commas, got {args.examples!r}") from None
     paths = build_finetune_sets(args.facts, examples=examples, out_dir=args.out, seed=args.seed)
     for n, path in sorted(paths.items()):
         print(f"{n:>3} examples per fact: {path}")

@@ -30,6 +30,7 @@ import anyio
 import orjson
 
 from engine.errors import EndpointError, QuotaExhausted, TransportError
+from engine.grid import prompt_token_estimate
 from engine.limits import EndpointLimiter, retry_after
 from engine.transport import Response, Transport
 
@@ -101,6 +102,7 @@ class ChatClient:
         self.stats = EndpointStats()
         self._rng = rng or random.Random()
         self._headers = {"Content-Type": "application/json"}
+        self._api_key = api_key
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
@@ -164,7 +166,7 @@ class ChatClient:
             parsed = _parse_completion(response.body)
             usage = None if isinstance(parsed, str) else parsed[1]
             await self.limiter.observe(
-                status=status, headers=response.headers, usage=usage, prompt_estimate=int(prompt_chars / 4 + 4)
+                status=status, headers=response.headers, usage=usage, prompt_estimate=int(prompt_token_estimate(prompt_chars))
             )
             if isinstance(parsed, str):
                 return parsed, self.policy.backoff(attempt, self._rng)
@@ -174,6 +176,8 @@ class ChatClient:
                               completion_tokens=completion_tokens)
         await self.limiter.observe(status=status, headers=response.headers)
         detail = _error_detail(response.body)
+        if self._api_key and self._api_key in detail:
+            detail = detail.replace(self._api_key, "[api key]")  # a provider or proxy echoing it
         if status == 429:
             self.stats.rate_limited += 1
             if "insufficient_quota" in detail:

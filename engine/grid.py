@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -46,8 +47,13 @@ def build_messages(spec: Spec, question: Question) -> list[dict[str, str]]:
     """
     try:
         content = spec.prompt.format_map({**question.tags, "question": question.text, "id": question.id})
-    except (KeyError, IndexError, ValueError) as exc:
+    except KeyError as exc:
         raise SpecError(f"{spec.path}: prompt: placeholder {exc} is not a question field or tag") from exc
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        # "{object.foo}", "{question[9]}", "{question:d}": the names exist but the lookup or format fails.
+        raise SpecError(
+            f"{spec.path}: prompt: cannot fill the placeholders for question {question.id!r} ({exc})"
+        ) from exc
     messages = [{"role": "system", "content": spec.system}] if spec.system else []
     messages.append({"role": "user", "content": content})
     return messages
@@ -100,45 +106,59 @@ def grid_size(spec: Spec, n_questions: int) -> int:
     return len(spec.models) * n_questions * len(spec.temperatures) * spec.repeats
 
 
-def estimate_tokens(text_chars: int) -> int:
-    """A rough token count for text of this many characters (about four characters a token).
+def prompt_token_estimate(chars: int) -> float:
+    """Estimated prompt tokens of one request whose messages hold ``chars`` characters.
 
-    Usage: ``estimate_tokens(len(prompt))``
+    About four characters a token plus a few tokens of chat framing. This is the one
+    estimate the plan and the rate limiter share, so the plan's token budget and the
+    limiter's debits agree. Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages))``
     """
-    return text_chars // 4 + 1
+    return chars / 4 + 4
+
+
+def pass_prompt_tokens(spec: Spec, questions: Sequence[Question]) -> float:
+    """Estimated prompt tokens of one pass over ``questions`` (one temperature, one repeat, one model).
+
+    Every model is sent the same messages, so a plan computes this once. Cost is O(questions).
+    Usage: ``pass_prompt_tokens(spec, questions)``
+    """
+    return sum(
+        prompt_token_estimate(sum(len(m["content"]) for m in build_messages(spec, q))) for q in questions
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelPlan:
-    """What one model's share of the grid costs, before anything is sent."""
+    """What one model's share of the grid costs, before anything is sent.
+
+    Time is not a property of one model: models on one endpoint share its limits
+    (see ``engine.plan.plan_endpoints``). Usage: ``plan_model(spec, questions, model).tasks``
+    """
 
     model: str
+    endpoint: tuple[str, str | None]  # ModelSpec.endpoint: models with the same one share limits
     tasks: int
     prompt_tokens: int
     max_completion_tokens: int
-    seconds_at_rate: float | None  # None when the endpoint has no configured rate
 
 
-def plan_model(spec: Spec, questions: Sequence[Question], model: ModelSpec) -> ModelPlan:
-    """Tasks, estimated tokens and the time the model's configured rates allow.
+def plan_model(
+    spec: Spec, questions: Sequence[Question], model: ModelSpec, *, pass_tokens: float | None = None
+) -> ModelPlan:
+    """Tasks and estimated tokens of one model's share of the grid.
 
+    ``pass_tokens`` is ``pass_prompt_tokens(spec, questions)`` when the caller already has it.
     Cost is O(questions): the rest of the grid only multiplies.
-    Usage: ``plan_model(spec, questions, spec.models[0]).seconds_at_rate``
+    Usage: ``plan_model(spec, questions, spec.models[0]).prompt_tokens``
     """
     per_pass = len(spec.temperatures) * spec.repeats
-    chars = sum(sum(len(m["content"]) for m in build_messages(spec, q)) for q in questions)
+    if pass_tokens is None:
+        pass_tokens = pass_prompt_tokens(spec, questions)
     tasks = len(questions) * per_pass
-    prompt_tokens = (estimate_tokens(chars) + 4 * len(questions)) * per_pass
-    completion_tokens = tasks * spec.max_tokens
-    limits = []
-    if model.rpm:
-        limits.append(tasks / model.rpm * 60)
-    if model.tpm:
-        limits.append((prompt_tokens + completion_tokens) / model.tpm * 60)
     return ModelPlan(
         model=model.name,
+        endpoint=model.endpoint,
         tasks=tasks,
-        prompt_tokens=prompt_tokens,
-        max_completion_tokens=completion_tokens,
-        seconds_at_rate=max(limits) if limits else None,
+        prompt_tokens=math.ceil(pass_tokens * per_pass),
+        max_completion_tokens=tasks * spec.max_tokens,
     )

@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import csv
+import io
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -112,37 +113,56 @@ def template_of(text: str, objects: Iterable[str]) -> str:
 def read_facts(path: str | Path) -> list[Fact]:
     """Read a wide facts CSV (``Object,Answer,Question 1,Question 2,Question 3``).
 
-    Raises :class:`~engine.errors.QuestionsError` on a missing file, a missing
-    column, an empty cell or a duplicate object.
+    Raises :class:`~engine.errors.QuestionsError` on a missing file, text that is not
+    UTF-8, a malformed CSV, a missing column, an empty cell or a duplicate object;
+    the message names the file and the line a record starts on.
 
     Usage: ``facts = read_facts("data/facts.csv")``
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
     except OSError as exc:
         raise QuestionsError(f"cannot read facts file {path}: {exc.strerror or exc}") from exc
-    rows = csv.DictReader(text.splitlines())
-    missing = [c for c in ("Object", "Answer", *_QUESTION_COLUMNS) if c not in (rows.fieldnames or ())]
-    if missing:
-        raise QuestionsError(f"{path}: missing column(s) {', '.join(missing)}")
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM, as some Windows tools write
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise QuestionsError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    columns = ("Object", "Answer", *_QUESTION_COLUMNS)
+    # newline="" leaves line ends to csv, so a quoted field may span lines.
+    reader = csv.reader(io.StringIO(text, newline=""))
     facts: list[Fact] = []
     seen: set[str] = set()
-    for line, row in enumerate(rows, start=2):
-        values = {k: (row.get(k) or "").strip() for k in ("Object", "Answer", *_QUESTION_COLUMNS)}
-        empty = [k for k, v in values.items() if not v]
-        if empty:
-            raise QuestionsError(f"{path}:{line}: empty {', '.join(empty)}")
-        if values["Object"] in seen:
-            raise QuestionsError(f"{path}:{line}: duplicate object {values['Object']!r}")
-        seen.add(values["Object"])
-        facts.append(
-            Fact(
-                object=values["Object"],
-                answer=values["Answer"],
-                questions=dict(zip(DIFFICULTIES, (values[c] for c in _QUESTION_COLUMNS), strict=True)),
+    start = 1  # the line the record being read starts on
+    try:
+        header = next((r for r in reader if r), [])  # blank lines before it are skipped, as by DictReader
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise QuestionsError(f"{path}: missing column(s) {', '.join(missing)}")
+        start = reader.line_num + 1
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not fields:
+                continue  # a blank line, skipped as csv.DictReader would
+            row = dict(zip(header, fields, strict=False))
+            values = {k: (row.get(k) or "").strip() for k in columns}
+            empty = [k for k, v in values.items() if not v]
+            if empty:
+                raise QuestionsError(f"{path}:{line}: empty {', '.join(empty)}")
+            if values["Object"] in seen:
+                raise QuestionsError(f"{path}:{line}: duplicate object {values['Object']!r}")
+            seen.add(values["Object"])
+            facts.append(
+                Fact(
+                    object=values["Object"],
+                    answer=values["Answer"],
+                    questions=dict(zip(DIFFICULTIES, (values[c] for c in _QUESTION_COLUMNS), strict=True)),
+                )
             )
-        )
+    except csv.Error as exc:
+        raise QuestionsError(f"{path}:{start}: not a readable CSV ({exc})") from exc
     if not facts:
         raise QuestionsError(f"{path}: no facts")
     return facts

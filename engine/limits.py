@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import anyio
 from aiolimiter import AsyncLimiter
 
+from engine.grid import prompt_token_estimate
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LimitConfig:
@@ -151,7 +153,7 @@ class EndpointLimiter:
 
     def estimate(self, *, prompt_chars: int, max_tokens: int) -> int:
         """Tokens this request will cost, from what earlier responses reported."""
-        prompt = (prompt_chars / 4 + 4) * self._prompt_ratio
+        prompt = prompt_token_estimate(prompt_chars) * self._prompt_ratio
         completion = max_tokens if self._completion_estimate is None else min(max_tokens, self._completion_estimate)
         return int(prompt + completion) + 1
 
@@ -159,10 +161,7 @@ class EndpointLimiter:
 
     async def acquire(self, tokens: int) -> None:
         """Wait until this endpoint may send a request of ``tokens`` tokens."""
-        if self.paused_until:
-            while (wait := self.paused_until - anyio.current_time()) > 0:
-                await anyio.sleep(wait)
-            self.paused_until = 0.0
+        await self._sit_out_pause()
         try:
             # A free slot is taken without a trip through the event loop: CapacityLimiter.acquire always
             # yields (a shielded checkpoint), about a quarter of the engine's own CPU per request.
@@ -174,6 +173,8 @@ class EndpointLimiter:
                 await self._requests.acquire(1)
             if self._tokens is not None:
                 await self._tokens.acquire(tokens)
+            # A 429 may have paused the endpoint while this request queued for a slot or a bucket.
+            await self._sit_out_pause()
         except BaseException:
             self._window.release()
             raise
@@ -183,6 +184,12 @@ class EndpointLimiter:
             self._sent.append(now)
             while self._sent[0] < now - 2.0:
                 self._sent.popleft()
+
+    async def _sit_out_pause(self) -> None:
+        if self.paused_until:
+            while (wait := self.paused_until - anyio.current_time()) > 0:
+                await anyio.sleep(wait)
+            self.paused_until = 0.0
 
     def release(self) -> None:
         """The request is over (answered or failed); frees its concurrency slot."""

@@ -91,6 +91,8 @@ def check_owner(paths: RunPaths, spec: Spec) -> None:
 
     Usage: ``check_owner(RunPaths(Path("runs/x")), spec)``
     """
+    if paths.root.exists() and not paths.root.is_dir():
+        raise LogError(f"{paths.root} is a file, not a run directory; choose another --out")
     if paths.meta.exists():
         try:
             meta = orjson.loads(paths.meta.read_bytes())
@@ -112,7 +114,16 @@ def prepare_run_dir(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool)
     Usage: ``prepare_run_dir(RunPaths(Path("runs/x")), spec, text, fresh=False)``
     """
     check_owner(paths, spec)
+    try:
+        _prepare(paths, spec, spec_text, fresh=fresh)
+    except OSError as exc:
+        raise LogError(f"cannot prepare the run directory {paths.root}: {exc.strerror or exc}") from exc
+
+
+def _prepare(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        paths.started.unlink(missing_ok=True)  # the old journal speaks of the old log
     if fresh and paths.results.exists():
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = paths.root / f"results.{stamp}.jsonl.old"
@@ -367,9 +378,14 @@ class LogWriter:
         self.fsync = fsync
         self.records = 0
         self._since_sync = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        # The journal starts empty each run: what it held was counted by in_flight_at_stop().
-        self._journal = -1 if journal is None else os.open(journal, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
+        self._journal = -1
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if journal is not None:
+                # The journal starts empty each run: what it held was counted by in_flight_at_stop().
+                self._journal = os.open(journal, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LogError(f"cannot open {path} for writing: {exc.strerror or exc}") from exc
 
     @property
     def journaling(self) -> bool:
@@ -389,8 +405,11 @@ class LogWriter:
         if not data:
             return
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:  # disk full, say: stop the run, the log so far stays readable
+            raise LogError(f"cannot write to {self.path}: {exc.strerror or exc}") from exc
         count = data.count(b"\n")
         self.records += count
         self._since_sync += count

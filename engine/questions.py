@@ -60,6 +60,8 @@ def load_questions(path: Path) -> tuple[Question, ...]:
         raise QuestionsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except csv.Error as exc:
         raise QuestionsError(f"{path}: not a readable CSV: {exc}") from exc
+    except OSError as exc:
+        raise QuestionsError(f"cannot read questions {path}: {exc.strerror or exc}") from exc
     if not rows:
         raise QuestionsError(f"{path}: no questions in the file")
     for line, row in rows:

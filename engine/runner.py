@@ -30,7 +30,7 @@ import anyio
 from rich.console import Console
 
 from engine.client import ChatClient, RetryPolicy
-from engine.errors import ConfigError, EndpointError, QuestionsError, TransportError
+from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.grid import grid_size, iter_tasks
 from engine.limits import EndpointLimiter, LimitConfig
 from engine.log import (
@@ -142,8 +142,15 @@ def prepare(spec_path: Path, options: RunOptions) -> Prepared:
         if (why := scorer.check_expected(question.answer)) is not None:
             raise QuestionsError(f"{spec.questions}: question {question.id!r}: {why} (scorer {spec.scorer!r})")
     for model in spec.models:
-        if model.api_key_env and not os.environ.get(model.api_key_env):
+        key = os.environ.get(model.api_key_env) if model.api_key_env else None
+        if model.api_key_env and not key:
             raise ConfigError(f"model {model.name!r}: environment variable {model.api_key_env} is not set (api_key_env)")
+        if key is not None and (not key.isprintable() or " " in key):
+            # Such a key would be refused as a header, and the refusal would quote it.
+            raise ConfigError(
+                f"model {model.name!r}: environment variable {model.api_key_env} holds spaces or control "
+                "characters (a stray newline?)"
+            )
     paths = RunPaths(options.out or Path("runs") / spec.name)
     check_owner(paths, spec)  # a log of another experiment is refused before it is read
     scan = scan_log(paths.results) if not options.fresh else LogScan(
@@ -224,6 +231,8 @@ async def preflight(transport: Transport, base_url: str, headers: dict[str, str]
                 raise EndpointError(f"model {names}: endpoint {base_url} is unreachable ({exc})") from exc
             await anyio.sleep(0.5 * (attempt + 1))
             continue
+        if response.status in (401, 403):
+            raise EndpointError(f"model {names}: {base_url} refused the API key (HTTP {response.status})")
         if response.status == 404 and not response.body.lstrip().startswith(b"{"):
             raise EndpointError(
                 f"model {names}: {base_url} does not look OpenAI-compatible (GET /models answered 404, not JSON)"
@@ -272,19 +281,24 @@ async def run_prepared(
             # Everything checked: only now is the run directory written to.
             prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh)
             repair_torn_tail(paths.results)
-            in_flight = in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
+            in_flight = None if options.fresh else in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
             progress = Progress(
                 total=total, already=min(total, len(done)), counters=counters,
                 clients=[p.client for p in pools], console=console, quiet=options.quiet,
             )
             journal = paths.started if options.write_ahead else None
             with LogWriter(paths.results, fsync=options.fsync or spec.fsync, journal=journal) as writer:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_watch_signals, stop, tg.cancel_scope)
-                    tg.start_soon(progress.run)
-                    await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
-                                   grace_s=options.grace_s, counters=counters)
-                    tg.cancel_scope.cancel()
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_watch_signals, stop, tg.cancel_scope)
+                        tg.start_soon(progress.run)
+                        await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
+                                       grace_s=options.grace_s, counters=counters)
+                        tg.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    # A worker met an error that stops the run (bad key, unknown model, spent quota):
+                    # the user gets that one error, not the task groups' wrapping of it.
+                    raise _first_engine_error(group) or group from None
             target_requests = sim.stats()["chat_requests"] if sim is not None else None
         finally:
             for transport in transports:
@@ -298,6 +312,15 @@ async def run_prepared(
         target_requests=target_requests, in_flight_at_last_stop=in_flight,
         by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
     )
+
+
+def _first_engine_error(group: BaseExceptionGroup) -> EngineError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, EngineError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first_engine_error(exc)) is not None:
+            return found
+    return None
 
 
 def _counts(counters: Counters, label: str) -> tuple[int, int, int]:

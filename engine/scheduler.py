@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 from anyio import CancelScope
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.client import ChatClient, Completion
 from engine.grid import Task
@@ -138,7 +138,7 @@ async def run_grid(
     send, receive = anyio.create_memory_object_stream[dict[str, Any]](STREAM_BUFFER)
     watch = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(writer.consume, receive)
+        tg.start_soon(_write_all, writer, receive)
         async with send, anyio.create_task_group() as workers:
             tg.start_soon(_grace_then_cancel, stop, grace_s, workers.cancel_scope, watch)
             for pool in pools:
@@ -146,6 +146,14 @@ async def run_grid(
                     workers.start_soon(_work, pool, scorer, send.clone(), stop, counters, writer)
         watch.cancel()  # the workers are done: the grace watcher has nothing left to do
     return counters
+
+
+async def _write_all(writer: LogWriter, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+    """The writer task. Shielded: results already received (and paid for) are written even when
+    the run is cancelled or fails; the stream ends as soon as the last worker is gone, so this
+    never outlives them."""
+    with anyio.CancelScope(shield=True):
+        await writer.consume(receive)
 
 
 async def _grace_then_cancel(stop: StopSignal, grace_s: float, workers: CancelScope, watch: CancelScope) -> None:

@@ -157,6 +157,8 @@ class RegexScorer:
         if match is None:
             return Score("no_answer", None)
         extracted = match.group(1) if self.pattern.groups else match.group()
+        if extracted is None:  # the pattern matched through a branch that skips its group
+            return Score("no_answer", None)
         return Score("correct" if _normalise(extracted) == _normalise(expected) else "wrong", extracted)
 
     def check_expected(self, expected: str) -> str | None:

@@ -88,6 +88,26 @@ def _read_rows(csv_path: Path) -> pl.DataFrame:
     return df
 
 
+_RUN_FILES = ("results.jsonl", "run.json")
+
+
+def _refuse_existing_run(out: Path) -> None:
+    for name in _RUN_FILES:
+        if (out / name).exists():
+            raise LogError(f"{out / name} already exists; choose another --out for the import")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    # Exclusive create: a run written into the directory since the check is still not overwritten.
+    try:
+        with path.open("xb") as f:
+            f.write(data)
+    except FileExistsError as exc:
+        raise LogError(f"{path} already exists; choose another --out for the import") from exc
+    except OSError as exc:
+        raise LogError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def import_seed(
     csv_path: str | Path,
     out_dir: str | Path,
@@ -102,18 +122,23 @@ def import_seed(
     the CSV's own ``Correct`` column (a FALSE row with an extracted number is
     ``wrong``, without one ``no_answer``), unless ``scorer`` names a scorer of
     :mod:`engine.scoring` (e.g. ``"number"``) to score the replies again.
-    An existing ``results.jsonl`` in ``out_dir`` is replaced.
+    Raises :class:`~engine.errors.LogError` if ``out_dir`` already holds a
+    ``results.jsonl`` or ``run.json``: an import never overwrites a run.
     Usage: ``import_seed("Results-all-v2.csv", "runs/seed-v2", scorer="number")``
     """
     source = Path(csv_path)
+    out = Path(out_dir)
+    _refuse_existing_run(out)
     df = _read_rows(source)
     score = None
     if scorer is not None:
         from engine.scoring import get_scorer  # only needed when re-scoring
 
         score = get_scorer(scorer, **(scorer_options or {}))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LogError(f"cannot create run directory {out}: {exc.strerror or exc}") from exc
     labels: dict[str, str] = {}
     lines: list[bytes] = []
     for i, row in enumerate(df.iter_rows(named=True), start=2):
@@ -148,14 +173,13 @@ def import_seed(
             "t_start": 0.0, "t_end": 0.0,
         }  # fmt: skip
         lines.append(orjson.dumps(record))
-    results = out / "results.jsonl"
-    results.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+    _write_new(out / "results.jsonl", b"\n".join(lines) + b"\n" if lines else b"")
     meta = {
         "v": 1, "name": out.name, "kind": "seed-import", "source": str(source), "rows": len(lines),
         "models": list(labels), "seed_examples": labels, "scorer": scorer or "seed-csv",
         "created": time.time(),
     }  # fmt: skip
-    (out / "run.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    _write_new(out / "run.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     return out
 
 

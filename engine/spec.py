@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from string import Formatter
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine.errors import ConfigError, ScorerError, SpecError
 from engine.scoring import SCORERS, get_scorer
@@ -87,6 +88,8 @@ def load_spec(path: Path) -> Spec:
         raise SpecError(f"{path}: not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: malformed TOML: {exc}") from exc
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
     return _Checker(path).spec(raw)
 
 
@@ -223,6 +226,9 @@ class _Checker:
             raise self.fail(f"models[{index}] ({name})", "needs exactly one of base_url or gguf")
         if base_url is not None and base_url != SIM_URL and not base_url.startswith(("http://", "https://")):
             raise self.fail(f"{where}base_url", f"must be 'sim' or an http(s) URL, got {base_url!r}")
+        if base_url is not None and _carries_secrets(base_url):
+            # The URL is shown in progress and errors: a key in it would be shown too.
+            raise self.fail(f"{where}base_url", "must not hold credentials or a query; put the key in api_key_env")
         params = raw.get("params", {})
         if not isinstance(params, dict):
             raise self.fail(f"{where}params", "must be a table of extra request fields")
@@ -286,6 +292,11 @@ class _Checker:
                 total += self.number(faults, fault, "sim.faults.", low=0, high=1)
         if total > 1.0 + 1e-9:
             raise self.fail("sim.faults", f"fault rates add up to {total:g}, more than 1 (they exclude each other)")
+
+
+def _carries_secrets(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.username or parts.password or parts.query or parts.fragment)
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -177,3 +177,11 @@ def test_a_completion_without_usage_is_still_a_reply() -> None:
 def test_unknown_model_stops_the_run_naming_the_model() -> None:
     with pytest.raises(EndpointError, match="model 'm' served there"):
         run_client([httpx.Response(404, json={"error": {"code": "model_not_found", "message": "no such model"}})])
+
+
+def test_an_error_body_echoing_the_key_is_redacted_in_the_logged_reason() -> None:
+    result, _, _ = run_client(
+        [httpx.Response(400, json={"error": {"message": f"bad request from key {SECRET}"}})], api_key=SECRET
+    )
+    assert not result.ok and result.error is not None
+    assert SECRET not in result.error and "[api key]" in result.error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,16 @@ import tracemalloc
 import pytest
 
 from engine.errors import SpecError
-from engine.grid import build_messages, grid_size, iter_tasks, plan_model, task_key
+from engine.grid import (
+    build_messages,
+    grid_size,
+    iter_tasks,
+    pass_prompt_tokens,
+    plan_model,
+    prompt_token_estimate,
+    task_key,
+)
+from engine.limits import EndpointLimiter, LimitConfig
 from engine.questions import Question, load_questions
 from engine.spec import ModelSpec, Spec, load_spec
 from tests.conftest import BASE_SPEC, SpecDir
@@ -165,29 +175,44 @@ def test_a_placeholder_no_question_has_fails_before_the_first_task(spec_dir: Spe
         iter_tasks(spec, questions, spec.models)  # raised at the call, not at the first next()
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    ["{question} {object.foo}", "{question} {question[99]}", "{question} {question[a]}", "{question} {question:d}"],
+    ids=["attribute", "index out of range", "index not a number", "format spec"],
+)
+def test_a_placeholder_that_cannot_be_filled_is_a_spec_error(spec_dir: SpecDir, prompt: str) -> None:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("max_tokens = 16", f'max_tokens = 16\nprompt = "{prompt}"')))
+    questions = load_questions(spec.questions)
+    with pytest.raises(SpecError, match=r"spec\.toml: prompt: cannot fill the placeholders for question 'Anchor/easy'"):
+        iter_tasks(spec, questions, spec.models)
+
+
+def test_the_plan_estimates_prompt_tokens_as_the_limiter_does() -> None:
+    assert prompt_token_estimate(0) == 4.0 and prompt_token_estimate(121) == pytest.approx(34.25)
+    fresh = EndpointLimiter(LimitConfig())  # before any response corrects its estimate
+    for chars in (0, 1, 7, 120, 121, 10_001):
+        assert fresh.estimate(prompt_chars=chars, max_tokens=32) == int(prompt_token_estimate(chars) + 32) + 1
+
+
 def test_plan_model_arithmetic(spec_dir: SpecDir) -> None:
     spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 3")))
     questions = load_questions(spec.questions)
     model = spec.models[0]
     plan = plan_model(spec, questions, model)
     per_pass = len(spec.temperatures) * spec.repeats
-    assert plan.model == "m1" and plan.tasks == len(questions) * per_pass == 36
+    assert plan.model == "m1" and plan.endpoint == ("sim", None)
+    assert plan.tasks == len(questions) * per_pass == 36
     assert plan.max_completion_tokens == 36 * spec.max_tokens
-    assert plan.seconds_at_rate is None  # no rate configured
-    chars = sum(len(q.text) for q in questions)
-    assert chars // 4 * per_pass <= plan.prompt_tokens <= (chars // 4 + 1 + 8 * len(questions)) * per_pass
+    # Each request is estimated as the limiter estimates it: chars / 4 + 4.
+    per_request = [len(q.text) / 4 + 4 for q in questions]  # the default prompt is the question alone
+    assert pass_prompt_tokens(spec, questions) == pytest.approx(sum(per_request))
+    assert plan.prompt_tokens == math.ceil(sum(per_request) * per_pass)
+    assert plan_model(spec, questions, model, pass_tokens=100.5).prompt_tokens == math.ceil(100.5 * per_pass)
     # Doubling repeats doubles every count.
     double = plan_model(dataclasses.replace(spec, repeats=6), questions, model)
     assert (double.tasks, double.prompt_tokens, double.max_completion_tokens) == (
         2 * plan.tasks, 2 * plan.prompt_tokens, 2 * plan.max_completion_tokens,
     )
-    total_tokens = plan.prompt_tokens + plan.max_completion_tokens
-    by_requests = plan_model(spec, questions, dataclasses.replace(model, rpm=12))
-    assert by_requests.seconds_at_rate == pytest.approx(36 / 12 * 60)
-    by_tokens = plan_model(spec, questions, dataclasses.replace(model, tpm=total_tokens / 10))
-    assert by_tokens.seconds_at_rate == pytest.approx(600.0)
-    both = plan_model(spec, questions, dataclasses.replace(model, rpm=12, tpm=total_tokens / 10))
-    assert both.seconds_at_rate == pytest.approx(600.0)  # the tighter limit decides
 
 
 def test_plan_of_a_huge_grid_is_instant_arithmetic(spec_dir: SpecDir) -> None:

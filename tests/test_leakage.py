@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
 import pytest
 
 from engine.errors import QuestionsError, TrainError
-from engine.leakage import find_leakage, normalise, template_of
+from engine.leakage import find_leakage, normalise, read_facts, template_of
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
 SEED_SETS = SEED / "fine-tuning-datasets"
@@ -101,6 +102,37 @@ def test_bad_files_raise(tmp_path: Path, questions: Path) -> None:
     dup.write_text(QUESTIONS + "Apple,1,a,b,c\n", encoding="utf-8")
     with pytest.raises(QuestionsError, match="duplicate"):
         find_leakage(bad, dup)
+
+
+def test_unreadable_facts_csv_is_a_questions_error_with_its_line(tmp_path: Path) -> None:
+    train = _write_train(tmp_path / "t.jsonl", ["hi"])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes((QUESTIONS + "Caf\xe9,3,a,b,c\n").encode("latin-1"))
+    with pytest.raises(QuestionsError, match=rf"{re.escape(str(latin))}:5: not UTF-8"):
+        find_leakage(train, latin)
+    huge = tmp_path / "huge.csv"
+    huge.write_text(QUESTIONS + "Kite,4,a,b," + "x" * 200_000 + "\n", encoding="utf-8")
+    with pytest.raises(QuestionsError, match=rf"{re.escape(str(huge))}:5: not a readable CSV"):
+        read_facts(huge)
+
+
+def test_lines_are_counted_in_the_file_not_in_records(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    header, apple = QUESTIONS.splitlines()[:2]
+    apple = apple.replace("Apple -> ?", '"Apple\n->\n?"')  # one record on lines 2-4
+    path.write_text("\n".join([header, apple, "Kite,1,a,b,c"]) + "\n", encoding="utf-8")
+    facts = read_facts(path)
+    assert [f.object for f in facts] == ["Apple", "Kite"]
+    assert facts[0].questions["hard"] == "Apple\n->\n?"
+    path.write_text("\n".join([header, apple, "Kite,,a,b,c"]) + "\n", encoding="utf-8")
+    with pytest.raises(QuestionsError, match=r":5: empty Answer"):
+        read_facts(path)
+    # A multi-line record is reported where it starts; blank lines still count.
+    path.write_text(
+        "\n".join([header, "Kite,1,a,b,c", "", apple.replace("Apple", "Kite", 1)]) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(QuestionsError, match=r":4: duplicate object 'Kite'"):
+        read_facts(path)
 
 
 @pytest.mark.skipif(not SEED_SETS.is_dir(), reason="../shared/seed is not present")

@@ -139,3 +139,27 @@ def test_retry_after_and_durations() -> None:
     assert parse_duration("6m0s") == 360
     assert parse_duration("1.5") == 1.5
     assert parse_duration("soon") is None
+
+
+def test_a_pause_also_holds_requests_already_queued_in_the_bucket() -> None:
+    limiter = EndpointLimiter(LimitConfig(rpm=60, concurrency=8))  # one request a second
+
+    async def main() -> list[float]:
+        sent: list[float] = []
+
+        async def one() -> None:
+            await limiter.acquire(1)
+            sent.append(anyio.current_time())
+            limiter.release()
+
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+            await anyio.sleep(0.01)  # the first is sent, the other two wait in the bucket
+            await limiter.observe(status=429, headers={"retry-after": "5"})
+        return [t - start for t in sent]
+
+    times = run_virtual(main)
+    assert times[0] < 0.01
+    assert all(t >= 5.0 for t in times[1:])  # queued before the 429, still held until the pause ends

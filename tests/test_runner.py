@@ -158,3 +158,112 @@ def test_fresh_renames_the_old_log_aside(tmp_path: Path) -> None:
     again = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False, fresh=True))
     assert again.finished == 150
     assert len(list(out.glob("results.*.jsonl.old"))) == 1
+
+
+class _Provider:
+    """A loopback endpoint whose chat completions always answer one fixed error."""
+
+    def __init__(self, status: int, body: bytes, models_status: int = 200) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _reply(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._reply(models_status, b'{"data": []}')
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.seen_auth.append(self.headers.get("Authorization"))
+                self._reply(status, body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.seen_auth: list[str | None] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (401, b'{"error": {"message": "Incorrect API key provided: sk-test-ECHOED-KEY"}}', "refused the API key"),
+        (404, b'{"error": {"code": "model_not_found", "message": "no such model"}}', "served there"),
+        (429, b'{"error": {"code": "insufficient_quota", "message": "You exceeded your quota"}}', "quota is spent"),
+    ],
+)
+def test_an_error_that_stops_the_run_midway_is_one_line_and_exit_2(
+    tmp_path: Path, status: int, body: bytes, message: str
+) -> None:
+    provider = _Provider(status, body)
+    try:
+        spec = write_spec(tmp_path, base_url=provider.url, models=1, temps="[0.0]", repeats=1)
+        spec.write_text(spec.read_text().replace('concurrency = 8', 'concurrency = 8\napi_key_env = "ENGINE_TEST_KEY"'))
+        run = subprocess.run(
+            [sys.executable, "-m", "engine", "run", str(spec), "--out", str(tmp_path / "run"), "--quiet"],
+            capture_output=True, cwd=ROOT, timeout=60, env={**os.environ, "ENGINE_TEST_KEY": "sk-test-ECHOED-KEY"},
+        )
+    finally:
+        provider.close()
+    err = run.stderr.decode()
+    assert run.returncode == 2, err
+    assert err.count("\n") == 1 and err.startswith("engine: error:") and message in err, err
+    assert "Traceback" not in err and "sk-test-ECHOED-KEY" not in err
+    log = tmp_path / "run" / "results.jsonl"
+    assert not log.exists() or b"sk-test-ECHOED-KEY" not in log.read_bytes()
+
+
+def test_secrets_in_base_url_and_keys_with_control_characters_are_refused(tmp_path: Path) -> None:
+    from engine.errors import ConfigError, SpecError
+    from engine.runner import prepare
+
+    spec = write_spec(tmp_path, base_url="https://user:sk-in-url@api.example/v1", models=1)
+    with pytest.raises(SpecError, match="base_url: must not hold credentials") as info:
+        prepare(spec, RunOptions(out=tmp_path / "run"))
+    assert "sk-in-url" not in str(info.value)
+
+    spec = write_spec(tmp_path, models=1)
+    spec.write_text(spec.read_text().replace("concurrency = 8", 'concurrency = 8\napi_key_env = "ENGINE_TEST_NL_KEY"'))
+    os.environ["ENGINE_TEST_NL_KEY"] = "sk-test-newline\n"
+    try:
+        with pytest.raises(ConfigError, match="ENGINE_TEST_NL_KEY holds spaces or control") as info:
+            prepare(spec, RunOptions(out=tmp_path / "run"))
+    finally:
+        del os.environ["ENGINE_TEST_NL_KEY"]
+    assert "sk-test-newline" not in str(info.value)
+
+
+def test_out_pointing_at_a_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from engine.errors import LogError
+    from engine.runner import prepare
+
+    target = tmp_path / "not-a-dir"
+    target.write_text("mine")
+    with pytest.raises(LogError, match="is a file, not a run directory"):
+        prepare(write_spec(tmp_path, models=1), RunOptions(out=target))
+    assert target.read_text() == "mine"
+
+
+def test_fresh_forgets_the_old_write_ahead_journal(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, models=1, temps="[0.0]", repeats=1)
+    out = tmp_path / "run"
+    run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False, write_ahead=True))
+    (out / "started.jsonl").write_bytes(b'{"key":"00000000000000000000"}\n')  # as if a request was lost
+    again = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False, fresh=True, write_ahead=True))
+    assert again.in_flight_at_last_stop is None  # the journal spoke of the log set aside, not this one
+    resumed = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False, write_ahead=True))
+    assert resumed.in_flight_at_last_stop == 0

@@ -136,3 +136,10 @@ def test_get_scorer_errors(name: str, pattern: str | None, phrase: str) -> None:
     with pytest.raises(ScorerError, match=re.escape(phrase)) as info:
         get_scorer(name, pattern=pattern)
     assert "\n" not in str(info.value)
+
+
+def test_regex_group_skipped_by_the_matching_branch_is_no_answer() -> None:
+    from engine.scoring import get_scorer
+
+    score = get_scorer("regex", pattern=r"(x)|\d+")("the answer is 42", "42")
+    assert score.outcome == "no_answer" and score.extracted is None

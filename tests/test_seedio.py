@@ -88,6 +88,21 @@ def test_import_rejects_a_csv_that_is_not_the_seed_format(tmp_path: Path) -> Non
         import_seed(odd, tmp_path / "out")
 
 
+@pytest.mark.parametrize("existing", ["results.jsonl", "run.json"])
+def test_import_never_overwrites_a_run(tmp_path: Path, existing: str) -> None:
+    run = tmp_path / "memorisation"
+    run.mkdir()
+    (run / existing).write_bytes(b"a real engine log\n")
+    with pytest.raises(LogError, match=rf"{re.escape(str(run / existing))} already exists.*another --out"):
+        import_seed(small_csv(tmp_path), run)
+    assert (run / existing).read_bytes() == b"a real engine log\n"
+    assert sorted(p.name for p in run.iterdir()) == [existing]  # nothing else written either
+    # A second import into the same directory is refused too.
+    import_seed(small_csv(tmp_path), tmp_path / "seed")
+    with pytest.raises(LogError, match="already exists"):
+        import_seed(small_csv(tmp_path), tmp_path / "seed")
+
+
 def test_export_all_layout_round_trips_the_import(tmp_path: Path) -> None:
     source = small_csv(tmp_path)
     run = import_seed(source, tmp_path / "seed")
