@@ -98,6 +98,17 @@ def _in_flight(out: Path, cut_key: str | None) -> int:
     return count
 
 
+def _records(log: Path) -> int:
+    return log.read_bytes().count(b"\n") if log.exists() else 0
+
+
+def _wait_for_more_records(log: Path, more: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    target = _records(log) + more
+    deadline = time.monotonic() + timeout
+    while _records(log) < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def kill_and_resume(
     work: Path, *, kills: int = 5, seed: int = 0, concurrency: int = 8, models: int = 2, latency_ms: float = 10
 ) -> KillResult:
@@ -114,7 +125,10 @@ def kill_and_resume(
         spec = _spec(work, sim.base_url, concurrency, models)
         for round_ in range(kills):
             proc = subprocess.Popen(_command(spec, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-            time.sleep(rng.uniform(0.6, 2.0))  # start-up takes ~0.5 s; kill anywhere after
+            # Kill once the run has logged some more records, then a random moment later: tied to
+            # progress, not to the clock, so a slow machine still kills mid-run.
+            _wait_for_more_records(log, rng.randrange(20, 120), proc)
+            time.sleep(rng.uniform(0, 0.2))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             cut_key = None
