@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,6 +164,7 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
     Yields ``({model label: base_url}, sim process or None)``.
+    Usage: ``with local_targets(spec, questions) as (urls, sim): ...``
     """
     urls: dict[str, str] = {}
     sim: SimProcess | None = None
@@ -193,7 +194,10 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
 
 
 def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
-    """The built-in target's configuration for this spec: the [sim] table, with the spec's questions as facts."""
+    """The built-in target's configuration for this spec: the [sim] table, with the spec's questions as facts.
+
+    Usage: ``SimProcess(sim_config(spec, questions))``
+    """
     from engine.sim import SimFact
 
     facts = tuple(
@@ -204,7 +208,10 @@ def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
 
 
 def endpoint_groups(spec: Spec, urls: dict[str, str]) -> dict[tuple[str, str | None], list[ModelSpec]]:
-    """Models grouped by the endpoint that serves them (URL and key): they share limits and a pool."""
+    """Models grouped by the endpoint that serves them (URL and key): they share limits and a pool.
+
+    Usage: ``for (url, key_env), models in endpoint_groups(spec, urls).items(): ...``
+    """
     groups: dict[tuple[str, str | None], list[ModelSpec]] = defaultdict(list)
     for model in spec.models:
         groups[(urls[model.name], model.api_key_env)].append(model)
@@ -212,7 +219,10 @@ def endpoint_groups(spec: Spec, urls: dict[str, str]) -> dict[tuple[str, str | N
 
 
 def limit_config(spec: Spec, models: Sequence[ModelSpec]) -> LimitConfig:
-    """One endpoint's limits from its models: the tightest quota set, the largest concurrency."""
+    """One endpoint's limits from its models: the tightest quota set, the largest concurrency.
+
+    Usage: ``EndpointLimiter(limit_config(spec, models))``
+    """
     rpms = [m.rpm for m in models if m.rpm]
     tpms = [m.tpm for m in models if m.tpm]
     return LimitConfig(
@@ -222,7 +232,10 @@ def limit_config(spec: Spec, models: Sequence[ModelSpec]) -> LimitConfig:
 
 
 async def preflight(transport: Transport, base_url: str, headers: dict[str, str], names: str) -> None:
-    """Check the endpoint answers HTTP at all, before anything is written. Costs no tokens."""
+    """Check the endpoint answers HTTP at all, before anything is written. Costs no tokens.
+
+    Usage: ``await preflight(transport, "http://127.0.0.1:8000/v1", {}, "'m1'")``
+    """
     for attempt in range(3):
         try:
             response = await transport.request("GET", f"{base_url}/models", body=None, headers=headers, timeout=10)
@@ -241,12 +254,14 @@ async def preflight(transport: Transport, base_url: str, headers: dict[str, str]
 
 
 async def run_prepared(
-    prepared: Prepared, options: RunOptions, *, transport_factory=None, console: Console | None = None
+    prepared: Prepared, options: RunOptions, *, transport_factory: Callable[[int], Transport] | None = None,
+    console: Console | None = None,
 ) -> RunSummary:
     """Run a checked spec: start targets, preflight, then run the grid and write the log.
 
     ``transport_factory(concurrency) -> Transport`` replaces the aiohttp transport
     (e.g. an ``HttpxTransport`` over ``httpx.MockTransport`` in tests).
+    Usage: ``summary = anyio.run(run_prepared, prepare(path, options), options)``
     """
     spec, paths = prepared.spec, prepared.paths
     console = console or Console(stderr=True)
@@ -355,7 +370,10 @@ def run_experiment(
 
 
 def write_run_report(run_dir: Path) -> list[Path]:
-    """Write report.md and charts into the run directory (the report module does the work)."""
+    """Write report.md and charts into the run directory (the report module does the work).
+
+    Usage: ``write_run_report(Path("runs/memorisation"))``
+    """
     from engine.report import write_report
 
     return write_report(run_dir)
