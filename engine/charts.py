@@ -14,7 +14,9 @@ Usage::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -30,11 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["CHART_FILES", "chart_error_rate", "chart_split", "write_charts"]
 
-CHART_FILES = {
+CHART_FILES: Mapping[str, str] = MappingProxyType({
     "overall": "chart_error_rate.png",
     "difficulty": "chart_error_rate_by_difficulty.png",
     "temperature": "chart_error_rate_by_temperature.png",
-}
+})
 """File names of the charts, by what they split the models by."""
 
 _BAR = "#9ecae1"

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ KIND_FINETUNE = "finetune"
 KIND_TINY = "tiny-from-scratch"
 """A small transformer trained from random weights on the facts only: fast, for tests."""
 
-FILE_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "q8_0": 7}
+FILE_TYPES: Mapping[str, int] = MappingProxyType({"f32": 0, "f16": 1, "q8_0": 7})
 """Supported output encodings and their ``general.file_type`` values."""
 
 _ARCH = "llama"

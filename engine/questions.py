@@ -18,12 +18,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import orjson
 
 from engine.errors import QuestionsError
 
-DIFFICULTIES = {"1": "easy", "2": "mid", "3": "hard"}
+DIFFICULTIES: Mapping[str, str] = MappingProxyType({"1": "easy", "2": "mid", "3": "hard"})
 _WIDE_QUESTION = re.compile(r"^Question (\d+)$")
 _LONG_REQUIRED = ("id", "question", "answer")
 
