@@ -74,23 +74,33 @@ def task_key(
     return hashlib.blake2b(material, digest_size=KEY_BYTES).hexdigest()
 
 
+@dataclass(slots=True)
+class Skipped:
+    """How many tasks a lazy grid passed over as already done, so far. Usage: ``skipped.count``"""
+
+    count: int = 0
+
+
 def iter_tasks(
-    spec: Spec, questions: Sequence[Question], models: Sequence[ModelSpec], *, done: Container[str] = ()
+    spec: Spec, questions: Sequence[Question], models: Sequence[ModelSpec], *, done: Container[str] = (),
+    skipped: Skipped | None = None,
 ) -> Iterator[Task]:
     """Yield the tasks of ``models`` not in ``done``, models interleaved so each stays busy.
 
     The prompt is built for every question here, at the call, not on the first ``next()``:
     a placeholder no question can fill is then a SpecError before anything is sent or
     written, not a crash inside a worker. Memory is O(questions), never O(grid).
+    ``skipped`` counts the done tasks passed over: exactly the grid's share of the log,
+    unlike the log's own size, which may hold keys of a grid since changed.
     Usage: ``tasks = iter_tasks(spec, questions, spec.models, done=finished_keys)``
     """
     prompts = [(question, build_messages(spec, question)) for question in questions]
-    return _expand(spec, prompts, models, done)
+    return _expand(spec, prompts, models, done, skipped if skipped is not None else Skipped())
 
 
 def _expand(
     spec: Spec, prompts: Sequence[tuple[Question, list[dict[str, str]]]], models: Sequence[ModelSpec],
-    done: Container[str],
+    done: Container[str], skipped: Skipped,
 ) -> Iterator[Task]:
     for repeat in range(spec.repeats):
         for temperature in spec.temperatures:
@@ -99,6 +109,8 @@ def _expand(
                     key = task_key(model, question, messages, temperature, repeat, spec.max_tokens)
                     if key not in done:
                         yield Task(key, model, question, temperature, repeat, messages)
+                    else:
+                        skipped.count += 1
 
 
 def grid_size(spec: Spec, n_questions: int) -> int:

@@ -6,7 +6,7 @@ pipe, CI, ``--quiet`` off but no TTY) a plain line every few seconds; with
 
 Usage::
 
-    progress = Progress(total=3600, already=0, counters=counters, clients=clients, console=Console())
+    progress = Progress(total=3600, skipped=Skipped(), counters=counters, clients=clients, console=Console())
     async with anyio.create_task_group() as tg:
         tg.start_soon(progress.run)
         ...
@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 
 from engine.client import ChatClient
+from engine.grid import Skipped
 from engine.scheduler import Counters
 
 
@@ -31,11 +32,11 @@ class Progress:
     """Draws the run's progress from live counters; never touches the log. Usage: see module docstring."""
 
     def __init__(
-        self, *, total: int, already: int, counters: Counters, clients: Sequence[ChatClient], console: Console,
+        self, *, total: int, skipped: Skipped, counters: Counters, clients: Sequence[ChatClient], console: Console,
         quiet: bool = False, plain_every_s: float = 10.0,
     ) -> None:
         self.total = total
-        self.already = already
+        self.skipped = skipped  # done in an earlier run: counted as the grid is walked
         self.counters = counters
         self.clients = clients
         self.console = console
@@ -48,7 +49,7 @@ class Progress:
         c = self.counters
         elapsed = max(1e-9, time.monotonic() - self.started)
         rate = c.done / elapsed
-        done = self.already + c.done
+        done = self.skipped.count + c.done
         left = max(0, self.total - done)
         eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
         requests = sum(cl.stats.requests for cl in self.clients)

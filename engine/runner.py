@@ -31,7 +31,7 @@ from rich.console import Console
 
 from engine.client import ChatClient, RetryPolicy
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
-from engine.grid import grid_size, iter_tasks
+from engine.grid import Skipped, grid_size, iter_tasks
 from engine.limits import EndpointLimiter, LimitConfig
 from engine.log import (
     LogScan,
@@ -275,6 +275,7 @@ async def run_prepared(
     started = time.monotonic()
     stop = StopSignal()
     counters = Counters()
+    skipped = Skipped()
     with local_targets(spec, prepared.questions) as (urls, sim):
         groups = endpoint_groups(spec, urls)
         transports: list[Transport] = []
@@ -291,14 +292,14 @@ async def run_prepared(
                     base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(limits),
                     policy=policy, label=base_url if sim is None or base_url != sim.base_url else "sim",
                 )
-                tasks = iter_tasks(spec, prepared.questions, models, done=done)
+                tasks = iter_tasks(spec, prepared.questions, models, done=done, skipped=skipped)
                 pools.append(Pool(client=client, tasks=tasks, workers=limits.concurrency, max_tokens=spec.max_tokens))
             # Everything checked: only now is the run directory written to.
             prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh)
             repair_torn_tail(paths.results)
             in_flight = None if options.fresh else in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
             progress = Progress(
-                total=total, already=min(total, len(done)), counters=counters,
+                total=total, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console, quiet=options.quiet,
             )
             journal = paths.started if options.write_ahead else None
@@ -320,7 +321,7 @@ async def run_prepared(
                 await transport.aclose()
     clients = [p.client for p in pools]
     return RunSummary(
-        run_dir=paths.root, total=total, already_done=min(total, len(done)), finished=counters.done,
+        run_dir=paths.root, total=total, already_done=skipped.count, finished=counters.done,
         ok=counters.ok, failed=counters.failed, elapsed_s=time.monotonic() - started,
         requests=sum(c.stats.requests for c in clients), retries=sum(c.stats.retries for c in clients),
         rate_limited=sum(c.stats.rate_limited for c in clients), interrupted=stop.requested,

@@ -267,3 +267,12 @@ def test_fresh_forgets_the_old_write_ahead_journal(tmp_path: Path) -> None:
     assert again.in_flight_at_last_stop is None  # the journal spoke of the log set aside, not this one
     resumed = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False, write_ahead=True))
     assert resumed.in_flight_at_last_stop == 0
+
+
+def test_already_done_counts_only_this_grid_when_the_spec_changed(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_experiment(write_spec(tmp_path, models=1, temps="[0.0, 1.0]", repeats=1),
+                   options=RunOptions(out=out, quiet=True, report=False))  # 300 records
+    smaller = write_spec(tmp_path, models=1, temps="[0.0]", repeats=1)
+    summary = run_experiment(smaller, options=RunOptions(out=out, quiet=True, report=False))
+    assert summary.total == 150 and summary.already_done == 150 and summary.finished == 0
