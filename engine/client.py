@@ -30,27 +30,13 @@ import anyio
 import orjson
 
 from engine.errors import EndpointError, QuotaExhausted, TransportError
-from engine.grid import prompt_token_estimate
-from engine.limits import EndpointLimiter, retry_after
+from engine.limits import EndpointLimiter, RetryPolicy, prompt_token_estimate, retry_after
 from engine.transport import Response, Transport
+
+__all__ = ["ChatClient", "Completion", "EndpointStats", "RetryPolicy"]  # RetryPolicy lives in limits
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = frozenset({401, 403, 404})
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RetryPolicy:
-    """How hard to try one task: attempts, backoff base and cap, and the cap on any single wait."""
-
-    max_attempts: int = 6
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    max_wait_s: float = 300.0  # also caps a provider's Retry-After
-    timeout_s: float = 60.0
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full-jitter exponential backoff before attempt ``attempt + 1``."""
-        return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import orjson
 
 from engine.errors import SpecError
+from engine.limits import prompt_token_estimate
 from engine.questions import Question
 from engine.spec import ModelSpec, Spec
 
@@ -116,16 +117,6 @@ def _expand(
 def grid_size(spec: Spec, n_questions: int) -> int:
     """How many tasks the whole grid has. Usage: ``grid_size(spec, len(questions))``"""
     return len(spec.models) * n_questions * len(spec.temperatures) * spec.repeats
-
-
-def prompt_token_estimate(chars: int) -> float:
-    """Estimated prompt tokens of one request whose messages hold ``chars`` characters.
-
-    About four characters a token plus a few tokens of chat framing. This is the one
-    estimate the plan and the rate limiter share, so the plan's token budget and the
-    limiter's debits agree. Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages))``
-    """
-    return chars / 4 + 4
 
 
 def pass_prompt_tokens(spec: Spec, questions: Sequence[Question]) -> float:

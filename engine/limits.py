@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -40,8 +41,6 @@ from dataclasses import dataclass
 
 import anyio
 from aiolimiter import AsyncLimiter
-
-from engine.grid import prompt_token_estimate
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,6 +57,32 @@ class LimitConfig:
     min_rps: float = 0.2
     default_pause_s: float = 1.0  # a 429 that names no wait pauses the endpoint this long
     max_pause_s: float = 300.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How hard to try one task: attempts, backoff base and cap, and the cap on any single wait."""
+
+    max_attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    max_wait_s: float = 300.0  # also caps a provider's Retry-After
+    timeout_s: float = 60.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter exponential backoff before attempt ``attempt + 1``."""
+        return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+
+
+def prompt_token_estimate(chars: int) -> float:
+    """Estimated prompt tokens of one request whose messages hold ``chars`` characters.
+
+    About four characters a token plus a few tokens of chat framing. This is the one
+    estimate the plan and the rate limiter share, so the plan's token budget and the
+    limiter's debits agree. Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages))``
+    """
+    return chars / 4 + 4
+
 
 
 class _Bucket:

@@ -21,11 +21,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.errors import ConfigError, ScorerError, SpecError
+from engine.limits import LimitConfig, RetryPolicy
 from engine.scoring import SCORERS, get_scorer
 from engine.sim import Faults, SimConfig
 
 SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
+
+
+_RETRY = RetryPolicy()  # frozen: read for its defaults only
+_LIMITS = LimitConfig()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,7 +44,7 @@ class ModelSpec:
     api_key_env: str | None = None
     rpm: float | None = None
     tpm: float | None = None
-    concurrency: int = 32
+    concurrency: int = _LIMITS.concurrency
     params: Mapping[str, Any] = field(default_factory=dict)  # extra request fields (top_p, seed, ...)
 
     @property
@@ -63,11 +68,12 @@ class Spec:
     max_tokens: int = 32
     scorer: str = "number"
     scorer_pattern: str | None = None
-    timeout_s: float = 60.0
-    max_attempts: int = 6
-    backoff_base_s: float = 0.5  # first retry waits up to this (full jitter), doubling each time
-    backoff_cap_s: float = 30.0
-    max_retry_wait_s: float = 300.0  # caps any wait, a provider's Retry-After included
+    # The retry defaults are RetryPolicy's own (see engine.limits): one place for each.
+    timeout_s: float = _RETRY.timeout_s
+    max_attempts: int = _RETRY.max_attempts
+    backoff_base_s: float = _RETRY.base_s  # first retry waits up to this (full jitter), doubling each time
+    backoff_cap_s: float = _RETRY.cap_s
+    max_retry_wait_s: float = _RETRY.max_wait_s  # caps any wait, a provider's Retry-After included
     fsync: str | int = "never"  # "never", "always", or every N records
     sim: SimConfig = field(default_factory=SimConfig)  # the built-in target's behaviour; its facts come later
     replication: Mapping[str, Any] | None = None
