@@ -198,12 +198,9 @@ def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
 
     Usage: ``SimProcess(sim_config(spec, questions))``
     """
-    from engine.sim import SimFact
+    from engine.sim import facts_from_questions
 
-    facts = tuple(
-        SimFact(question=q.text, answer=q.answer, object=q.tags.get("object"), difficulty=q.tags.get("difficulty"))
-        for q in questions
-    )
+    facts = facts_from_questions(questions)
     return dataclasses.replace(spec.sim, facts=facts)
 
 

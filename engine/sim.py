@@ -22,30 +22,27 @@ import them from here.
 from __future__ import annotations
 
 import asyncio
-import csv
 import math
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from engine.errors import ConfigError, EndpointError, QuestionsError
+from engine.errors import ConfigError, EndpointError
 from engine.sim_process import SimProcess, main
 
+if TYPE_CHECKING:
+    from engine.questions import Question
+
 __all__ = [
-    "Faults", "SimConfig", "SimFact", "SimProcess", "default_config", "facts_from_csv", "main",
+    "Faults", "SimConfig", "SimFact", "SimProcess", "default_config", "facts_from_csv", "facts_from_questions", "main",
     "published_accuracy", "serve",
 ]
-
-_DIFFICULTY_COLUMNS = types.MappingProxyType(
-    {"Question 1": "easy", "Question 2": "mid", "Question 3": "hard"}
-)
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Faults:
@@ -219,37 +216,25 @@ def _check_number(name: str, value: Any, low: float, high: float) -> None:
         raise ConfigError(f"sim config: {name} must be a number in [{low:g}, {high:g}], got {value!r}")
 
 
+def facts_from_questions(questions: Iterable[Question]) -> tuple[SimFact, ...]:
+    """The facts the sim answers from, one per question of a loaded question set.
+
+    Usage: ``facts_from_questions(load_questions(Path("data/facts.csv")))``
+    """
+    return tuple(
+        SimFact(question=q.text, answer=q.answer, object=q.tags.get("object"), difficulty=q.tags.get("difficulty"))
+        for q in questions
+    )
+
+
 def facts_from_csv(path: Path) -> tuple[SimFact, ...]:
-    """Read the wide fact CSV (``Object,Answer,Question 1,Question 2,Question 3``; 1/2/3 = easy/mid/hard).
+    """Read a question set (the wide fact CSV, or long CSV/JSONL) with the engine's one loader.
 
     Usage: ``facts_from_csv(Path("data/facts.csv"))``
     """
-    try:
-        with Path(path).open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            missing = [c for c in ("Object", "Answer") if c not in columns]
-            if missing:
-                raise QuestionsError(f"{path}: missing column {missing[0]!r}")
-            question_columns = [c for c in _DIFFICULTY_COLUMNS if c in columns]
-            facts = [
-                SimFact(
-                    question=row[column].strip(),
-                    answer=row["Answer"].strip(),
-                    object=row["Object"].strip() or None,
-                    difficulty=_DIFFICULTY_COLUMNS[column],
-                )
-                for row in reader
-                for column in question_columns
-                if (row.get(column) or "").strip()
-            ]
-    except OSError as exc:
-        raise QuestionsError(f"cannot read facts file {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise QuestionsError(f"{path}: not a readable UTF-8 CSV: {exc}") from exc
-    if not facts:
-        raise QuestionsError(f"{path}: no questions in the file")
-    return tuple(facts)
+    from engine.questions import load_questions
+
+    return facts_from_questions(load_questions(Path(path)))
 
 
 def published_accuracy() -> dict[str, dict[str, float]]:
