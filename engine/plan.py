@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.grid import ModelPlan, grid_size, pass_prompt_tokens, plan_model
+from engine.limits import LimitConfig
 from engine.questions import load_questions
 from engine.spec import SIM_URL, ModelSpec, load_spec
 
@@ -53,7 +54,7 @@ def plan_endpoints(models: Sequence[ModelSpec], plans: Sequence[ModelPlan]) -> t
     """Group model plans by endpoint; time each group at its shared quota.
 
     A group's time is the larger of (its tasks) / rpm and (its prompt + completion tokens) / tpm,
-    with rpm and tpm the smallest its models set (engine.runner.limit_config does the same at run time).
+    with rpm and tpm the smallest its models set: LimitConfig.for_models, as the run's limiter.
     Usage: ``plan_endpoints(spec.models, [plan_model(spec, questions, m) for m in spec.models])``
     """
     groups: dict[tuple[str, str | None], list[tuple[ModelSpec, ModelPlan]]] = {}
@@ -61,9 +62,8 @@ def plan_endpoints(models: Sequence[ModelSpec], plans: Sequence[ModelPlan]) -> t
         groups.setdefault(model.endpoint, []).append((model, plan))
     out = []
     for endpoint, members in groups.items():
-        rpms = [m.rpm for m, _ in members if m.rpm]
-        tpms = [m.tpm for m, _ in members if m.tpm]
-        rpm, tpm = (min(rpms) if rpms else None), (min(tpms) if tpms else None)
+        shared = LimitConfig.for_models([m for m, _ in members])
+        rpm, tpm = shared.rpm, shared.tpm
         tasks = sum(p.tasks for _, p in members)
         prompt = sum(p.prompt_tokens for _, p in members)
         completion = sum(p.max_completion_tokens for _, p in members)

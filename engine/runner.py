@@ -220,12 +220,7 @@ def limit_config(spec: Spec, models: Sequence[ModelSpec]) -> LimitConfig:
 
     Usage: ``EndpointLimiter(limit_config(spec, models))``
     """
-    rpms = [m.rpm for m in models if m.rpm]
-    tpms = [m.tpm for m in models if m.tpm]
-    return LimitConfig(
-        rpm=min(rpms) if rpms else None, tpm=min(tpms) if tpms else None,
-        concurrency=max(m.concurrency for m in models), max_pause_s=spec.max_retry_wait_s,
-    )
+    return LimitConfig.for_models(models, max_pause_s=spec.max_retry_wait_s)
 
 
 async def preflight(transport: Transport, base_url: str, headers: dict[str, str], names: str) -> None:
