@@ -30,7 +30,7 @@ import anyio
 import orjson
 
 from engine.errors import EndpointError, QuotaExhausted, TransportError
-from engine.limits import EndpointLimiter, RetryPolicy, prompt_token_estimate, retry_after
+from engine.limits import EndpointLimiter, RetryPolicy, retry_after
 from engine.transport import Response, Transport
 
 __all__ = ["ChatClient", "Completion", "EndpointStats", "RetryPolicy"]  # RetryPolicy lives in limits
@@ -152,7 +152,7 @@ class ChatClient:
             parsed = _parse_completion(response.body)
             usage = None if isinstance(parsed, str) else parsed[1]
             await self.limiter.observe(
-                status=status, headers=response.headers, usage=usage, prompt_estimate=int(prompt_token_estimate(prompt_chars))
+                status=status, headers=response.headers, usage=usage, prompt_chars=prompt_chars
             )
             if isinstance(parsed, str):
                 return parsed, self.policy.backoff(attempt, self._rng)

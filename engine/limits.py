@@ -248,15 +248,15 @@ class EndpointLimiter:
         status: int,
         headers: Mapping[str, str],
         usage: tuple[int, int] | None = None,
-        prompt_estimate: int | None = None,
+        prompt_chars: int | None = None,
     ) -> None:
-        """Learn from one response: token usage, rate-limit headers, and 429s."""
+        """Learn from one response: token usage (for a prompt of ``prompt_chars``), rate-limit headers, 429s."""
         now = anyio.current_time()
         if usage is not None:
             prompt_tokens, completion_tokens = usage
-            if prompt_estimate:
-                # prompt_estimate is the unscaled estimate, so this is the ratio itself.
-                observed = prompt_tokens / prompt_estimate
+            if prompt_chars is not None:
+                # Against the unscaled estimate, so this is the ratio itself.
+                observed = prompt_tokens / prompt_token_estimate(prompt_chars)
                 self._prompt_ratio += 0.1 * (observed - self._prompt_ratio)
             previous = self._completion_estimate
             self._completion_estimate = (

@@ -45,7 +45,7 @@ def test_token_estimate_learns_from_usage() -> None:
 
     async def learn() -> None:
         for _ in range(50):
-            await limiter.observe(status=200, headers={}, usage=(50, 5), prompt_estimate=104)
+            await limiter.observe(status=200, headers={}, usage=(50, 5), prompt_chars=400)
 
     run_virtual(learn)
     learnt = limiter.estimate(prompt_chars=400, max_tokens=256)
@@ -59,7 +59,7 @@ def test_token_estimate_settles_when_the_endpoint_counts_more_than_estimated() -
 
     async def learn() -> None:
         for _ in range(30_000):
-            await limiter.observe(status=200, headers={}, usage=(26, 9), prompt_estimate=19)
+            await limiter.observe(status=200, headers={}, usage=(26, 9), prompt_chars=60)
 
     run_virtual(learn)
     assert limiter.estimate(prompt_chars=60, max_tokens=32) == pytest.approx(26 + 9, abs=2)
