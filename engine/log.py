@@ -39,6 +39,9 @@ from engine.errors import LogError
 from engine.spec import Spec
 
 SCHEMA_VERSION = 1
+# One journal line per request, written and read only here: {"key":"<20 hex>"}\n
+_JOURNAL_LINE = b'{"key":"%s"}\n'
+_JOURNAL_KEY = slice(len(b'{"key":"'), -len(b'"}\n'))
 WRITE_BATCH = 512  # records per write(2): one syscall for a burst, never a whole run in memory
 
 RECORD_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
@@ -159,7 +162,7 @@ class LogScan:
 
 
 def scan_log(path: Path) -> LogScan:
-    """Read the keys a log holds (two columns, bounded memory), without changing the file.
+    """Read the keys a log holds (key, version and status only; bounded memory), without changing the file.
 
     A torn last line (a kill mid-write, even one whose JSON is whole: repair_torn_tail cuts
     it, so counting it as done would lose the task) is left out and flagged; a bad line
@@ -397,7 +400,7 @@ class LogWriter:
         Written at once, not batched: a record written after the request left would miss the
         crash it is meant to reveal. Costs one small write(2) per request.
         """
-        os.write(self._journal, b'{"key":"%s"}\n' % key.encode())
+        os.write(self._journal, _JOURNAL_LINE % key.encode())
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records, each one line, in one write call."""
@@ -458,5 +461,5 @@ def in_flight_at_stop(paths: RunPaths, finished: frozenset[str]) -> int | None:
     with paths.started.open("rb") as f:
         for line in f:
             if line.endswith(b"\n"):  # a torn last line is a request that was never sent
-                keys.add(line[8:-3].decode())
+                keys.add(line[_JOURNAL_KEY].decode())
     return len(keys - finished)
