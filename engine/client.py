@@ -5,7 +5,9 @@ Retried: 429 (waiting as long as ``Retry-After``/``retry-after-ms`` asks), 408, 
 Waits are jittered exponential backoff, capped. A task that runs out of attempts
 comes back as failed with its reason; it is logged, not lost.
 
-Not retried, because retrying cannot help: 400/422 fail the task; 401/403 (bad key),
+Not retried, because retrying cannot help: 400/422 fail the task, and so does a 200
+whose message has no text (``content: null``: a content filter, a tool call, a refusal;
+the reason names the finish_reason; an empty string is a reply); 401/403 (bad key),
 404 (not an OpenAI-compatible endpoint, or unknown model) stop the run with an
 EndpointError; a 429 saying the quota is spent (``insufficient_quota``) stops it
 with QuotaExhausted.
