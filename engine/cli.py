@@ -74,10 +74,18 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from engine.seedio import export_seed_csv
+    """The CSV to ``--out``, or to stdout without it (``> x.csv`` works); what was written goes to stderr."""
+    from engine.seedio import export_seed_csv, render_seed_csv
 
-    out = export_seed_csv(args.run_dir, args.out or args.run_dir / "results.csv")
-    print(f"wrote {out}")
+    if args.out is not None:
+        print(f"wrote {export_seed_csv(args.run_dir, args.out)}", file=sys.stderr)
+        return 0
+    table = render_seed_csv(args.run_dir)
+    sys.stdout.flush()
+    # As bytes: the combined layout's CRLF line ends must reach the file unchanged on every platform.
+    sys.stdout.buffer.write(table.text.encode("utf-8"))
+    sys.stdout.buffer.flush()
+    print(f"wrote the CSV to stdout ({table.describe()})", file=sys.stderr)
     return 0
 
 
@@ -167,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a log in another tool's format")
     export.add_argument("run_dir", type=Path)
     export.add_argument("--format", required=True, choices=("seed-csv",))
-    export.add_argument("--out", type=Path)
+    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
     export.set_defaults(func=_export)
 
     data = sub.add_parser("data", help="build and check fine-tuning data")

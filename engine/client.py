@@ -5,7 +5,9 @@ Retried: 429 (waiting as long as ``Retry-After``/``retry-after-ms`` asks), 408, 
 Waits are jittered exponential backoff, capped. A task that runs out of attempts
 comes back as failed with its reason; it is logged, not lost.
 
-Not retried, because retrying cannot help: 400/422 fail the task; 401/403 (bad key),
+Not retried, because retrying cannot help: 400/422 fail the task, and so does a 200
+whose message has no text (``content: null``: a content filter, a tool call, a refusal;
+the reason names the finish_reason; an empty string is a reply); 401/403 (bad key),
 404 (not an OpenAI-compatible endpoint, or unknown model) stop the run with an
 EndpointError; a 429 saying the quota is spent (``insufficient_quota``) stops it
 with QuotaExhausted.
@@ -21,10 +23,12 @@ Usage::
 from __future__ import annotations
 
 import random
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import orjson
@@ -33,10 +37,11 @@ from engine.errors import EndpointError, QuotaExhausted, TransportError
 from engine.limits import EndpointLimiter, RetryPolicy, retry_after
 from engine.transport import Response, Transport
 
-__all__ = ["ChatClient", "Completion", "EndpointStats", "RetryPolicy"]  # RetryPolicy lives in limits
+__all__ = ["ChatClient", "Completion", "EndpointStats", "NoText", "RetryPolicy", "path_hint"]  # RetryPolicy lives in limits
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = frozenset({401, 403, 404})
+_VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*", re.IGNORECASE)  # v1, v2beta, v1alpha1: an API version
 
 
 @dataclass(slots=True)
@@ -80,7 +85,8 @@ class ChatClient:
         label: str = "",
         rng: random.Random | None = None,
     ) -> None:
-        self.url = f"{base_url.rstrip('/')}/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
         self.label = label or base_url
         self.transport = transport
         self.limiter = limiter
@@ -100,8 +106,14 @@ class ChatClient:
         temperature: float,
         max_tokens: int,
         params: Mapping[str, Any] | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> Completion:
-        """Ask once, retrying as the policy allows; never raises for a per-task failure."""
+        """Ask once, retrying as the policy allows; never raises for a per-task failure.
+
+        ``on_send`` is called right before each attempt goes out, after the limiter admitted
+        it: once per request really sent, never for one still waiting out a pause (the
+        write-ahead journal hangs here).
+        """
         body = orjson.dumps(
             {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens,
              **(params or {})}
@@ -118,6 +130,8 @@ class ChatClient:
             self.stats.requests += 1
             started = time.perf_counter()
             try:
+                if on_send is not None:  # inside the try: the limiter's slot is released even if it fails
+                    on_send()
                 response = await self.transport.request(
                     "POST", self.url, body=body, headers=self._headers, timeout=self.policy.timeout_s
                 )
@@ -150,10 +164,12 @@ class ChatClient:
         status = response.status
         if status == 200:
             parsed = _parse_completion(response.body)
-            usage = None if isinstance(parsed, str) else parsed[1]
+            usage = parsed[1] if isinstance(parsed, tuple) else None
             await self.limiter.observe(
                 status=status, headers=response.headers, usage=usage, prompt_chars=prompt_chars
             )
+            if isinstance(parsed, NoText):
+                return parsed.reason, None  # the model chose not to write text: asking again gives the same
             if isinstance(parsed, str):
                 return parsed, self.policy.backoff(attempt, self._rng)
             reply, tokens = parsed
@@ -171,7 +187,7 @@ class ChatClient:
             asked = retry_after(response.headers)
             return f"http 429 {detail}".strip(), asked if asked is not None else self.policy.backoff(attempt, self._rng)
         if status in FATAL_STATUSES:
-            raise EndpointError(_fatal_message(self.label, self.url, model, status, detail))
+            raise EndpointError(_fatal_message(self.label, self.base_url, self.url, model, status, detail))
         if status in RETRY_STATUSES or status >= 500:
             asked = retry_after(response.headers)
             wait = self.policy.backoff(attempt, self._rng) if asked is None else asked
@@ -179,16 +195,30 @@ class ChatClient:
         return f"http {status} {detail}".strip(), None
 
 
-def _parse_completion(body: bytes) -> tuple[str, tuple[int, int] | None] | str:
-    """(reply, (prompt_tokens, completion_tokens)) from a completion body, or why it is not one."""
+@dataclass(frozen=True, slots=True)
+class NoText:
+    """A well-formed completion with no text in it (content filter, tool call, refusal): the task fails."""
+
+    reason: str
+
+
+def _parse_completion(body: bytes) -> tuple[str, tuple[int, int] | None] | NoText | str:
+    """(reply, (prompt_tokens, completion_tokens)) from a completion body; NoText; or why it is not one.
+
+    An empty string is a reply (the model said nothing, scored as no answer); a null or
+    absent content is no reply at all, and the reason names the finish_reason.
+    """
     try:
         data = orjson.loads(body)
-        message = data["choices"][0]["message"]
-        content = message.get("content") or ""
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
     except orjson.JSONDecodeError:
         return "malformed completion: body is not JSON"
     except (KeyError, IndexError, TypeError, AttributeError):
         return "malformed completion: no choices[0].message"
+    if content is None:
+        return NoText(_no_text_reason(choice, message))
     if not isinstance(content, str):
         return "malformed completion: message content is not text"
     usage = data.get("usage")
@@ -197,6 +227,29 @@ def _parse_completion(body: bytes) -> tuple[str, tuple[int, int] | None] | str:
     except (KeyError, TypeError, ValueError):
         tokens = None
     return content, tokens
+
+
+def _no_text_reason(choice: Mapping[str, Any], message: Mapping[str, Any]) -> str:
+    """Why a completion holds no text, for the log: the finish_reason, and a refusal or tool call if any."""
+    finish = choice.get("finish_reason")
+    parts = [f"finish_reason={finish}" if finish else "no finish_reason given"]
+    if message.get("tool_calls") or message.get("function_call"):
+        parts.append("a tool call instead of text")
+    if refusal := message.get("refusal"):
+        parts.append(f"refusal: {str(refusal)[:80]}")
+    return f"no text in reply ({', '.join(parts)})"
+
+
+def path_hint(base_url: str) -> str:
+    """"did you mean <base_url>/v1?" when ``base_url`` ends in no version segment (``/v1``), else "".
+
+    Shown with a 404: an OpenAI-compatible server at the root of a host serves its API under /v1.
+    Usage: ``path_hint("http://host:8000")  # 'did you mean http://host:8000/v1?'``
+    """
+    last = urlsplit(base_url).path.rstrip("/").rsplit("/", 1)[-1]
+    if _VERSION_SEGMENT.fullmatch(last):
+        return ""
+    return f"did you mean {base_url.rstrip('/')}/v1?"
 
 
 def _error_detail(body: bytes) -> str:
@@ -211,9 +264,13 @@ def _error_detail(body: bytes) -> str:
     return str(error)[:120] if error else ""
 
 
-def _fatal_message(label: str, url: str, model: str, status: int, detail: str) -> str:
+def _fatal_message(label: str, base_url: str, url: str, model: str, status: int, detail: str) -> str:
     if status in (401, 403):
         return f"{label}: {url} refused the API key (HTTP {status}); check the key's variable"
+    hint = path_hint(base_url) if status == 404 else ""
     if detail == "(not JSON)" or not detail:
-        return f"{label}: {url} answered HTTP {status} {detail}; is base_url an OpenAI-compatible /v1 endpoint?"
-    return f"{label}: {url} answered HTTP {status} ({detail}); is the model {model!r} served there?"
+        text = f"{label}: {url} answered HTTP {status} {detail}".rstrip()
+        return f"{text}; is base_url an OpenAI-compatible /v1 endpoint?{' ' + hint if hint else ''}"
+    # Even a JSON 404 naming the model may come from a server whose API sits under /v1.
+    return (f"{label}: {url} answered HTTP {status} ({detail}); is the model {model!r} served there?"
+            f"{f' (base_url has no /v1: {hint})' if hint else ''}")

@@ -452,14 +452,15 @@ class LogWriter:
 def in_flight_at_stop(paths: RunPaths, finished: frozenset[str]) -> int | None:
     """Requests the last run sent but never finished: in flight when it stopped (paid for, lost).
 
-    Reads the write-ahead journal; None when the last run kept none.
+    Reads the write-ahead journal (one line per attempt sent); None when the last run kept none.
+    Every attempt of an unfinished task counts: a retry sent before the stop was paid for too.
     Usage: ``in_flight_at_stop(paths, scan.ok | scan.failed)``
     """
     if not paths.started.exists():
         return None
-    keys: set[str] = set()
+    count = 0
     with paths.started.open("rb") as f:
         for line in f:
-            if line.endswith(b"\n"):  # a torn last line is a request that was never sent
-                keys.add(line[_JOURNAL_KEY].decode())
-    return len(keys - finished)
+            # A torn last line is a request that was never sent.
+            count += line.endswith(b"\n") and line[_JOURNAL_KEY].decode() not in finished
+    return count

@@ -116,8 +116,8 @@ def _summary(report: Report) -> list[str]:
         "(status failed) are shown apart and are not model errors.",
         f"Intervals are {100 * report.confidence:g}%. Wilson treats every answer as independent; the cluster "
         f"bootstrap resamples {cluster}, {report.bootstrap:,} replicates, seed {report.seed}, and is the one to "
-        "trust when errors cluster. A group with no errors has a bootstrap interval of 0 to 0: read Wilson's "
-        "upper bound there.",
+        "trust when errors cluster. It is never narrower than Wilson's (widened to cover it), so a group "
+        "with no or very few errors still shows how high its rate could be.",
     ]
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import anyio
 from rich.console import Console
 
-from engine.client import ChatClient, RetryPolicy
+from engine.client import ChatClient, RetryPolicy, path_hint
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.grid import Skipped, grid_size, iter_tasks
 from engine.limits import EndpointLimiter, LimitConfig
@@ -143,8 +143,13 @@ def prepare(spec_path: Path, options: RunOptions) -> Prepared:
             raise QuestionsError(f"{spec.questions}: question {question.id!r}: {why} (scorer {spec.scorer!r})")
     for model in spec.models:
         key = os.environ.get(model.api_key_env) if model.api_key_env else None
-        if model.api_key_env and not key:
+        if model.api_key_env and key is None:
             raise ConfigError(f"model {model.name!r}: environment variable {model.api_key_env} is not set (api_key_env)")
+        if model.api_key_env and not key:
+            # `export KEY=` or a failed `$(...)`: telling it apart from "not set" saves a hunt.
+            raise ConfigError(
+                f"model {model.name!r}: environment variable {model.api_key_env} is set but empty (api_key_env)"
+            )
         if key is not None and (not key.isprintable() or " " in key):
             # Such a key would be refused as a header, and the refusal would quote it.
             raise ConfigError(
@@ -239,8 +244,10 @@ async def preflight(transport: Transport, base_url: str, headers: dict[str, str]
         if response.status in (401, 403):
             raise EndpointError(f"model {names}: {base_url} refused the API key (HTTP {response.status})")
         if response.status == 404 and not response.body.lstrip().startswith(b"{"):
+            hint = path_hint(base_url)
             raise EndpointError(
                 f"model {names}: {base_url} does not look OpenAI-compatible (GET /models answered 404, not JSON)"
+                + (f"; {hint}" if hint else "")
             )
         return
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -176,11 +177,12 @@ async def _work(
             if stop.requested:
                 return
             t_start = time.time()
-            if journal is not None:
-                journal(task.key)
+            # Journalled by the client as each attempt goes out, not here: a task still waiting
+            # for the limiter (a pause after 429s, say) has cost nothing yet.
             completion = await client.complete(
                 model=task.model.model, messages=task.messages, temperature=task.temperature,
                 max_tokens=pool.max_tokens, params=task.model.params,
+                on_send=None if journal is None else partial(journal, task.key),
             )
             record = make_record(task, completion, scorer, t_start, time.time())
             counters.count(record)

@@ -31,9 +31,11 @@ from engine.errors import LogError
 __all__ = [
     "ALL_COLUMNS",
     "RESULTS_COLUMNS",
+    "SeedCsv",
     "SeedExport",
     "export_seed_csv",
     "import_seed",
+    "render_seed_csv",
     "seed_key",
 ]
 
@@ -202,21 +204,50 @@ def _temperature_text(value: float, layout: str) -> str:
     return repr(float(value)) if layout == "results" else f"{value:g}"
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SeedCsv:
+    """A run's log as the original experiment's CSV text, and what went into it.
+
+    Usage: ``sys.stdout.write(render_seed_csv("runs/x").text)``
+    """
+
+    text: str
+    rows: int
+    layout: str
+    skipped_failed: int
+
+    def describe(self) -> str:
+        failed = f"; {self.skipped_failed} failed tasks left out" if self.skipped_failed else ""
+        return f"{self.rows} rows, {self.layout} layout{failed}"
+
+
 def export_seed_csv(
     run_dir: str | Path,
     out_path: str | Path | None = None,
     *,
     layout: Literal["auto", "results", "all"] = "auto",
 ) -> SeedExport:
-    """Write a run's log in the original experiment's CSV columns.
+    """Write a run's log in the original experiment's CSV columns (made by :func:`render_seed_csv`).
+
+    Default ``out_path``: ``<run_dir>/results.csv``. Usage: ``export_seed_csv("runs/x").rows``
+    """
+    table = render_seed_csv(run_dir, layout=layout)
+    run = Path(run_dir)
+    target = Path(out_path) if out_path is not None else (run if run.is_dir() else run.parent) / "results.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(table.text, encoding="utf-8", newline="")
+    return SeedExport(path=target, rows=table.rows, layout=table.layout, skipped_failed=table.skipped_failed)
+
+
+def render_seed_csv(run_dir: str | Path, *, layout: Literal["auto", "results", "all"] = "auto") -> SeedCsv:
+    """A run's log in the original experiment's CSV columns, as text.
 
     ``layout="results"`` gives the columns of the original's ``results.csv`` (one model,
     one run); ``"all"`` those of ``Results-all-v2.csv`` (``Examples`` and ``Run 1 or 2``
     first, CRLF line ends); ``"auto"`` picks ``results`` for a log with one model and
     one repeat, else ``all``, so models and runs never blur together. Infrastructure
     failures are left out, as the original had no row for a failed call; each task
-    appears once (last record wins), in log order. Default ``out_path``:
-    ``<run_dir>/results.csv``. Usage: ``export_seed_csv("runs/x").rows``
+    appears once (last record wins), in log order. Usage: ``render_seed_csv("runs/x").text``
     """
     from engine.report import load_log  # the report owns log reading
 
@@ -258,7 +289,4 @@ def export_seed_csv(
             run_word = _RUNS[repeat] if 0 <= repeat < len(_RUNS) else str(repeat + 1)
             row = [labels.get(rec["model"], rec["model"]), run_word, *row]
         writer.writerow(row)
-    target = Path(out_path) if out_path is not None else (run if run.is_dir() else run.parent) / "results.csv"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(buffer.getvalue(), encoding="utf-8", newline="")
-    return SeedExport(path=target, rows=df.height, layout=layout, skipped_failed=failed)
+    return SeedCsv(text=buffer.getvalue(), rows=df.height, layout=layout, skipped_failed=failed)

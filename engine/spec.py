@@ -157,11 +157,7 @@ class _Checker:
         if not isinstance(models, list) or not models:
             raise self.fail("models", "needs at least one [[models]] table")
         checked = tuple(self.model(m, i) for i, m in enumerate(models))
-        seen: set[str] = set()
-        for m in checked:
-            if m.name in seen:
-                raise self.fail("models", f"duplicate model name {m.name!r}")
-            seen.add(m.name)
+        self.distinct_names(checked)
         temperatures = raw.get("temperatures", [0.0])
         if not isinstance(temperatures, list) or not temperatures:
             raise self.fail("temperatures", f"must be a non-empty list of numbers, got {temperatures!r}")
@@ -219,12 +215,32 @@ class _Checker:
         if "question" not in names:
             raise self.fail("prompt", "must contain the placeholder {question}")
 
+    def distinct_names(self, models: tuple[ModelSpec, ...]) -> None:
+        # Labels that differ only by case read as one model in a report, and collide as file
+        # names on case-insensitive file systems (macOS, Windows).
+        folded: dict[str, str] = {}
+        for m in models:
+            other = folded.get(m.name.casefold())
+            if other == m.name:
+                raise self.fail("models", f"duplicate model name {m.name!r}")
+            if other is not None:
+                raise self.fail("models", f"model names {other!r} and {m.name!r} differ only by case; make them distinct")
+            folded[m.name.casefold()] = m.name
+
+    def model_name(self, raw: Mapping[str, Any], key: str, where: str, *, required: bool) -> str | None:
+        """A model label or id: a non-empty string with no whitespace around it."""
+        value = self.string(raw, key, where, required=required)
+        if value is not None and value != value.strip():
+            # "m1 " would be another label than "m1", and another model id to the provider.
+            raise self.fail(f"{where}{key}", f"has leading or trailing whitespace: {value!r}")
+        return value
+
     def model(self, raw: Any, index: int) -> ModelSpec:
         where = f"models[{index}]."
         if not isinstance(raw, dict):
             raise self.fail(f"models[{index}]", "must be a table")
         self.known_keys(raw, {f.name for f in fields(ModelSpec)}, f"models[{index}]")
-        name = self.string(raw, "name", where, required=True)
+        name = self.model_name(raw, "name", where, required=True)
         assert name is not None
         base_url = self.string(raw, "base_url", where)
         gguf = self.string(raw, "gguf", where)
@@ -244,7 +260,7 @@ class _Checker:
         defaults = ModelSpec(name=name, model=name)
         return ModelSpec(
             name=name,
-            model=self.string(raw, "model", where) or name,
+            model=self.model_name(raw, "model", where, required=False) or name,
             base_url=base_url.rstrip("/") if base_url else None,
             gguf=gguf,
             api_key_env=self.string(raw, "api_key_env", where),

@@ -31,9 +31,11 @@ from tests.conftest import BASE_SPEC, WIDE_CSV, SpecDir
 SECRET = "sk-test-SECRET-1234"  # a recognisable fake key: it must never be printed
 KEY_VAR = "ENGINE_TEST_KEY"  # set to SECRET in every row
 MISSING_VAR = "ENGINE_TEST_MISSING_KEY"  # never set
+EMPTY_VAR = "ENGINE_TEST_EMPTY_KEY"  # set, to ""
 RUN_DIR = Path("runs") / "tiny"  # relative to the row's directory, so messages read as a user sees them
 CLOSED = "{closed_url}"  # placeholders for endpoints started by the test
 HTML = "{html_url}"
+HTML_ROOT = "{html_root}"  # the same server, without /v1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -110,10 +112,18 @@ ROWS = [
         expect=("spec.toml: sim.faults: unknown key 'error_501'",)),
     Row(problem="missing API key variable", spec=http_models("http://127.0.0.1:9/v1", second_key=MISSING_VAR),
         expect=(f"model 'm2': environment variable {MISSING_VAR} is not set",)),
+    Row(problem="empty API key variable", spec=http_models("http://127.0.0.1:9/v1", second_key=EMPTY_VAR),
+        expect=(f"model 'm2': environment variable {EMPTY_VAR} is set but empty",)),
     Row(problem="unreachable endpoint (closed port)", spec=http_models(CLOSED),
         expect=("model 'm1', 'm2': endpoint http://127.0.0.1:", "is unreachable")),
     Row(problem="endpoint not OpenAI-compatible (404 HTML)", spec=http_models(HTML),
         expect=("does not look OpenAI-compatible (GET /models answered 404, not JSON)",)),
+    Row(problem="`base_url` without `/v1` (404 HTML)", spec=http_models(HTML_ROOT),
+        expect=("(GET /models answered 404, not JSON); did you mean http://127.0.0.1:", "/v1?")),
+    Row(problem="model names differing only by case (`m1`, `M1`)", spec=edit('name = "m2"', 'name = "M1"'),
+        expect=("spec.toml: models: model names 'm1' and 'M1' differ only by case",)),
+    Row(problem="model name with a trailing space (`\"m1 \"`)", spec=edit('name = "m2"', 'name = "m1 "'),
+        expect=("spec.toml: models[1].name: has leading or trailing whitespace: 'm1 '",)),
     Row(problem="log from another spec in the run dir", spec=edit('name = "tiny"', 'name = "other-experiment"'),
         expect=(f"{RUN_DIR} holds the log of experiment 'tiny', not 'other-experiment'",)),
     Row(problem="log with a garbage line in the middle", log="garbage",
@@ -170,6 +180,7 @@ def engine(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m engine ARGS`` with the fake key set and the missing one surely unset."""
     env = {k: v for k, v in os.environ.items() if k != MISSING_VAR}
     env[KEY_VAR] = SECRET
+    env[EMPTY_VAR] = ""
     return subprocess.run(
         [sys.executable, "-m", "engine", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
@@ -204,6 +215,7 @@ class Outcome:
 def run_row(row: Row, workdir: Path, good_run: Path, urls: dict[str, str]) -> Outcome:
     """Lay out the row's experiment and run directory in ``workdir``, then run the engine on it."""
     spec = row.spec.replace(CLOSED, urls["closed_url"]).replace(HTML, urls["html_url"])
+    spec = spec.replace(HTML_ROOT, urls["html_url"].removesuffix("/v1"))
     SpecDir(workdir).write(spec, questions=row.questions)
     run_dir = workdir / RUN_DIR
     shutil.copytree(good_run, run_dir)

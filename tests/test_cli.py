@@ -55,3 +55,27 @@ def test_run_then_report_and_export_through_the_cli(tmp_path: Path, capsys: pyte
     assert main(["export", str(out), "--format", "seed-csv", "--out", str(tmp_path / "results.csv")]) == 0
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert len(lines) == 151  # a header and one row per answered task
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.startswith(f"wrote {tmp_path / 'results.csv'} (150 rows")
+
+
+def test_export_without_out_writes_only_the_csv_to_stdout(tmp_path: Path) -> None:
+    # `engine export RUN --format seed-csv > x.csv`: x.csv must be the CSV and nothing else.
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        f'name = "tiny"\nquestions = "{ROOT / "data" / "facts.csv"}"\nrepeats = 2\n'
+        '[[models]]\nname = "ft-5x"\nbase_url = "sim"\n'
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert main(["export", str(out), "--format", "seed-csv", "--out", str(tmp_path / "file.csv")]) == 0
+    redirected = tmp_path / "x.csv"
+    with redirected.open("wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", "engine", "export", str(out), "--format", "seed-csv"],
+                              stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # Byte for byte what --out writes: the combined layout (two repeats), CRLF line ends kept.
+    assert redirected.read_bytes() == (tmp_path / "file.csv").read_bytes()
+    assert redirected.read_bytes().count(b"\r\n") == 301  # a header and 300 rows
+    assert done.stderr.decode() == "wrote the CSV to stdout (300 rows, all layout)\n"
+    assert not (out / "results.csv").exists()  # nothing written into the run directory

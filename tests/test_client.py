@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -28,9 +29,13 @@ def completion_body(text: str = "Apple is 65451.") -> bytes:
 
 def run_client(
     responses: list[httpx.Response | Exception], *, policy: RetryPolicy | None = None, api_key: str | None = None,
-    limits: LimitConfig | None = None,
+    limits: LimitConfig | None = None, base_url: str = "http://provider.test/v1",
+    on_send: Callable[[], None] | None = None, pause_s: float = 0.0,
 ) -> tuple[Completion, list[httpx.Request], list[float]]:
-    """Send one task; the mock answers with ``responses`` in order. Returns result, requests and send times."""
+    """Send one task; the mock answers with ``responses`` in order. Returns result, requests and send times.
+
+    ``pause_s`` starts the endpoint paused that long, as after a 429 of another task.
+    """
     requests: list[httpx.Request] = []
     times: list[float] = []
     queue = list(responses)
@@ -45,14 +50,16 @@ def run_client(
 
     async def main() -> Completion:
         transport = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+        limiter = EndpointLimiter(limits or LimitConfig(concurrency=4))
+        if pause_s:
+            limiter.paused_until = anyio.current_time() + pause_s
         client = ChatClient(
-            base_url="http://provider.test/v1", api_key=api_key, transport=transport,
-            limiter=EndpointLimiter(limits or LimitConfig(concurrency=4)), policy=policy or RetryPolicy(),
-            rng=random.Random(1),
+            base_url=base_url, api_key=api_key, transport=transport, limiter=limiter,
+            policy=policy or RetryPolicy(), rng=random.Random(1),
         )
         return await client.complete(
             model="m", messages=[{"role": "user", "content": "What is the number for Apple?"}],
-            temperature=0.0, max_tokens=16,
+            temperature=0.0, max_tokens=16, on_send=on_send,
         )
 
     result = run_virtual(main)
@@ -185,3 +192,64 @@ def test_an_error_body_echoing_the_key_is_redacted_in_the_logged_reason() -> Non
     )
     assert not result.ok and result.error is not None
     assert SECRET not in result.error and "[api key]" in result.error
+
+
+def test_on_send_runs_once_per_attempt_only_when_it_really_goes_out() -> None:
+    # The write-ahead journal hangs on on_send: a task waiting out a pause has sent nothing yet,
+    # and each retry is one more request paid for.
+    sent: list[float] = []
+    result, requests, times = run_client(
+        [httpx.Response(503), httpx.ConnectError("refused"), httpx.Response(200, content=completion_body())],
+        on_send=lambda: sent.append(anyio.current_time()), pause_s=30.0,
+    )
+    assert result.ok and len(requests) == 3
+    assert sent == times  # one call per attempt, at the moment each went out
+    assert times[0] >= 1000.0 + 30.0  # not before the limiter let it through
+
+
+@pytest.mark.parametrize(
+    ("message", "finish", "reason"),
+    [
+        ({"role": "assistant", "content": None}, "content_filter", "no text in reply (finish_reason=content_filter)"),
+        ({"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}, "tool_calls",
+         "no text in reply (finish_reason=tool_calls, a tool call instead of text)"),
+        ({"role": "assistant", "content": None, "refusal": "I can't help with that."}, "stop",
+         "no text in reply (finish_reason=stop, refusal: I can't help with that.)"),
+        ({"role": "assistant"}, None, "no text in reply (no finish_reason given)"),
+    ],
+)
+def test_a_completion_without_text_fails_the_task_at_once_with_its_reason(
+    message: dict[str, object], finish: str | None, reason: str
+) -> None:
+    body = orjson.dumps({"choices": [{"message": message, "finish_reason": finish}],
+                         "usage": {"prompt_tokens": 12, "completion_tokens": 0}})
+    result, requests, _ = run_client([httpx.Response(200, content=body)] * 3)
+    assert not result.ok and result.reply is None  # a failed task, not a wrong answer of the model's
+    assert len(requests) == 1 and result.http == [200]  # asking again would get the same: not retried
+    assert result.error == f"{reason} (after 1 attempt)"
+
+
+def test_an_empty_string_reply_is_still_a_reply() -> None:
+    body = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]})
+    result, requests, _ = run_client([httpx.Response(200, content=body)])
+    assert result.ok and result.reply == "" and len(requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("base_url", "hint"),
+    [("http://provider.test", "did you mean http://provider.test/v1?"),
+     ("http://provider.test/api", "did you mean http://provider.test/api/v1?"),
+     ("http://provider.test/v1", None), ("http://provider.test/openai/v1beta", None)],
+)
+def test_a_404_from_a_base_url_without_a_version_suggests_v1(base_url: str, hint: str | None) -> None:
+    for response in (httpx.Response(404, content=b"<html>Not Found</html>"),
+                     httpx.Response(404, json={"detail": "Not Found"}),
+                     httpx.Response(404, json={"error": {"code": "model_not_found"}})):
+        with pytest.raises(EndpointError) as info:
+            run_client([response], base_url=base_url)
+        message = str(info.value)
+        assert "\n" not in message
+        if hint is None:
+            assert "did you mean" not in message, message
+        else:
+            assert message.endswith(hint) or message.endswith(f"{hint})"), message

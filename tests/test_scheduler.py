@@ -17,6 +17,7 @@ from engine.scheduler import Pool, StopSignal, run_grid
 from engine.scoring import get_scorer
 from engine.spec import ModelSpec, Spec
 from engine.transport import HttpxTransport
+from tests.vtime import run_virtual
 
 QUESTIONS = tuple(
     Question(id=f"q{i}", text=f"What is the number for thing {i}?", answer=str(10000 + i), tags={"object": f"t{i}"})
@@ -136,3 +137,75 @@ def test_failed_tasks_are_written_with_status_failed(tmp_path: Path) -> None:
     failed = [r for r in records if r["status"] == "failed"]
     assert len(records) == 160 and len(failed) == 80
     assert all(r["temperature"] == 1.0 and r["http"] == [503, 503] and "503" in r["error"] for r in failed)
+
+
+def test_write_ahead_journal_holds_each_request_sent_and_none_still_waiting(tmp_path: Path) -> None:
+    # The first request is answered 429 "retry after 30 s": the endpoint pauses, and the workers
+    # that take new tasks meanwhile wait without sending. Stopped within the pause, the journal
+    # must hold exactly the requests the server saw, not the tasks taken.
+    from engine.log import RunPaths, in_flight_at_stop
+
+    model = ModelSpec(name="a", model="a", base_url="http://x.test/v1")
+    spec = make_spec((model,))
+    paths = RunPaths(tmp_path)
+    stop = StopSignal()
+    seen: list[str] = []
+    ok = answering()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(orjson.loads(request.content)["messages"][-1]["content"])
+        if len(seen) == 1:
+            return httpx.Response(429, headers={"retry-after": "30"})
+        return await ok(request)
+
+    async def main() -> None:
+        with LogWriter(paths.results, journal=paths.started) as writer:
+            pool = pool_for(spec, (model,), handler, workers=4)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: run_grid([pool], scorer=get_scorer("number"), writer=writer, stop=stop,
+                                               grace_s=1))
+                await anyio.sleep(10)  # well inside the 30 s pause
+                stop.request()
+
+    run_virtual(main)
+    journal = paths.started.read_bytes().splitlines()
+    logged = read(paths.results)
+    assert 1 <= len(seen) <= 4 and len(logged) == len(seen) - 1  # the 429's task is still waiting to retry
+    assert len(journal) == len(seen)  # one line per request sent; none for the tasks held by the pause
+    assert in_flight_at_stop(paths, frozenset(r["key"] for r in logged)) == 1  # the 429 was sent and paid
+
+
+def test_each_retry_is_journalled_and_counted_in_flight(tmp_path: Path) -> None:
+    # A task stopped between attempts sent two requests: both count as in flight at the stop.
+    from engine.log import RunPaths, in_flight_at_stop
+
+    model = ModelSpec(name="a", model="a", base_url="http://x.test/v1")
+    spec = make_spec((model,))
+    paths = RunPaths(tmp_path)
+    stop = StopSignal()
+    sent = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        return httpx.Response(503, headers={"retry-after": "20"})
+
+    async def main() -> None:
+        with LogWriter(paths.results, journal=paths.started) as writer:
+            client = ChatClient(
+                base_url="http://x.test/v1", api_key=None,
+                transport=HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler))),
+                limiter=EndpointLimiter(LimitConfig(concurrency=1, rpm=600)),
+                policy=RetryPolicy(max_attempts=5, max_wait_s=20),
+            )
+            pool = Pool(client=client, tasks=iter_tasks(spec, QUESTIONS, (model,)), workers=1, max_tokens=16)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: run_grid([pool], scorer=get_scorer("number"), writer=writer, stop=stop,
+                                               grace_s=0.5))
+                await anyio.sleep(30)  # the first attempt at 0 s, the second at 20 s, the third due at 40 s
+                stop.request()
+
+    run_virtual(main)
+    assert sent == 2 and len(paths.started.read_bytes().splitlines()) == 2
+    assert not paths.results.read_bytes()
+    assert in_flight_at_stop(paths, frozenset()) == 2

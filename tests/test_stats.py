@@ -10,6 +10,7 @@ import pytest
 from engine.stats import (
     bootstrap_rates,
     cluster_bootstrap_interval,
+    cluster_bootstrap_intervals,
     derive_rng,
     paired_bootstrap_difference,
     pairwise_differences,
@@ -136,3 +137,51 @@ def test_pairwise_differences_cover_every_pair() -> None:
     assert [(i, j) for i, j, *_ in pairs] == [(0, 1), (0, 2), (1, 2)]
     assert pairs[0][2] == pytest.approx(3 / 30 - 1 / 30)
     assert pairwise_differences(errors, n, reps=200, seed=0) == pairs
+
+
+def _objects(errors_per_object: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """50 objects asked 18 times each (900 answers), with these errors on the first objects."""
+    errors = np.zeros(50)
+    errors[: len(errors_per_object)] = errors_per_object
+    return errors, np.full(50, 18.0)
+
+
+@pytest.mark.parametrize(
+    ("case", "errors_per_object"),
+    [("0/900", []), ("1/900", [1]), ("900/900", [18] * 50), ("2/900 on two objects", [1, 1]),
+     ("90/900 clustered on 5 objects", [18] * 5), ("45/900 spread", [1] * 45)],
+)
+def test_bootstrap_interval_is_never_narrower_than_wilson_and_holds_the_estimate(
+    case: str, errors_per_object: list[float]
+) -> None:
+    errors, n = _objects(errors_per_object)
+    k, total = errors.sum(), n.sum()
+    rate = k / total
+    lo, hi = cluster_bootstrap_interval(errors, n, seed=0, key=(case,))
+    w_lo, w_hi = (float(x) for x in wilson_interval(k, total))
+    assert 0.0 <= lo <= rate <= hi <= 1.0, (lo, rate, hi)
+    assert lo <= w_lo and hi >= w_hi, ((lo, hi), (w_lo, w_hi))  # never claims more certainty than Wilson
+    assert hi - lo > 0.003  # never 0.00-0.00 %: 900 answers cannot pin a rate down to a point
+
+
+def test_bootstrap_interval_at_the_edges_is_wilsons() -> None:
+    # At 0 and at all errors every replicate is the same: the spread comes from Wilson alone.
+    none_lo, none_hi = cluster_bootstrap_interval(*_objects([]), seed=0)
+    assert none_lo == 0.0 and none_hi == pytest.approx(float(wilson_interval(0, 900)[1]))
+    assert 0.003 < none_hi < 0.005  # "fewer than about 1 in 235", not "exactly none"
+    all_lo, all_hi = cluster_bootstrap_interval(*_objects([18] * 50), seed=0)
+    assert all_hi == 1.0 and all_lo == pytest.approx(float(wilson_interval(900, 900)[0]))
+    one_hi = cluster_bootstrap_interval(*_objects([1]), seed=0)[1]
+    assert one_hi == pytest.approx(float(wilson_interval(1, 900)[1]))  # the percentile end alone is ~3/900
+
+
+def test_bootstrap_intervals_of_several_groups_are_each_floored_by_their_own_wilson() -> None:
+    errors = np.zeros((50, 3))
+    errors[:5, 1] = 18  # group 1 clustered; group 0 clean; group 2 one error
+    errors[7, 2] = 1
+    n = np.full((50, 3), 18.0)
+    lo, hi = cluster_bootstrap_intervals(errors, n, seed=0)
+    w_lo, w_hi = wilson_interval(errors.sum(axis=0), n.sum(axis=0))
+    assert np.all(lo <= w_lo) and np.all(hi >= w_hi)
+    assert hi[1] - lo[1] > 2.5 * float(w_hi[1] - w_lo[1])  # clustered: still the bootstrap's wider interval
+    assert hi[0] > 0.0
