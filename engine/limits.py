@@ -93,14 +93,16 @@ class RetryPolicy:
         return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
 
 
-def prompt_token_estimate(chars: int) -> float:
-    """Estimated prompt tokens of one request whose messages hold ``chars`` characters.
+def prompt_token_estimate(chars: int, *, messages: int) -> float:
+    """Estimated prompt tokens of one request of ``messages`` chat messages holding ``chars`` characters.
 
-    About four characters a token plus a few tokens of chat framing. This is the one
-    estimate the plan and the rate limiter share, so the plan's token budget and the
-    limiter's debits agree. Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages))``
+    About four characters a token, plus the chat framing providers bill: about 4 tokens a
+    message (role and delimiters) and 3 that prime the reply. Without the framing a short
+    prompt was underestimated by a quarter. This is the one estimate the plan and the rate
+    limiter share, so the plan's token budget and the limiter's debits agree.
+    Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages), messages=len(messages))``
     """
-    return chars / 4 + 4
+    return chars / 4 + 4 * messages + 3
 
 
 
@@ -195,9 +197,9 @@ class EndpointLimiter:
 
     # -- estimates ---------------------------------------------------------------------------
 
-    def estimate(self, *, prompt_chars: int, max_tokens: int) -> int:
+    def estimate(self, *, prompt_chars: int, max_tokens: int, prompt_messages: int = 1) -> int:
         """Tokens this request will cost, from what earlier responses reported."""
-        prompt = prompt_token_estimate(prompt_chars) * self._prompt_ratio
+        prompt = prompt_token_estimate(prompt_chars, messages=prompt_messages) * self._prompt_ratio
         completion = max_tokens if self._completion_estimate is None else min(max_tokens, self._completion_estimate)
         return int(prompt + completion) + 1
 
@@ -249,6 +251,7 @@ class EndpointLimiter:
         headers: Mapping[str, str],
         usage: tuple[int, int] | None = None,
         prompt_chars: int | None = None,
+        prompt_messages: int = 1,
     ) -> None:
         """Learn from one response: token usage (for a prompt of ``prompt_chars``), rate-limit headers, 429s."""
         now = anyio.current_time()
@@ -256,7 +259,7 @@ class EndpointLimiter:
             prompt_tokens, completion_tokens = usage
             if prompt_chars is not None:
                 # Against the unscaled estimate, so this is the ratio itself.
-                observed = prompt_tokens / prompt_token_estimate(prompt_chars)
+                observed = prompt_tokens / prompt_token_estimate(prompt_chars, messages=prompt_messages)
                 self._prompt_ratio += 0.1 * (observed - self._prompt_ratio)
             previous = self._completion_estimate
             self._completion_estimate = (
