@@ -36,15 +36,11 @@ import math
 import random
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import anyio
 from aiolimiter import AsyncLimiter
-
-if TYPE_CHECKING:
-    from engine.spec import ModelSpec
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,21 +57,6 @@ class LimitConfig:
     min_rps: float = 0.2
     default_pause_s: float = 1.0  # a 429 that names no wait pauses the endpoint this long
     max_pause_s: float = 300.0
-
-    @classmethod
-    def for_models(cls, models: Sequence[ModelSpec], *, max_pause_s: float | None = None) -> LimitConfig:
-        """The shared limits of models served by one endpoint: the tightest quota any of them
-        sets, the largest concurrency. The run paces by this and the plan times by it.
-
-        Usage: ``LimitConfig.for_models(models, max_pause_s=spec.max_retry_wait_s)``
-        """
-        rpms = [m.rpm for m in models if m.rpm]
-        tpms = [m.tpm for m in models if m.tpm]
-        shared = cls(
-            rpm=min(rpms) if rpms else None, tpm=min(tpms) if tpms else None,
-            concurrency=max(m.concurrency for m in models),
-        )
-        return shared if max_pause_s is None else replace(shared, max_pause_s=max_pause_s)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
