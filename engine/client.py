@@ -125,7 +125,9 @@ class ChatClient:
         attempt = 0
         while attempt < self.policy.max_attempts:
             attempt += 1
-            estimate = self.limiter.estimate(prompt_chars=prompt_chars, max_tokens=max_tokens)
+            estimate = self.limiter.estimate(
+                prompt_chars=prompt_chars, max_tokens=max_tokens, prompt_messages=len(messages)
+            )
             await self.limiter.acquire(estimate)
             self.stats.requests += 1
             started = time.perf_counter()
@@ -141,7 +143,7 @@ class ChatClient:
             else:
                 latency_ms = (time.perf_counter() - started) * 1000
                 statuses.append(response.status)
-                outcome = await self._handle(response, model, prompt_chars, attempt)
+                outcome = await self._handle(response, model, prompt_chars, len(messages), attempt)
                 if isinstance(outcome, Completion):
                     outcome.attempts, outcome.http, outcome.latency_ms = attempt, statuses, latency_ms
                     return outcome
@@ -158,7 +160,7 @@ class ChatClient:
                           attempts=attempt, http=statuses)
 
     async def _handle(
-        self, response: Response, model: str, prompt_chars: int, attempt: int
+        self, response: Response, model: str, prompt_chars: int, prompt_messages: int, attempt: int
     ) -> Completion | tuple[str, float | None]:
         """A Completion when done; else (reason, wait before retrying or None for no retry)."""
         status = response.status
@@ -166,7 +168,8 @@ class ChatClient:
             parsed = _parse_completion(response.body)
             usage = parsed[1] if isinstance(parsed, tuple) else None
             await self.limiter.observe(
-                status=status, headers=response.headers, usage=usage, prompt_chars=prompt_chars
+                status=status, headers=response.headers, usage=usage, prompt_chars=prompt_chars,
+                prompt_messages=prompt_messages,
             )
             if isinstance(parsed, NoText):
                 return parsed.reason, None  # the model chose not to write text: asking again gives the same

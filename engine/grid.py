@@ -125,21 +125,24 @@ def pass_prompt_tokens(spec: Spec, questions: Sequence[Question]) -> float:
     Every model is sent the same messages, so a plan computes this once. Cost is O(questions).
     Usage: ``pass_prompt_tokens(spec, questions)``
     """
-    return sum(
-        prompt_token_estimate(sum(len(m["content"]) for m in build_messages(spec, q))) for q in questions
-    )
+    return sum(_prompt_tokens(build_messages(spec, q)) for q in questions)
+
+
+def _prompt_tokens(messages: list[dict[str, str]]) -> float:
+    return prompt_token_estimate(sum(len(m["content"]) for m in messages), messages=len(messages))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelPlan:
     """What one model's share of the grid costs, before anything is sent.
 
-    Time is not a property of one model: models on one endpoint share its limits
-    (see ``engine.plan.plan_endpoints``). Usage: ``plan_model(spec, questions, model).tasks``
+    Time is not a property of one model label: labels of one model id, or of one
+    [quotas] table, share a limiter (see ``engine.plan.plan_limiters``).
+    Usage: ``plan_model(spec, questions, model).tasks``
     """
 
     model: str
-    endpoint: tuple[str, str | None]  # ModelSpec.endpoint: models with the same one share limits
+    endpoint: tuple[str, str | None]  # ModelSpec.endpoint: models with the same one share a connection pool
     tasks: int
     prompt_tokens: int
     max_completion_tokens: int

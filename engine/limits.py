@@ -36,15 +36,11 @@ import math
 import random
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import anyio
 from aiolimiter import AsyncLimiter
-
-if TYPE_CHECKING:
-    from engine.spec import ModelSpec
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,21 +58,6 @@ class LimitConfig:
     default_pause_s: float = 1.0  # a 429 that names no wait pauses the endpoint this long
     max_pause_s: float = 300.0
 
-    @classmethod
-    def for_models(cls, models: Sequence[ModelSpec], *, max_pause_s: float | None = None) -> LimitConfig:
-        """The shared limits of models served by one endpoint: the tightest quota any of them
-        sets, the largest concurrency. The run paces by this and the plan times by it.
-
-        Usage: ``LimitConfig.for_models(models, max_pause_s=spec.max_retry_wait_s)``
-        """
-        rpms = [m.rpm for m in models if m.rpm]
-        tpms = [m.tpm for m in models if m.tpm]
-        shared = cls(
-            rpm=min(rpms) if rpms else None, tpm=min(tpms) if tpms else None,
-            concurrency=max(m.concurrency for m in models),
-        )
-        return shared if max_pause_s is None else replace(shared, max_pause_s=max_pause_s)
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RetryPolicy:
@@ -93,14 +74,16 @@ class RetryPolicy:
         return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
 
 
-def prompt_token_estimate(chars: int) -> float:
-    """Estimated prompt tokens of one request whose messages hold ``chars`` characters.
+def prompt_token_estimate(chars: int, *, messages: int) -> float:
+    """Estimated prompt tokens of one request of ``messages`` chat messages holding ``chars`` characters.
 
-    About four characters a token plus a few tokens of chat framing. This is the one
-    estimate the plan and the rate limiter share, so the plan's token budget and the
-    limiter's debits agree. Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages))``
+    About four characters a token, plus the chat framing providers bill: about 4 tokens a
+    message (role and delimiters) and 3 that prime the reply. Without the framing a short
+    prompt was underestimated by a quarter. This is the one estimate the plan and the rate
+    limiter share, so the plan's token budget and the limiter's debits agree.
+    Usage: ``prompt_token_estimate(sum(len(m["content"]) for m in messages), messages=len(messages))``
     """
-    return chars / 4 + 4
+    return chars / 4 + 4 * messages + 3
 
 
 
@@ -195,9 +178,9 @@ class EndpointLimiter:
 
     # -- estimates ---------------------------------------------------------------------------
 
-    def estimate(self, *, prompt_chars: int, max_tokens: int) -> int:
+    def estimate(self, *, prompt_chars: int, max_tokens: int, prompt_messages: int = 1) -> int:
         """Tokens this request will cost, from what earlier responses reported."""
-        prompt = prompt_token_estimate(prompt_chars) * self._prompt_ratio
+        prompt = prompt_token_estimate(prompt_chars, messages=prompt_messages) * self._prompt_ratio
         completion = max_tokens if self._completion_estimate is None else min(max_tokens, self._completion_estimate)
         return int(prompt + completion) + 1
 
@@ -249,6 +232,7 @@ class EndpointLimiter:
         headers: Mapping[str, str],
         usage: tuple[int, int] | None = None,
         prompt_chars: int | None = None,
+        prompt_messages: int = 1,
     ) -> None:
         """Learn from one response: token usage (for a prompt of ``prompt_chars``), rate-limit headers, 429s."""
         now = anyio.current_time()
@@ -256,7 +240,7 @@ class EndpointLimiter:
             prompt_tokens, completion_tokens = usage
             if prompt_chars is not None:
                 # Against the unscaled estimate, so this is the ratio itself.
-                observed = prompt_tokens / prompt_token_estimate(prompt_chars)
+                observed = prompt_tokens / prompt_token_estimate(prompt_chars, messages=prompt_messages)
                 self._prompt_ratio += 0.1 * (observed - self._prompt_ratio)
             previous = self._completion_estimate
             self._completion_estimate = (

@@ -20,7 +20,6 @@ import dataclasses
 import os
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from rich.console import Console
 from engine.client import ChatClient, RetryPolicy, path_hint
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.grid import Skipped, grid_size, iter_tasks
-from engine.limits import EndpointLimiter, LimitConfig
+from engine.limits import EndpointLimiter
 from engine.log import (
     LogScan,
     LogWriter,
@@ -45,9 +44,10 @@ from engine.log import (
 )
 from engine.progress import Progress
 from engine.questions import Question, load_questions
+from engine.quotas import by_endpoint, pool_size, quota_groups
 from engine.scheduler import Counters, Pool, StopSignal, run_grid
 from engine.scoring import Scorer, get_scorer
-from engine.spec import SIM_URL, ModelSpec, Spec, load_spec
+from engine.spec import SIM_URL, Spec, load_spec
 from engine.transport import AiohttpTransport, Transport
 
 if TYPE_CHECKING:
@@ -209,25 +209,6 @@ def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
     return dataclasses.replace(spec.sim, facts=facts)
 
 
-def endpoint_groups(spec: Spec, urls: dict[str, str]) -> dict[tuple[str, str | None], list[ModelSpec]]:
-    """Models grouped by the endpoint that serves them (URL and key): they share limits and a pool.
-
-    Usage: ``for (url, key_env), models in endpoint_groups(spec, urls).items(): ...``
-    """
-    groups: dict[tuple[str, str | None], list[ModelSpec]] = defaultdict(list)
-    for model in spec.models:
-        groups[(urls[model.name], model.api_key_env)].append(model)
-    return groups
-
-
-def limit_config(spec: Spec, models: Sequence[ModelSpec]) -> LimitConfig:
-    """One endpoint's limits from its models: the tightest quota set, the largest concurrency.
-
-    Usage: ``EndpointLimiter(limit_config(spec, models))``
-    """
-    return LimitConfig.for_models(models, max_pause_s=spec.max_retry_wait_s)
-
-
 async def preflight(transport: Transport, base_url: str, headers: dict[str, str], names: str) -> None:
     """Check the endpoint answers HTTP at all, before anything is written. Costs no tokens.
 
@@ -276,23 +257,28 @@ async def run_prepared(
     counters = Counters()
     skipped = Skipped()
     with local_targets(spec, prepared.questions) as (urls, sim):
-        groups = endpoint_groups(spec, urls)
         transports: list[Transport] = []
         try:
             pools = []
-            for (base_url, key_env), models in groups.items():
-                limits = limit_config(spec, models)
-                transport = make_transport(limits.concurrency)
+            for endpoint_limiters in by_endpoint(quota_groups(spec)).values():
+                # One connection pool per endpoint, room for every limiter's window; one limiter per quota.
+                base_url = urls[endpoint_limiters[0].models[0].name]
+                transport = make_transport(pool_size(endpoint_limiters))
                 transports.append(transport)
+                key_env = endpoint_limiters[0].endpoint[1]
                 key = os.environ.get(key_env) if key_env else None
                 headers = {"Authorization": f"Bearer {key}"} if key else {}
-                await preflight(transport, base_url, headers, ", ".join(repr(m.name) for m in models))
-                client = ChatClient(
-                    base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(limits),
-                    policy=policy, label=base_url if sim is None or base_url != sim.base_url else "sim",
-                )
-                tasks = iter_tasks(spec, prepared.questions, models, done=done, skipped=skipped)
-                pools.append(Pool(client=client, tasks=tasks, workers=limits.concurrency, max_tokens=spec.max_tokens))
+                names = ", ".join(repr(m.name) for g in endpoint_limiters for m in g.models)
+                await preflight(transport, base_url, headers, names)
+                for group in endpoint_limiters:
+                    client = ChatClient(
+                        base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
+                        policy=policy, label=group.label,
+                    )
+                    tasks = iter_tasks(spec, prepared.questions, group.models, done=done, skipped=skipped)
+                    pools.append(Pool(
+                        client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens
+                    ))
             # Everything checked: only now is the run directory written to.
             prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh)
             repair_torn_tail(paths.results)

@@ -45,12 +45,26 @@ class ModelSpec:
     rpm: float | None = None
     tpm: float | None = None
     concurrency: int = _LIMITS.concurrency
+    quota: str | None = None  # the name of a [quotas.NAME] table this model shares with others
     params: Mapping[str, Any] = field(default_factory=dict)  # extra request fields (top_p, seed, ...)
 
     @property
     def endpoint(self) -> tuple[str, str | None]:
-        """Models sharing this pair share one endpoint's limits and connection pool."""
+        """Where requests go and whose key pays (URL or GGUF file, key variable): models sharing this
+        pair share one connection pool; a quota is per model unless a [quotas] table pools them."""
         return (self.base_url or f"gguf:{self.gguf}", self.api_key_env)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QuotaSpec:
+    """A ``[quotas.NAME]`` table: one quota several models of one endpoint share, as a provider pools them.
+
+    Usage: ``spec.quotas["azure"].rpm``
+    """
+
+    rpm: float | None = None  # None: the shared limiter learns the quota from 429s and headers
+    tpm: float | None = None
+    concurrency: int = _LIMITS.concurrency
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,6 +90,7 @@ class Spec:
     max_retry_wait_s: float = _RETRY.max_wait_s  # caps any wait, a provider's Retry-After included
     fsync: str | int = "never"  # "never", "always", or every N records
     sim: SimConfig = field(default_factory=SimConfig)  # the built-in target's behaviour; its facts come later
+    quotas: Mapping[str, QuotaSpec] = field(default_factory=dict)  # shared quotas, named by ModelSpec.quota
     replication: Mapping[str, Any] | None = None
 
 
@@ -158,6 +173,8 @@ class _Checker:
             raise self.fail("models", "needs at least one [[models]] table")
         checked = tuple(self.model(m, i) for i, m in enumerate(models))
         self.distinct_names(checked)
+        quotas = self.quotas(raw.get("quotas", {}), checked)
+        self.same_model_same_quota(checked)
         temperatures = raw.get("temperatures", [0.0])
         if not isinstance(temperatures, list) or not temperatures:
             raise self.fail("temperatures", f"must be a non-empty list of numbers, got {temperatures!r}")
@@ -203,6 +220,7 @@ class _Checker:
             max_retry_wait_s=_or(self.number(raw, "max_retry_wait_s", "", low=0), defaults.max_retry_wait_s),
             fsync=fsync,
             sim=self.sim(raw.get("sim", {})),
+            quotas=quotas,
             replication=replication,
         )
 
@@ -257,6 +275,15 @@ class _Checker:
         reserved = {"model", "messages", "temperature", "max_tokens", "stream"} & set(params)
         if reserved:
             raise self.fail(f"{where}params", f"cannot set {', '.join(sorted(reserved))} (the spec sets them)")
+        quota = self.string(raw, "quota", where)
+        own = sorted({"rpm", "tpm", "concurrency"} & set(raw))
+        if quota is not None and own:
+            # Two sources for one limit: which would win is a guess the user should not have to make.
+            raise self.fail(
+                f"models[{index}] ({name})",
+                f"has its own {', '.join(own)} and also quota = {quota!r}; a model in a shared quota takes its limits "
+                f"from [quotas.{quota}] (remove {', '.join(own)} here)",
+            )
         defaults = ModelSpec(name=name, model=name)
         return ModelSpec(
             name=name,
@@ -269,8 +296,61 @@ class _Checker:
             concurrency=_or(
                 self.number(raw, "concurrency", where, low=1, high=10_000, integer=True), defaults.concurrency
             ),
+            quota=quota,
             params=params,
         )
+
+    def quotas(self, raw: Any, models: tuple[ModelSpec, ...]) -> dict[str, QuotaSpec]:
+        """The [quotas.NAME] tables, each named by at least one model, whose models share one endpoint."""
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise self.fail("quotas", "must hold [quotas.NAME] tables of rpm, tpm and concurrency")
+        checked: dict[str, QuotaSpec] = {}
+        for name, table in raw.items():
+            where = f"quotas.{name}."
+            self.known_keys(table, {f.name for f in fields(QuotaSpec)}, f"quotas.{name}")
+            checked[name] = QuotaSpec(
+                rpm=self.number(table, "rpm", where, low=0, low_open=True),
+                tpm=self.number(table, "tpm", where, low=0, low_open=True),
+                concurrency=_or(
+                    self.number(table, "concurrency", where, low=1, high=10_000, integer=True), _LIMITS.concurrency
+                ),
+            )
+        members: dict[str, list[ModelSpec]] = {name: [] for name in checked}
+        for index, model in enumerate(models):
+            if model.quota is None:
+                continue
+            if model.quota not in checked:
+                known = f"defined: {', '.join(sorted(checked))}" if checked else "the spec has no [quotas] tables"
+                raise self.fail(f"models[{index}].quota", f"unknown quota {model.quota!r} ({known})")
+            members[model.quota].append(model)
+        for name, group in members.items():
+            if not group:
+                raise self.fail(f"quotas.{name}", f'no model names it (add quota = "{name}" to its models)')
+            first = group[0]
+            for other in group[1:]:
+                if other.endpoint != first.endpoint:
+                    raise self.fail(
+                        f"quotas.{name}",
+                        f"models {first.name!r} ({_where(first)}) and {other.name!r} ({_where(other)}) are on "
+                        "different endpoints; a shared quota is one endpoint's (same base_url and api_key_env)",
+                    )
+        return checked
+
+    def same_model_same_quota(self, models: tuple[ModelSpec, ...]) -> None:
+        """Labels of one model id at one endpoint (say, two sampling setups) are one quota to the provider,
+        so they must say the same about it: the same quota table, or the same rpm, tpm and concurrency."""
+        first: dict[tuple[str, str | None, str], ModelSpec] = {}
+        for model in models:
+            earlier = first.setdefault((*model.endpoint, model.model), model)
+            if earlier is model:
+                continue
+            mine, theirs = _limits_of(model), _limits_of(earlier)
+            if mine != theirs:
+                raise self.fail(
+                    "models",
+                    f"{earlier.name!r} and {model.name!r} are one model ({model.model!r}) at one endpoint, which a "
+                    f"provider counts as one quota, but set {theirs} and {mine}; set the same, or share a [quotas] table",
+                )
 
     def sim(self, raw: Any) -> SimConfig:
         """The [sim] table as the target's own config (its defaults live there), checked field by field."""
@@ -314,6 +394,20 @@ class _Checker:
                 total += self.number(faults, fault, "sim.faults.", low=0, high=1)
         if total > 1.0 + 1e-9:
             raise self.fail("sim.faults", f"fault rates add up to {total:g}, more than 1 (they exclude each other)")
+
+
+def _limits_of(model: ModelSpec) -> str:
+    """A model's quota settings as the user wrote them, for an error line."""
+    if model.quota is not None:
+        return f"quota = {model.quota!r}"
+    rates = [f"{unit} = {value:g}" for unit, value in (("rpm", model.rpm), ("tpm", model.tpm)) if value]
+    return ", ".join([*rates, f"concurrency = {model.concurrency}"])
+
+
+def _where(model: ModelSpec) -> str:
+    """An endpoint as the user wrote it, naming the key's variable, never the key."""
+    where, key_env = model.endpoint
+    return f"{where}, key ${key_env}" if key_env else f"{where}, no key"
 
 
 def _carries_secrets(url: str) -> bool:

@@ -188,10 +188,13 @@ def test_a_placeholder_that_cannot_be_filled_is_a_spec_error(spec_dir: SpecDir, 
 
 
 def test_the_plan_estimates_prompt_tokens_as_the_limiter_does() -> None:
-    assert prompt_token_estimate(0) == 4.0 and prompt_token_estimate(121) == pytest.approx(34.25)
+    # chars / 4, 4 tokens of framing a message, 3 priming the reply
+    assert prompt_token_estimate(0, messages=1) == 7.0 and prompt_token_estimate(121, messages=2) == pytest.approx(41.25)
     fresh = EndpointLimiter(LimitConfig())  # before any response corrects its estimate
-    for chars in (0, 1, 7, 120, 121, 10_001):
-        assert fresh.estimate(prompt_chars=chars, max_tokens=32) == int(prompt_token_estimate(chars) + 32) + 1
+    for chars, messages in ((0, 1), (1, 1), (7, 2), (120, 1), (121, 2), (10_001, 3)):
+        assert fresh.estimate(prompt_chars=chars, max_tokens=32, prompt_messages=messages) == (
+            int(prompt_token_estimate(chars, messages=messages) + 32) + 1
+        )
 
 
 def test_plan_model_arithmetic(spec_dir: SpecDir) -> None:
@@ -203,8 +206,8 @@ def test_plan_model_arithmetic(spec_dir: SpecDir) -> None:
     assert plan.model == "m1" and plan.endpoint == ("sim", None)
     assert plan.tasks == len(questions) * per_pass == 36
     assert plan.max_completion_tokens == 36 * spec.max_tokens
-    # Each request is estimated as the limiter estimates it: chars / 4 + 4.
-    per_request = [len(q.text) / 4 + 4 for q in questions]  # the default prompt is the question alone
+    # Each request is estimated as the limiter estimates it: chars / 4, 4 a message, 3 for the reply.
+    per_request = [len(q.text) / 4 + 4 + 3 for q in questions]  # the default prompt is the question alone
     assert pass_prompt_tokens(spec, questions) == pytest.approx(sum(per_request))
     assert plan.prompt_tokens == math.ceil(sum(per_request) * per_pass)
     assert plan_model(spec, questions, model, pass_tokens=100.5).prompt_tokens == math.ceil(100.5 * per_pass)

@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import SpecError
 from engine.sim import Faults, SimConfig
-from engine.spec import ModelSpec, Spec, load_spec
+from engine.spec import ModelSpec, QuotaSpec, Spec, load_spec
 from tests.conftest import BASE_SPEC, REPO, SpecDir
 
 MINIMAL = """\
@@ -62,6 +62,22 @@ def test_full_spec_values_are_kept(spec_dir: SpecDir) -> None:
     assert spec.temperatures == (0.0, 1.0) and all(isinstance(t, float) for t in spec.temperatures)
 
 
+def test_quota_tables_are_kept_and_their_models_name_them(spec_dir: SpecDir) -> None:
+    text = _in_pool("[quotas.pool]\nrpm = 600\ntpm = 90000\nconcurrency = 8\n", 'base_url = "sim"\nquota = "pool"')
+    spec = load_spec(spec_dir.write(text))
+    assert spec.quotas == {"pool": QuotaSpec(rpm=600, tpm=90_000, concurrency=8)}
+    assert [m.quota for m in spec.models] == ["pool", "pool"]
+    spec = load_spec(spec_dir.write(_in_pool("[quotas.pool]\n", 'base_url = "sim"\nquota = "pool"')))
+    assert spec.quotas == {"pool": QuotaSpec()}  # no rates: the shared limiter learns them from 429s
+    assert QuotaSpec().concurrency == ModelSpec(name="m", model="m").concurrency  # one default for both
+
+
+def test_labels_of_one_model_id_that_agree_share_it(spec_dir: SpecDir) -> None:
+    text = _edit('name = "m2"\nbase_url = "sim"', 'name = "m2"\nmodel = "m1"\nbase_url = "sim"') + "[models.params]\nseed = 1\n"
+    spec = load_spec(spec_dir.write(text))
+    assert [m.model for m in spec.models] == ["m1", "m1"]
+
+
 def test_spec_is_frozen(spec_dir: SpecDir) -> None:
     spec = load_spec(spec_dir.write())
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -71,6 +87,15 @@ def test_spec_is_frozen(spec_dir: SpecDir) -> None:
 def _edit(old: str, new: str) -> str:
     assert old in BASE_SPEC
     return BASE_SPEC.replace(old, new, 1)
+
+
+POOL = "[quotas.pool]\nrpm = 60\n"
+
+
+def _in_pool(tables: str, m2: str = 'base_url = "sim"\nconcurrency = 4') -> str:
+    """BASE_SPEC with m1 in quota "pool", m2 given ``m2``'s lines, and ``tables`` appended."""
+    text = _edit('name = "m1"\nbase_url = "sim"\nconcurrency = 4', 'name = "m1"\nbase_url = "sim"\nquota = "pool"')
+    return text.replace('name = "m2"\nbase_url = "sim"\nconcurrency = 4', f'name = "m2"\n{m2}') + tables
 
 
 # (id, spec text, the field the message must name, another phrase it must contain)
@@ -126,6 +151,23 @@ BAD_SPECS = [
     ("prompt with bad braces", _edit("max_tokens = 16", 'max_tokens = 16\nprompt = "{question} {"'), "prompt", "placeholder"),
     ("sim not a table", BASE_SPEC.split("[[models]]")[0] + "sim = 3\n" + BASE_SPEC[BASE_SPEC.index("[[models]]"):], "sim", "table"),
     ("replication not a table", _edit("max_tokens = 16", "max_tokens = 16\nreplication = 1"), "replication", "table"),
+    # Shared quotas: [quotas.NAME] tables, named by models' quota = "NAME".
+    ("quota with no tables", _in_pool(""), "models[0].quota", "unknown quota 'pool' (the spec has no [quotas] tables)"),
+    ("quota unknown", _in_pool("[quotas.team]\nrpm = 6\n"), "models[0].quota", "unknown quota 'pool' (defined: team)"),
+    ("quota not a string", _edit("concurrency = 4", "quota = 5"), "models[0].quota", "non-empty string"),
+    ("quota and own limits", _edit("concurrency = 4", 'concurrency = 4\nrpm = 60\nquota = "pool"') + POOL,
+     "models[0] (m1)", "has its own concurrency, rpm and also quota = 'pool'; a model in a shared quota takes its limits from [quotas.pool]"),
+    ("quota table unused", BASE_SPEC + POOL, "quotas.pool", 'no model names it (add quota = "pool" to its models)'),
+    ("quota across endpoints", _in_pool(POOL, 'base_url = "https://api.example.test/v1"\nquota = "pool"'),
+     "quotas.pool", "models 'm1' (sim, no key) and 'm2' (https://api.example.test/v1, no key) are on different endpoints"),
+    ("quota across keys", _in_pool(POOL, 'base_url = "sim"\napi_key_env = "OTHER_KEY"\nquota = "pool"'),
+     "quotas.pool", "(sim, key $OTHER_KEY) are on different endpoints"),
+    ("quota table unknown key", _in_pool("[quotas.pool]\nrpn = 6\n"), "quotas.pool", "unknown key 'rpn'"),
+    ("quota table rpm zero", _in_pool("[quotas.pool]\nrpm = 0\n"), "quotas.pool.rpm", "> 0"),
+    ("quota table concurrency zero", _in_pool("[quotas.pool]\nconcurrency = 0\n"), "quotas.pool.concurrency", ">= 1"),
+    ("quotas not tables", _edit("max_tokens = 16", "max_tokens = 16\nquotas = 3"), "quotas", "[quotas.NAME] tables"),
+    ("one model id, two quotas", _edit('name = "m2"\nbase_url = "sim"\nconcurrency = 4', 'name = "m2"\nmodel = "m1"\nbase_url = "sim"\nconcurrency = 8'),
+     "models", "'m1' and 'm2' are one model ('m1') at one endpoint, which a provider counts as one quota, but set concurrency = 4 and concurrency = 8"),
 ]  # fmt: skip
 
 
