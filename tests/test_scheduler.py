@@ -9,13 +9,14 @@ import httpx
 import orjson
 
 from engine.client import ChatClient, RetryPolicy
-from engine.grid import iter_tasks
+from engine.grid import build_grid, iter_tasks
 from engine.limits import EndpointLimiter, LimitConfig
 from engine.log import LogWriter
 from engine.questions import Question
 from engine.scheduler import Pool, StopSignal, run_grid
 from engine.scoring import get_scorer
 from engine.spec import ModelSpec, Spec
+from engine.target import model_targets
 from engine.transport import HttpxTransport
 
 QUESTIONS = tuple(
@@ -50,7 +51,7 @@ def pool_for(spec: Spec, models: tuple[ModelSpec, ...], handler, workers: int = 
         transport=HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler))),
         limiter=EndpointLimiter(LimitConfig(concurrency=workers)), policy=RetryPolicy(max_attempts=2, base_s=0.01),
     )
-    return Pool(client=client, tasks=iter_tasks(spec, QUESTIONS, models), workers=workers, max_tokens=16)
+    return Pool(client=client, tasks=iter_tasks(build_grid(spec, QUESTIONS, model_targets(spec, QUESTIONS)), QUESTIONS, models), workers=workers, max_tokens=16)
 
 
 def read(path: Path) -> list[dict]:
