@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import LogError
 from engine.grid import Grid
+from engine.runmeta import run_meta
 from engine.spec import Spec
 
 SCHEMA_VERSION = 2
@@ -183,46 +184,9 @@ def _prepare(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool, grid: 
             aside = paths.root / f"results.{stamp}-{n}.jsonl.old"
         paths.results.rename(aside)
     old = orjson.loads(paths.meta.read_bytes()) if paths.meta.exists() else {}  # check_owner read it already
-    _write_atomic(paths.meta, orjson.dumps(run_meta(spec.name, grid, old), option=orjson.OPT_INDENT_2))
+    _write_atomic(paths.meta, orjson.dumps(run_meta(spec.name, grid, old, schema=SCHEMA_VERSION), option=orjson.OPT_INDENT_2))
     _write_atomic(paths.spec_copy, spec_text.encode())
     _write_atomic(paths.grid, grid.to_json())
-
-
-def simulation_statement(grid: Grid) -> str:
-    """One sentence saying which of a grid's models engine's built-in simulation answers, if any.
-
-    Usage: ``simulation_statement(grid)  # 'yes: every answer ... simulated target ...'``
-    """
-    simulated = [m.name for m in grid.models if m.simulated]
-    if not simulated:
-        return "no: every model is a real endpoint or local model file"
-    what = ("engine's built-in simulated target (a lookup table playing configured rates), "
-            "not a language model")  # fmt: skip
-    if len(simulated) == len(grid.models):
-        return f"yes: every answer in this run comes from {what}"
-    real = [m.name for m in grid.models if not m.simulated]
-    return f"partly: {', '.join(simulated)} answered by {what}; {', '.join(real)} real"
-
-
-def run_meta(name: str, grid: Grid, old: Mapping[str, Any]) -> dict[str, Any]:
-    """run.json's content: the simulation statement first, then the owner, then each model's target.
-
-    Fields of an older run.json that this does not set are kept, and so is its ``created``.
-    Usage: ``run_meta(spec.name, grid, {})["simulation"]``
-    """
-    now = time.time()
-    meta: dict[str, Any] = {
-        "simulation": simulation_statement(grid),
-        "name": name,
-        "schema": SCHEMA_VERSION,
-        "created": old.get("created", now),
-        "updated": now,
-        "models": [{"name": m.name, "model": m.model, "target": m.target, "simulated": m.simulated}
-                   for m in grid.models],
-    }  # fmt: skip
-    for key, value in old.items():
-        meta.setdefault(key, value)
-    return meta
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
