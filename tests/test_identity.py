@@ -403,3 +403,10 @@ def test_a_damaged_grid_json_is_one_line(small_run: Path) -> None:
     (small_run / "grid.json").write_bytes(b"{not json")
     with pytest.raises(LogError, match=r"grid\.json: not a grid written by engine"):
         build_report(small_run)
+
+
+def test_a_record_has_exactly_the_fields_of_the_one_definition(small_run: Path) -> None:
+    from engine.log import RECORD_FIELDS, Record
+
+    assert list(Record.__annotations__) == list(RECORD_FIELDS)
+    assert all(set(r) == set(RECORD_FIELDS) for r in read_log(small_run))
