@@ -10,6 +10,7 @@ Usage::
 
     python benchmarks/bench_report.py                 # 1,000,000 records
     python benchmarks/bench_report.py --records 200000 --charts
+    python benchmarks/bench_report.py --grid          # with a grid.json: the report scopes to it
 """
 
 from __future__ import annotations
@@ -49,8 +50,24 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {charts:.3f} {usage.ru_maxrss / 1024:.1f} {c
 """
 
 
-def write_log(path: Path, records: int, seed: int = 0) -> int:
-    """Write a synthetic schema-1 log of ``records`` lines; returns its size in bytes."""
+def write_grid(run_dir: Path, records: int) -> list[str]:
+    """Write a grid.json covering about 90% of the log's tasks; returns its keys (one per task index)."""
+    from engine.grid import Grid, GridModel, GridPrompt
+
+    models = tuple(GridModel(name=m, model=f"ft:smollm2-135m:{m}", target="sim:0", simulated=True, max_tokens=32,
+                             params={}) for m in MODELS)  # fmt: skip
+    prompts = tuple(GridPrompt(qid=f"Object{o}/{d}", messages=[{"role": "user", "content": f"Object{o} {d}?"}])
+                    for d in DIFFICULTIES for o in range(OBJECTS))  # fmt: skip
+    per_repeat = len(MODELS) * len(prompts) * len(TEMPERATURES)
+    grid = Grid(models=models, prompts=prompts, temperatures=TEMPERATURES, repeats=max(1, records * 9 // 10 // per_repeat))
+    (run_dir / "grid.json").write_bytes(grid.to_json())
+    return grid.keys()
+
+
+def write_log(path: Path, records: int, seed: int = 0, grid_keys: list[str] | None = None) -> int:
+    """Write a synthetic schema-2 log of ``records`` lines; returns its size in bytes.
+
+    With ``grid_keys``, task i gets the grid's key i (the rest fall outside the grid)."""
     import random
 
     rng = random.Random(seed)
@@ -72,8 +89,10 @@ def write_log(path: Path, records: int, seed: int = 0) -> int:
             answer = f"{10000 + obj * 97 % 90000}"
             said = answer if outcome == "correct" else (None if outcome == "no_answer" else f"{int(answer) + 1}")
             key = hashlib.blake2b(f"{model}|O{obj}|{difficulty}|{temperature}|{repeat}".encode(), digest_size=10)
+            key_text = grid_keys[task] if grid_keys is not None and task < len(grid_keys) else key.hexdigest()
             rec = {
-                "v": 1, "key": key.hexdigest(), "model": model, "model_id": f"ft:smollm2-135m:{model}",
+                "v": 2, "key": key_text, "model": model, "model_id": f"ft:smollm2-135m:{model}",
+                "target": "sim:0", "simulated": True,
                 "qid": f"Object{obj}/{difficulty}", "question": f"Someone says Object{obj}; which five digits?",
                 "tags": {"object": f"Object{obj}", "difficulty": difficulty}, "temperature": temperature,
                 "repeat": repeat, "expected": answer,
@@ -98,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--charts", action="store_true", help="also draw the PNG charts (timed apart)")
+    parser.add_argument("--grid", action="store_true", help="write a grid.json (90%% of the tasks) the report scopes to")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         log = Path(tmp) / "results.jsonl"
         t = time.perf_counter()
-        size = write_log(log, args.records)
+        grid_keys = write_grid(Path(tmp), args.records) if args.grid else None
+        size = write_log(log, args.records, grid_keys=grid_keys)
         built = time.perf_counter() - t
         repo = Path(__file__).resolve().parents[1]
         done = subprocess.run(

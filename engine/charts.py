@@ -80,6 +80,23 @@ def _percent_axis(ax: Axes, top: float, headroom: float) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def _simulation_tag(report: Report) -> str:
+    """What a chart's title starts with when answers were simulated: a reader of the PNG alone must see it."""
+    simulated = report.simulated_models
+    if not simulated:
+        return ""
+    if len(simulated) == report.targets.height:
+        return "[simulation] "
+    return f"[partly simulated: {', '.join(simulated)}] "
+
+
+def _tick_labels(report: Report, models: list[str]) -> list[str]:
+    """Model names, each simulated one marked, so a mixed chart says which bar is which."""
+    simulated = set(report.simulated_models)
+    mixed = 0 < len(simulated) < report.targets.height
+    return [f"{m}\n[simulation]" if mixed and m in simulated else m for m in models]
+
+
 def chart_error_rate(report: Report) -> Figure:
     """Error rate per model, with the Wilson and the cluster-bootstrap 95% intervals side by side.
 
@@ -106,9 +123,9 @@ def chart_error_rate(report: Report) -> Figure:
             continue
         label_y = max(v for v in (rate[i], w_hi[i], b_hi[i]) if not math.isnan(v)) + 0.02 * top
         ax.text(i, label_y, f"{rate[i]:.2f}%\n{row['errors']}/{row['n']}", ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(x, models)
+    ax.set_xticks(x, _tick_labels(report, models))
     _percent_axis(ax, top, 1.3)
-    ax.set_title(f"Error rate per model, with 95% intervals\n{report.tasks:,} tasks; bootstrap: "
+    ax.set_title(f"{_simulation_tag(report)}Error rate per model, with 95% intervals\n{report.tasks:,} tasks; bootstrap: "
                  f"{report.bootstrap:,} replicates, seed {report.seed}", fontsize=11)  # fmt: skip
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     return fig
@@ -158,10 +175,10 @@ def chart_split(report: Report, key: str) -> Figure:
             if r is not None and r["n"]:
                 ax.text(x, (0 if math.isnan(y) else y) + 0.015 * top, f"{r['errors']}/{r['n']}", ha="center",
                         va="bottom", fontsize=6.5, rotation=90)  # fmt: skip
-    ax.set_xticks(range(len(models)), models)
+    ax.set_xticks(range(len(models)), _tick_labels(report, [str(m) for m in models]))
     _percent_axis(ax, top, 1.25)
     what = "objects" if report.cluster == "object" else "question ids"
-    ax.set_title(f"Error rate per model by {key}\nbars: cluster bootstrap 95% (resampling {what}); "
+    ax.set_title(f"{_simulation_tag(report)}Error rate per model by {key}\nbars: cluster bootstrap 95% (resampling {what}); "
                  "labels: errors/answered", fontsize=10)  # fmt: skip
     ax.legend(title=key, loc="upper right", fontsize=8, title_fontsize=8, frameon=False)
     return fig

@@ -62,7 +62,7 @@ def _sim(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from engine.report import main_report
 
-    return main_report(args.run_dir, by=args.by, fmt=args.format, seed=args.seed)
+    return main_report(args.run_dir, by=args.by, fmt=args.format, seed=args.seed, all_records=args.all)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -162,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--by", help="comma-separated fields or tags to group by, e.g. model,difficulty")
     report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"))
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    report.add_argument("--all", action="store_true",
+                        help="include records outside the run's current grid (printed only; report.md is not rewritten)")
     report.set_defaults(func=_report)
 
     imp = sub.add_parser("import", help="import another tool's results as an engine log")

@@ -1,7 +1,9 @@
 """The results log: an append-only JSONL file per run, written by one task, read back on resume.
 
 A run directory holds ``results.jsonl`` (one record per finished task), ``spec.toml``
-(a copy of the spec) and ``run.json`` (which experiment the log belongs to). A kill
+(a copy of the spec), ``grid.json`` (the current grid, see :class:`engine.grid.Grid`)
+and ``run.json`` (which experiment the log belongs to, whether it is a simulation, and
+each model's target; rewritten at every run). A kill
 can leave at most a torn last line; it is detected and cut before appending. A bad
 line anywhere else means the log was damaged by something other than us: we stop
 and say where, and never write to it.
@@ -12,7 +14,7 @@ use it): bounded blocks, only the columns asked for, an unterminated last line l
 Usage::
 
     paths = RunPaths(Path("runs/memorisation"))
-    prepare_run_dir(paths, spec, spec_text, fresh=False)
+    prepare_run_dir(paths, spec, spec_text, fresh=False, grid=grid)
     scan = scan_log(paths.results)          # what is done already
     repair_torn_tail(paths.results)
     writer = LogWriter(paths.results, fsync="never")
@@ -28,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import orjson
@@ -36,33 +38,72 @@ import polars as pl
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import LogError
+from engine.grid import Grid
+from engine.runmeta import run_meta
 from engine.spec import Spec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # schema 1 (before targets were recorded) is read with target and simulated null
 # One journal line per request, written and read only here: {"key":"<20 hex>"}\n
 _JOURNAL_LINE = b'{"key":"%s"}\n'
 _JOURNAL_KEY = slice(len(b'{"key":"'), -len(b'"}\n'))
 WRITE_BATCH = 512  # records per write(2): one syscall for a burst, never a whole run in memory
 
 RECORD_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
-    "v": pl.Int64(), "key": pl.String(), "model": pl.String(), "model_id": pl.String(), "qid": pl.String(),
+    "v": pl.Int64(), "key": pl.String(), "model": pl.String(), "model_id": pl.String(),
+    "target": pl.String(), "simulated": pl.Boolean(), "qid": pl.String(),
     "question": pl.String(), "temperature": pl.Float64(), "repeat": pl.Int64(), "expected": pl.String(),
     "reply": pl.String(), "extracted": pl.String(), "outcome": pl.String(), "correct": pl.Boolean(),
     "status": pl.String(), "error": pl.String(), "attempts": pl.Int64(), "http": pl.List(pl.Int64()),
     "latency_ms": pl.Float64(), "prompt_tokens": pl.Int64(), "completion_tokens": pl.Int64(),
     "t_start": pl.Float64(), "t_end": pl.Float64(),
 })  # fmt: skip
-"""Polars type of each field of a schema-1 record, in contract order, but ``tags`` (str→str, read apart).
+"""Polars type of each field of a schema-2 record, in contract order, but ``tags`` (str→str, read apart).
 
 Usage: ``RECORD_SCHEMA["latency_ms"]  # Float64``
 """
 RECORD_FIELDS: tuple[str, ...] = (*RECORD_SCHEMA, "tags")
-"""Every field of a schema-1 record, in contract order."""
+"""Every field of a schema-2 record, in contract order."""
+
+
+class Record(TypedDict):
+    """One line of ``results.jsonl`` (schema 2): the Python side of :data:`RECORD_SCHEMA`.
+
+    ``target`` says who answered (see :mod:`engine.target`; null in schema-1 and imported
+    records, where it is unknown) and ``simulated`` whether it was engine's built-in simulation.
+    Usage: ``record: Record = make_record(task, completion, scorer, t0, t1)``
+    """
+
+    v: int
+    key: str
+    model: str
+    model_id: str
+    target: str | None
+    simulated: bool | None
+    qid: str
+    question: str
+    temperature: float
+    repeat: int
+    expected: str
+    reply: str | None
+    extracted: str | None
+    outcome: str | None
+    correct: bool | None
+    status: str
+    error: str | None
+    attempts: int
+    http: list[int]
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    t_start: float
+    t_end: float
+    tags: Mapping[str, str]
 
 _BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
 # Low-cardinality text columns, held as categoricals with ``compact``: a million records
 # then cost a few bytes each instead of a string apiece.
-_COMPACT = frozenset({"model", "model_id", "qid", "status", "outcome", "expected", "extracted", "error"})
+_COMPACT = frozenset({"model", "model_id", "target", "qid", "status", "outcome", "expected", "extracted", "error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +123,11 @@ class RunPaths:
     @property
     def meta(self) -> Path:
         return self.root / "run.json"
+
+    @property
+    def grid(self) -> Path:
+        """The run's current grid (written at every run): the report counts only its records."""
+        return self.root / "grid.json"
 
     @property
     def started(self) -> Path:
@@ -110,20 +156,22 @@ def check_owner(paths: RunPaths, spec: Spec) -> None:
         raise LogError(f"{paths.results} has no run.json beside it; it was not written by engine for {spec.name!r}")
 
 
-def prepare_run_dir(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool) -> None:
+def prepare_run_dir(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool, grid: Grid) -> None:
     """Create or adopt a run directory, refusing one that belongs to another experiment.
 
     With ``fresh``, an existing log is renamed aside (never deleted) and a new one begins.
-    Usage: ``prepare_run_dir(RunPaths(Path("runs/x")), spec, text, fresh=False)``
+    ``grid`` becomes the run's grid (``grid.json``): a changed spec in an existing directory
+    is not refused, its grid replaces the old one, and the report then counts only its records.
+    Usage: ``prepare_run_dir(RunPaths(Path("runs/x")), spec, text, fresh=False, grid=grid)``
     """
     check_owner(paths, spec)
     try:
-        _prepare(paths, spec, spec_text, fresh=fresh)
+        _prepare(paths, spec, spec_text, fresh=fresh, grid=grid)
     except OSError as exc:
         raise LogError(f"cannot prepare the run directory {paths.root}: {exc.strerror or exc}") from exc
 
 
-def _prepare(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool) -> None:
+def _prepare(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool, grid: Grid) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     if fresh:
         paths.started.unlink(missing_ok=True)  # the old journal speaks of the old log
@@ -135,10 +183,10 @@ def _prepare(paths: RunPaths, spec: Spec, spec_text: str, *, fresh: bool) -> Non
                 break
             aside = paths.root / f"results.{stamp}-{n}.jsonl.old"
         paths.results.rename(aside)
-    if not paths.meta.exists():
-        meta = {"name": spec.name, "schema": SCHEMA_VERSION, "created": time.time()}
-        _write_atomic(paths.meta, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    old = orjson.loads(paths.meta.read_bytes()) if paths.meta.exists() else {}  # check_owner read it already
+    _write_atomic(paths.meta, orjson.dumps(run_meta(spec.name, grid, old, schema=SCHEMA_VERSION), option=orjson.OPT_INDENT_2))
     _write_atomic(paths.spec_copy, spec_text.encode())
+    _write_atomic(paths.grid, grid.to_json())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -222,7 +270,7 @@ def read_records(
     Reads in bounded blocks, parsing only the columns asked for. Blank lines are skipped
     and an unterminated last line (a record still being written, or torn by a kill) is
     left out. A line that is not JSON, not an object, without ``key`` or a *required*
-    field, of a schema version other than 1, or with a field of the wrong type is a
+    field, of a schema version engine cannot read (1 and 2), or with a field of the wrong type is a
     LogError naming its line. ``compact`` holds low-cardinality text as categoricals.
     Duplicates are kept (the last record of a key wins; dedupe with ``is_last_distinct``).
     Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
@@ -253,7 +301,8 @@ def read_records(
             frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
         except pl.exceptions.PolarsError as exc:
             raise _locate(file, offset, block, schema, checked) from exc
-        if any(frame.get_column(c).null_count() for c in checked) or (frame.get_column("v") != SCHEMA_VERSION).any():
+        versions = frame.get_column("v")
+        if any(frame.get_column(c).null_count() for c in checked) or not versions.is_in(READABLE_VERSIONS).all():
             raise _locate(file, offset, block, schema, checked)
         frames.append(shape(frame))
     if not frames:
@@ -289,8 +338,9 @@ def _line_error(file: Path, number: int, raw: bytes, required: Sequence[str]) ->
             reason = f"has no {missing[0]!r}"
         elif "v" in required and type(record["v"]) is not int:
             reason = "has a 'v' that is not an integer"
-        elif "v" in required and record["v"] != SCHEMA_VERSION:
-            return LogError(f"{file}:{number}: schema version {record['v']!r} is not supported (expected {SCHEMA_VERSION})")
+        elif "v" in required and record["v"] not in READABLE_VERSIONS:
+            readable = " or ".join(map(str, READABLE_VERSIONS))
+            return LogError(f"{file}:{number}: schema version {record['v']!r} is not supported (expected {readable})")
         else:
             return None
     return LogError(f"{file}:{number}: unreadable record (line {number} {reason}); the log was damaged")
@@ -312,7 +362,7 @@ def _locate(
             except pl.exceptions.PolarsError as exc:
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 n = first + i
-                return LogError(f"{file}:{n}: unreadable record (line {n} does not fit schema 1: {why}); the log was damaged")
+                return LogError(f"{file}:{n}: unreadable record (line {n} does not fit schema {SCHEMA_VERSION}: {why}); the log was damaged")
     return LogError(f"{file}: lines {first}-{first + len(lines) - 2} do not fit schema {SCHEMA_VERSION}; the log was damaged")
 
 

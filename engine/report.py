@@ -1,10 +1,12 @@
 """The report: error rates with honest intervals, model comparisons, latency and tokens.
 
-A results log (``results.jsonl``, schema version 1) is read once by
+A results log (``results.jsonl``, schema version 2 or 1) is read once by
 :func:`engine.log.read_records` (bounded blocks, only the columns the report needs, an
 unterminated last line left out), then deduplicated by task key (the last record wins,
-so a resumed run counts each task once) and aggregated lazily with Polars. Memory
-follows the number of records and the columns asked for, not the size of the replies.
+so a resumed run counts each task once), scoped to the run directory's current grid
+(:mod:`engine.scope`: records outside it are counted apart, ``all_records`` includes
+them) and aggregated lazily with Polars. Memory follows the number of records and the
+columns asked for, not the size of the replies.
 
 Definitions used everywhere:
 
@@ -12,7 +14,12 @@ Definitions used everywhere:
 - ``errors``: answered tasks whose outcome is ``wrong`` or ``no_answer``;
 - ``error_rate = errors / n``: errors over *all* answers, not over correct ones;
 - ``failed``: infrastructure failures (status ``failed``), shown but never counted
-  as model errors.
+  as model errors;
+- any other record (a status engine does not write, or ``ok`` without an outcome) is
+  neither: it is counted and named in the summary (``unknown``), never silently dropped.
+
+Every model row says which target answered it (``targets``) and whether that was
+engine's built-in simulation; a simulated report says so first.
 
 Each rate carries a 95% Wilson interval (answers treated as independent) and a
 cluster-bootstrap interval that resamples objects (tag ``object``; question ids when
@@ -30,13 +37,12 @@ Usage::
 
 from __future__ import annotations
 
-import math
-import re
+import sys
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from rich.console import Console
 
@@ -46,6 +52,8 @@ from engine.log import RECORD_FIELDS, RECORD_SCHEMA, read_records, tag_column, t
 
 # Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.
 from engine.report_render import render_markdown, render_terminal, report_to_csv, report_to_json
+from engine.report_tables import RATE_SUMS, comparisons, model_order, rate_table, sorted_by_model
+from engine.scope import SCOPE_FIELDS, ScopeSummary, load_grid, split_scope
 
 __all__ = [
     "GROUPABLE_FIELDS",
@@ -65,13 +73,11 @@ RESULTS_FILE = "results.jsonl"
 REPORT_FILE = "report.md"
 
 GROUPABLE_FIELDS: tuple[str, ...] = (
-    "model", "model_id", "qid", "question", "temperature", "repeat", "expected",
+    "model", "model_id", "target", "simulated", "qid", "question", "temperature", "repeat", "expected",
     "extracted", "outcome", "correct", "status", "error", "attempts",
 )  # fmt: skip
 """Record fields a report may group by (``--by``); tag names are allowed too."""
 
-_DIFFICULTY_ORDER = {"easy": 0, "mid": 1, "medium": 1, "hard": 2}
-_RATE_SUMS = ("n", "errors", "wrong", "no_answer", "failed")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,14 +88,20 @@ class Report:
     ``by_difficulty_temperature``, ``custom``) have their group columns followed by
     ``n, errors, error_rate, wrong, no_answer, failed, wilson_lo, wilson_hi,
     boot_lo, boot_hi, clusters``. Tables that need a tag the log lacks are None.
+    ``targets`` has one row per model: ``model, target`` (ids joined by ", " when several
+    answered it, null when unknown) and ``simulated`` (null when mixed or unknown).
     Usage: ``build_report("runs/x").overall.filter(pl.col("model") == "5x")``
     """
 
     source: Path
     lines: int
+    distinct: int  # tasks in the whole log, one per key, in scope or not
     tasks: int
     answered: int
     failed: int
+    unknown: tuple[tuple[str, int], ...]  # records neither answered nor failed, by what they say
+    scope: ScopeSummary
+    targets: pl.DataFrame
     cluster: str
     seed: int
     bootstrap: int
@@ -107,7 +119,12 @@ class Report:
     @property
     def duplicates(self) -> int:
         """Records dropped because a later record had the same task key."""
-        return self.lines - self.tasks
+        return self.lines - self.distinct
+
+    @property
+    def simulated_models(self) -> list[str]:
+        """Models answered by engine's built-in simulation only. Usage: ``report.simulated_models``"""
+        return [m for m, sim in self.targets.select("model", "simulated").iter_rows() if sim]
 
     def rate_tables(self) -> dict[str, pl.DataFrame]:
         """The rate tables that exist, by name. Usage: ``for name, df in report.rate_tables().items()``"""
@@ -126,10 +143,22 @@ class Report:
 
 def _log_file(path: str | Path) -> Path:
     p = Path(path)
+    if p.suffix == ".toml" and p.is_file():
+        raise ReportError(f"{p} is a spec file; pass its run directory ({_run_dir_of(p)})")
     file = p / RESULTS_FILE if p.is_dir() else p
     if not file.is_file():
         raise ReportError(f"no results log at {file}")
     return file
+
+
+def _run_dir_of(spec_path: Path) -> str:
+    """Where ``engine run`` puts a spec's run by default, to name it in a hint."""
+    try:
+        name = tomllib.loads(spec_path.read_text(encoding="utf-8")).get("name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        name = None
+    where = f"runs/{name}" if isinstance(name, str) and name else "runs/<name>"
+    return f"{where}, or the --out given to engine run"
 
 
 def _tag_names(file: Path) -> list[str]:
@@ -172,116 +201,6 @@ def load_log(
     return _dedupe(_load_raw(_log_file(path), columns, compact=compact))
 
 
-# ----------------------------------------------------------------------- aggregation
-
-_NUMBER_X = re.compile(r"(\d+(?:\.\d+)?)\s*x\b", re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def model_order(labels_in_log_order: Sequence[str]) -> list[str]:
-    """Models ordered by the number in their label (``5x`` before ``10x``), else by first appearance.
-
-    A number written as ``<n>x`` wins over any other number in the label, and once any label
-    has one, labels without one (a control such as ``smollm2``) count as unnumbered; labels
-    without a number follow those with one.
-    Usage: ``model_order(["50x", "5x", "base"])  # ['5x', '50x', 'base']``
-    """
-    by_examples = any(_NUMBER_X.search(label) for label in labels_in_log_order)
-
-    def number(label: str) -> float:
-        plain = None if by_examples else (_NUMBER.findall(label) or [None])[-1]
-        found = _NUMBER_X.search(label) or plain
-        if found is None:
-            return math.inf
-        return float(found.group(1) if isinstance(found, re.Match) else found)
-
-    first = {label: i for i, label in reversed(list(enumerate(labels_in_log_order)))}
-    return sorted(first, key=lambda label: (number(label), first[label]))
-
-
-def _sorted(df: pl.DataFrame, keys: Sequence[str], models: Sequence[str]) -> pl.DataFrame:
-    if df.is_empty() or not keys:
-        return df
-    rank = {m: i for i, m in enumerate(models)}
-    order: list[pl.Expr] = []
-    for key in keys:
-        col = pl.col(key)
-        if key == "model":
-            order.append(col.replace_strict(rank, default=len(rank), return_dtype=pl.Int64))
-        elif key == "difficulty":
-            order.append(col.replace_strict(_DIFFICULTY_ORDER, default=9, return_dtype=pl.Int64))
-        order.append(col)
-    return df.sort(order, nulls_last=True)
-
-
-def _rate_table(
-    cells: pl.DataFrame, keys: Sequence[str], cluster: str | None, models: Sequence[str],
-    *, seed: int, reps: int, confidence: float,
-) -> pl.DataFrame:  # fmt: skip
-    keys = list(keys)
-    sums = [pl.col(c).sum() for c in _RATE_SUMS]
-    groups = cells.group_by(keys).agg(sums) if keys else cells.select(sums)
-    groups = _sorted(groups, keys, models)
-    lo_w, hi_w = stats.wilson_interval(groups["errors"].to_numpy(), groups["n"].to_numpy(), confidence=confidence)
-    clusters = cells.filter(pl.col("n") > 0)
-    if cluster is not None:
-        # Sorted, so the same seed draws the same clusters whatever order the log came in.
-        clusters = clusters.group_by([*keys, cluster]).agg(pl.col("errors").sum(), pl.col("n").sum())
-        clusters = clusters.sort([*keys, cluster], nulls_last=True)
-    parts = clusters.partition_by(keys, as_dict=True) if keys else {(): clusters}
-    boot_lo = np.full(groups.height, np.nan)
-    boot_hi = np.full(groups.height, np.nan)
-    n_clusters = np.zeros(groups.height, dtype=np.int64)
-    # Groups with the same clusters (every model met the same objects) share one draw.
-    shared: dict[tuple[object, ...], list[tuple[int, pl.DataFrame]]] = {}
-    for i, row in enumerate(groups.select(keys).iter_rows() if keys else [()]):
-        part = parts.get(tuple(row))
-        if part is not None and cluster is not None:
-            shared.setdefault(tuple(part.get_column(cluster).to_list()), []).append((i, part))
-            n_clusters[i] = part.height
-    for names, members in shared.items():
-        at = [i for i, _ in members]
-        boot_lo[at], boot_hi[at] = stats.cluster_bootstrap_intervals(
-            np.column_stack([p.get_column("errors").to_numpy() for _, p in members]),
-            np.column_stack([p.get_column("n").to_numpy() for _, p in members]),
-            reps=reps, seed=seed, key=(tuple(keys), cluster, names), confidence=confidence,
-        )  # fmt: skip
-    rate = pl.when(pl.col("n") > 0).then(pl.col("errors") / pl.col("n"))
-    return groups.select(
-        *keys, "n", "errors", rate.alias("error_rate"), "wrong", "no_answer", "failed",
-        wilson_lo=pl.Series(lo_w, dtype=pl.Float64).fill_nan(None),
-        wilson_hi=pl.Series(hi_w, dtype=pl.Float64).fill_nan(None),
-        boot_lo=pl.Series(boot_lo, dtype=pl.Float64).fill_nan(None),
-        boot_hi=pl.Series(boot_hi, dtype=pl.Float64).fill_nan(None),
-        clusters=pl.Series(n_clusters, dtype=pl.Int64),
-    )  # fmt: skip
-
-
-def _comparisons(
-    cells: pl.DataFrame, cluster: str, models: Sequence[str], *, seed: int, reps: int, confidence: float
-) -> pl.DataFrame:
-    per = cells.group_by("model", cluster).agg(pl.col("errors").sum(), pl.col("n").sum())
-    names = per.get_column(cluster).cast(pl.String).fill_null("").unique().sort().to_list()
-    col_of = {m: i for i, m in enumerate(models)}
-    row_of = {c: i for i, c in enumerate(names)}
-    errors = np.zeros((len(names), len(models)))
-    n = np.zeros((len(names), len(models)))
-    for model, name, e, k in per.select("model", pl.col(cluster).cast(pl.String).fill_null(""), "errors", "n").iter_rows():
-        errors[row_of[name], col_of[model]] = e
-        n[row_of[name], col_of[model]] = k
-    rows = []
-    if len(models) >= 2:
-        for i, j, diff, lo, hi in stats.pairwise_differences(errors, n, reps=reps, seed=seed, confidence=confidence):
-            rate_i, rate_j = (errors[:, x].sum() / n[:, x].sum() if n[:, x].sum() else math.nan for x in (i, j))
-            differs = None if math.isnan(lo) else bool(lo > 0 or hi < 0)
-            rows.append((models[i], models[j], rate_i, rate_j, diff, lo, hi, differs))
-    schema = {
-        "model_a": pl.String, "model_b": pl.String, "rate_a": pl.Float64, "rate_b": pl.Float64,
-        "diff": pl.Float64, "diff_lo": pl.Float64, "diff_hi": pl.Float64, "differs": pl.Boolean,
-    }  # fmt: skip
-    return pl.DataFrame(rows, schema=schema, orient="row").with_columns(pl.col(pl.Float64).fill_nan(None))
-
-
 def _resolve_by(by: str | Sequence[str] | None, tags: Sequence[str]) -> tuple[str, ...]:
     if by is None:
         return ()
@@ -307,10 +226,13 @@ def build_report(
     seed: int = 0,
     bootstrap: int = stats.DEFAULT_REPS,
     confidence: float = stats.DEFAULT_CONFIDENCE,
+    all_records: bool = False,
 ) -> Report:
     """Aggregate a run directory or ``results.jsonl`` into a :class:`Report`.
 
-    ``by`` adds a custom table grouped by exactly those fields (record fields or tag
+    Only the records of the run directory's current grid (``grid.json``) are reported;
+    the others are counted apart and named (``report.scope``). ``all_records`` includes
+    them; a directory without ``grid.json`` is reported whole. ``by`` adds a custom table grouped by exactly those fields (record fields or tag
     names, e.g. ``["model", "object"]`` or ``"model,repeat"``); an unknown name raises
     :class:`ReportError`. ``seed`` and ``bootstrap`` (replicates) make the bootstrap
     intervals reproducible. Usage: ``build_report("runs/seed-v2").overall``
@@ -328,13 +250,20 @@ def build_report(
     cell_keys = list(dict.fromkeys([*base, *by_cols, cluster, *([custom_cluster] if custom_cluster else [])]))
     tag_fields = [c for c in cell_keys if c not in RECORD_SCHEMA]
     record_fields = [c for c in cell_keys if c in RECORD_SCHEMA]
-    fields = [*record_fields, "status", "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "t_start", "t_end"]
+    grid = load_grid(file)
+    scope_fields = [f for f in SCOPE_FIELDS if f not in record_fields] if grid is not None else []
+    fields = [*record_fields, *scope_fields, "status", "outcome", "latency_ms", "prompt_tokens",
+              "completion_tokens", "t_start", "t_end", "simulated"]  # fmt: skip
+    if "target" not in fields:
+        fields.append("target")
     raw = _load_raw(file, [*fields, *tag_fields], compact=True)
     lines = raw.height
+    scope = split_scope(_dedupe(raw), grid, include_all=all_records)
     # One pass makes the per-task flags; every table below is a small aggregate of them.
     answered = (pl.col("status") == "ok") & pl.col("outcome").is_in(["correct", "wrong", "no_answer"])
+    failed = pl.col("status") == "failed"
     flags = (
-        _dedupe(raw)
+        scope.inside
         .drop("key")
         .with_row_index("_row")
         .with_columns(
@@ -342,13 +271,14 @@ def build_report(
             errors=answered & pl.col("outcome").is_in(["wrong", "no_answer"]),
             wrong=answered & (pl.col("outcome") == "wrong"),
             no_answer=answered & (pl.col("outcome") == "no_answer"),
-            failed=pl.col("status") == "failed",
+            failed=failed,
+            unknown=~(answered.fill_null(False) | failed.fill_null(False)),
         )
         .collect()
         .lazy()
-    )
+    )  # fmt: skip
     del raw
-    counts = [pl.col(c).sum().cast(pl.Int64) for c in _RATE_SUMS]
+    counts = [pl.col(c).sum().cast(pl.Int64) for c in RATE_SUMS]
     cells_q = flags.group_by(cell_keys).agg(*counts, first=pl.col("_row").min())
 
     def total(col: str) -> pl.Expr:  # null, not 0, when the log has no counts at all
@@ -363,25 +293,43 @@ def build_report(
         completion_tokens=total("completion_tokens"),
         completion_tokens_mean=pl.col("completion_tokens").mean(),
     )
+    status = pl.col("status").cast(pl.String)
+    unknown_q = (
+        flags.filter(pl.col("unknown"))
+        .select(what=pl.when(status == "ok")
+                .then(pl.format("status ok without an outcome ({})", pl.col("outcome").cast(pl.String).fill_null("null")))
+                .otherwise(pl.format("status {}", status.fill_null("null"))))
+        .group_by("what").agg(n=pl.len()).sort(["n", "what"], descending=[True, False])
+    )  # fmt: skip
+    targets_q = flags.group_by("model").agg(
+        targets=pl.col("target").cast(pl.String).drop_nulls().unique().sort(),
+        unknown_target=pl.col("target").is_null().any(),
+        sim_unknown=pl.col("simulated").is_null().any(),
+        sim_all=pl.col("simulated").all(),
+        sim_any=pl.col("simulated").any(),
+    )
     span_q = flags.select(
         tasks=pl.len(),
         t0=pl.col("t_start").filter(pl.col("t_start") > 0).min(),
         t1=pl.col("t_end").filter(pl.col("t_end") > 0).max(),
     )
-    cells, latency, span = pl.collect_all([cells_q, latency_q, span_q])
+    cells, latency, span, unknown, targets = pl.collect_all([cells_q, latency_q, span_q, unknown_q, targets_q])
     cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
     latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
     firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
     models = model_order(firsts.get_column("model").fill_null("").to_list())
 
     def table(keys: Sequence[str], clus: str | None = cluster) -> pl.DataFrame:
-        return _rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
+        return rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
 
     overall = table(["model"])
     t0, t1 = span.row(0)[1:]
     return Report(
         source=file, lines=lines, tasks=int(span["tasks"][0]),
+        distinct=int(span["tasks"][0]) + (scope.summary.outside if scope.summary.kind == "grid" else 0),
         answered=int(cells["n"].sum()), failed=int(cells["failed"].sum()),
+        unknown=tuple((str(w), int(n)) for w, n in unknown.iter_rows()), scope=scope.summary,
+        targets=_target_table(targets, models),
         cluster=cluster, seed=seed, bootstrap=bootstrap, confidence=confidence, by=by_cols,
         span_s=(t1 - t0) if t0 is not None and t1 is not None and t1 >= t0 else None,
         overall=overall,
@@ -389,9 +337,21 @@ def build_report(
         by_temperature=table(["model", "temperature"]),
         by_difficulty_temperature=table(["model", "difficulty", "temperature"]) if has_difficulty else None,
         custom=table(list(by_cols), custom_cluster) if by_cols else None,
-        comparisons=_comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
-        latency=_sorted(latency, ["model"], models),
+        comparisons=comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
+        latency=sorted_by_model(latency, ["model"], models),
     )  # fmt: skip
+
+
+def _target_table(agg: pl.DataFrame, models: Sequence[str]) -> pl.DataFrame:
+    """One row per model: who answered it (ids joined; "unknown" for records that do not say) and
+    whether that was the built-in simulation (None when some records do not say, or it is mixed)."""
+    rows = []
+    for r in agg.with_columns(pl.col("model").cast(pl.String)).iter_rows(named=True):
+        ids = [*r["targets"], *(["unknown"] if r["unknown_target"] else [])]
+        simulated = None if r["sim_unknown"] else (True if r["sim_all"] else (False if not r["sim_any"] else None))
+        rows.append((r["model"], ", ".join(ids) or None, simulated))
+    table = pl.DataFrame(rows, schema={"model": pl.String, "target": pl.String, "simulated": pl.Boolean}, orient="row")
+    return sorted_by_model(table, ["model"], models)
 
 
 def write_report(
@@ -424,25 +384,41 @@ def write_report(
 
 
 def main_report(
-    run_dir: str | Path, *, by: str | None = None, fmt: str = "table", seed: int = 0, console: Console | None = None
-) -> int:
-    """What ``engine report`` does: print the report; ``table`` and ``md`` also write report.md and charts.
+    run_dir: str | Path, *, by: str | None = None, fmt: str = "table", seed: int = 0, all_records: bool = False,
+    console: Console | None = None,
+) -> int:  # fmt: skip
+    """What ``engine report`` does: print the report, and save the run's default report.
 
-    ``json`` and ``csv`` only print, so their output can be piped. Returns the exit code.
-    Usage: ``main_report("runs/seed-v2", fmt="json")``
+    Only the default report (no ``by``, no ``all_records``) in ``table`` or ``md`` format
+    writes ``report.md`` and the charts, so those files always describe the run's grid as
+    ``engine run`` leaves it; a report grouped ``--by`` or with ``--all`` is printed only.
+    ``json`` and ``csv`` only print, so their output can be piped. A run directory that
+    cannot be written (read-only, archived) is still reported: the note goes to stderr.
+    Returns the exit code. Usage: ``main_report("runs/seed-v2", fmt="json")``
     """
     console = console or Console()
-    report = build_report(run_dir, by=by, seed=seed)
+    if fmt not in ("table", "md", "json", "csv"):
+        raise ReportError(f"unknown report format {fmt!r} (expected table, md, json or csv)")
+    report = build_report(run_dir, by=by, seed=seed, all_records=all_records)
     if fmt in ("json", "csv"):
         text = report_to_json(report) if fmt == "json" else report_to_csv(report)
         console.file.write(text if text.endswith("\n") else text + "\n")
         return 0
-    if fmt not in ("table", "md"):
-        raise ReportError(f"unknown report format {fmt!r} (expected table, md, json or csv)")
-    paths = write_report(run_dir, report=report)
+    paths: list[Path] = []
+    note = None
+    if by is None and not all_records:
+        try:
+            paths = write_report(run_dir, report=report)
+        except ReportError as exc:
+            note = f"engine: note: {exc}; the report is printed, not saved"
+    else:
+        note = "engine: note: report.md left as it is (only the default report, without --by or --all, writes it)"
     if fmt == "md":
-        console.file.write(paths[0].read_text(encoding="utf-8"))
-        return 0
-    render_terminal(report, console)
-    console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
+        console.file.write(render_markdown(report, charts=paths[1:]))
+    else:
+        render_terminal(report, console)
+        if paths:
+            console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
+    if note is not None:
+        print(note, file=sys.stderr)
     return 0

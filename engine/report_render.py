@@ -28,7 +28,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from engine.report import Report
 
-__all__ = ["render_markdown", "render_terminal", "report_to_csv", "report_to_json"]
+__all__ = ["render_markdown", "render_terminal", "report_to_csv", "report_to_json", "simulation_banner"]
 
 _RATE_HEADERS = ("errors / n", "error rate", "Wilson 95%", "cluster bootstrap 95%", "wrong", "no answer", "failed")
 
@@ -90,8 +90,16 @@ def _latency_rows(df: pl.DataFrame) -> _Rows:
     return headers, rows, 1
 
 
+def _target_rows(df: pl.DataFrame) -> _Rows:
+    said = {True: "yes: engine's built-in simulation", False: "no", None: "mixed or unknown"}
+    rows = [[r["model"], r["target"] or "unknown", said[r["simulated"]]] for r in df.iter_rows(named=True)]
+    return ["model", "target (who answered)", "simulated"], rows, 3
+
+
 def _sections(report: Report) -> list[tuple[str, _Rows]]:
     out = [("Error rate per model", _rate_rows(report.overall, ["model"]))]
+    if report.targets.height:
+        out.append(("Targets", _target_rows(report.targets)))
     if report.comparisons.height:
         out.append(("Model comparisons", _comparison_rows(report.comparisons)))
     if report.by_difficulty is not None:
@@ -106,12 +114,41 @@ def _sections(report: Report) -> list[tuple[str, _Rows]]:
     return out
 
 
+_SIMULATION = ("engine's built-in simulated target (a lookup table playing configured rates), "
+               "not from a language model")  # fmt: skip
+
+
+def simulation_banner(report: Report) -> tuple[str, str] | None:
+    """(headline, sentence) opening a report with simulated answers; None when no answer was simulated.
+
+    Usage: ``simulation_banner(report)  # ('Simulation', 'every answer below came from ...')``
+    """
+    simulated = report.simulated_models
+    if not simulated:
+        return None
+    if len(simulated) == report.targets.height:
+        return "Simulation", f"every answer below came from {_SIMULATION}."
+    others = [m for m in report.targets["model"].to_list() if m not in simulated]
+    return "Partly simulated", (f"the answers of {', '.join(simulated)} came from {_SIMULATION}; "
+                                f"{', '.join(others)}: real targets (see Targets).")  # fmt: skip
+
+
 def _summary(report: Report) -> list[str]:
     cluster = "objects (tag `object`)" if report.cluster == "object" else "question ids (no `object` tag)"
     span = f" over {report.span_s:,.1f} s" if report.span_s else ""
+    scope = report.scope
+    grid = f" of the current grid's {scope.grid_tasks:,}" if scope.kind == "grid" and scope.grid_tasks is not None else ""
+    unknown = ""
+    if report.unknown:
+        named = ", ".join(f"{what}: {n:,}" for what, n in report.unknown)
+        unknown = (f" {sum(n for _, n in report.unknown):,} records are neither answered nor failed ({named}): "
+                   "counted here, in no rate.")  # fmt: skip
+    described = scope.describe()
     return [
-        f"Log `{report.source}`: {report.tasks:,} tasks{span} ({report.duplicates:,} duplicate records dropped, "
-        f"last record per task wins); {report.answered:,} answered, {report.failed:,} infrastructure failures.",
+        f"Log `{report.source}`: {report.tasks:,} tasks{grid}{span} ({report.duplicates:,} duplicate records "
+        f"dropped, last record per task wins); {report.answered:,} answered, {report.failed:,} infrastructure "
+        f"failures.{unknown}",
+        *([described] if described else []),
         "Error rate = errors / answered tasks; an error is a wrong answer or no answer. Infrastructure failures "
         "(status failed) are shown apart and are not model errors.",
         f"Intervals are {100 * report.confidence:g}%. Wilson treats every answer as independent; the cluster "
@@ -158,6 +195,8 @@ def render_terminal(report: Report, console: Console) -> None:
 
     Usage: ``render_terminal(report, Console())``
     """
+    if (banner := simulation_banner(report)) is not None:
+        console.print(f"{banner[0]} — {banner[1]}", style="bold", highlight=False)
     for line in _summary(report):
         console.print(line.replace("`", ""), highlight=False)
     unbounded = console.options.update_width(1 << 16)  # measured against the console, a table never exceeds it
@@ -186,7 +225,9 @@ def render_markdown(report: Report, *, charts: Sequence[Path] = ()) -> str:
 
     Usage: ``Path("report.md").write_text(render_markdown(report))``
     """
-    lines = [f"# Report: {report.source.parent.name}", "", *(f"{s}\n" for s in _summary(report))]
+    banner = simulation_banner(report)
+    lines = [*([f"> **{banner[0]}** — {banner[1]}", ""] if banner else []), f"# Report: {report.source.parent.name}", "",
+             *(f"{s}\n" for s in _summary(report))]  # fmt: skip
     for title, (headers, rows, keys) in _sections(report):
         lines += [f"## {title}", "", *_md_table(headers, rows, keys), ""]
     if charts:
@@ -199,12 +240,18 @@ def report_to_json(report: Report) -> str:
 
     Usage: ``orjson.loads(report_to_json(report))["overall"][0]["error_rate"]``
     """
+    scope = report.scope
+    banner = simulation_banner(report)
     doc = {
-        "source": str(report.source), "lines": report.lines, "tasks": report.tasks,
-        "duplicates": report.duplicates, "answered": report.answered, "failed": report.failed,
+        "simulation": None if banner is None else f"{banner[0]} — {banner[1]}", "source": str(report.source), "lines": report.lines,
+        "tasks": report.tasks, "duplicates": report.duplicates, "answered": report.answered,
+        "failed": report.failed, "unknown_status": dict(report.unknown),
+        "scope": scope.kind, "grid_tasks": scope.grid_tasks, "outside_grid": scope.outside,
+        "outside_grid_by": dict(scope.reasons),
         "cluster": report.cluster, "seed": report.seed, "bootstrap": report.bootstrap,
         "confidence": report.confidence, "by": list(report.by), "span_s": report.span_s,
-        **{name: df.to_dicts() for name, df in report.rate_tables().items()},
+        "models": report.targets.to_dicts(),
+        **{name: _with_targets(df, report).to_dicts() for name, df in report.rate_tables().items()},
         "comparisons": report.comparisons.to_dicts(), "latency": report.latency.to_dicts(),
     }  # fmt: skip
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
@@ -215,8 +262,24 @@ def report_to_csv(report: Report) -> str:
 
     Usage: ``pl.read_csv(io.StringIO(report_to_csv(report)))``
     """
-    frames = [df.select(pl.lit(name).alias("table"), pl.all()) for name, df in report.rate_tables().items()]
+    frames = [_with_targets(df, report).select(pl.lit(name).alias("table"), pl.all())
+              for name, df in report.rate_tables().items()]  # fmt: skip
     stacked = pl.concat(frames, how="diagonal_relaxed")
     metrics = report.overall.columns[1:]
     keys = [c for c in stacked.columns if c not in metrics]  # "table", then every group column
     return stacked.select(*keys, *metrics).write_csv()
+
+
+def _with_targets(df: pl.DataFrame, report: Report) -> pl.DataFrame:
+    """A rate table with each model's ``target`` and ``simulated`` beside its ``model`` column."""
+    if "model" not in df.columns:
+        return df
+    target = dict(report.targets.select("model", "target").iter_rows())
+    simulated = dict(report.targets.select("model", "simulated").iter_rows())
+    model = pl.col("model").cast(pl.String)
+    at = df.columns.index("model") + 1
+    columns = [*df.columns[:at], "target", "simulated", *df.columns[at:]]
+    return df.with_columns(
+        target=model.replace_strict(target, default=None, return_dtype=pl.String),
+        simulated=model.replace_strict(simulated, default=None, return_dtype=pl.Boolean),
+    ).select(columns)

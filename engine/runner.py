@@ -30,7 +30,7 @@ from rich.console import Console
 
 from engine.client import ChatClient, RetryPolicy, path_hint
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
-from engine.grid import Skipped, grid_size, iter_tasks
+from engine.grid import Grid, Skipped, build_grid, iter_tasks
 from engine.limits import EndpointLimiter
 from engine.log import (
     LogScan,
@@ -48,6 +48,7 @@ from engine.quotas import by_endpoint, pool_size, quota_groups
 from engine.scheduler import Counters, Pool, StopSignal, run_grid
 from engine.scoring import Scorer, get_scorer
 from engine.spec import SIM_URL, Spec, load_spec
+from engine.target import model_targets
 from engine.transport import AiohttpTransport, Transport
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Prepared:
     scorer: Scorer
     paths: RunPaths
     scan: LogScan
+    grid: Grid  # the models with their targets: becomes the run directory's grid.json
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -156,12 +158,16 @@ def prepare(spec_path: Path, options: RunOptions) -> Prepared:
                 f"model {model.name!r}: environment variable {model.api_key_env} holds spaces or control "
                 "characters (a stray newline?)"
             )
+    # Who answers each model is part of every key: a changed target is asked everything again.
+    grid = build_grid(spec, questions, model_targets(spec, questions))
     paths = RunPaths(options.out or Path("runs") / spec.name)
     check_owner(paths, spec)  # a log of another experiment is refused before it is read
     scan = scan_log(paths.results) if not options.fresh else LogScan(
         ok=frozenset(), failed=frozenset(), records=0, torn_tail=False
     )
-    return Prepared(spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan)
+    return Prepared(
+        spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan, grid=grid
+    )
 
 
 @contextlib.contextmanager
@@ -250,7 +256,7 @@ async def run_prepared(
         max_attempts=spec.max_attempts, base_s=spec.backoff_base_s, cap_s=spec.backoff_cap_s,
         max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s,
     )
-    total = grid_size(spec, len(prepared.questions))
+    total = prepared.grid.size
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop = StopSignal()
@@ -275,12 +281,12 @@ async def run_prepared(
                         base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
                         policy=policy, label=group.label,
                     )
-                    tasks = iter_tasks(spec, prepared.questions, group.models, done=done, skipped=skipped)
+                    tasks = iter_tasks(prepared.grid, prepared.questions, group.models, done=done, skipped=skipped)
                     pools.append(Pool(
                         client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens
                     ))
             # Everything checked: only now is the run directory written to.
-            prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh)
+            prepare_run_dir(paths, spec, prepared.spec_text, fresh=options.fresh, grid=prepared.grid)
             repair_torn_tail(paths.results)
             in_flight = None if options.fresh else in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
             progress = Progress(

@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.client import ChatClient, Completion
 from engine.grid import Task
-from engine.log import SCHEMA_VERSION, LogWriter
+from engine.log import SCHEMA_VERSION, LogWriter, Record
 from engine.scoring import Scorer
 
 STREAM_BUFFER = 1024  # records between the workers and the writer: bounded, so memory stays flat
@@ -87,8 +87,8 @@ class Counters:
             model.failed += 1
 
 
-def make_record(task: Task, completion: Completion, scorer: Scorer, t_start: float, t_end: float) -> dict[str, Any]:
-    """The log record of one finished task (schema version 1).
+def make_record(task: Task, completion: Completion, scorer: Scorer, t_start: float, t_end: float) -> Record:
+    """The log record of one finished task (schema version 2: it says which target answered).
 
     Usage: ``make_record(task, completion, get_scorer("number"), t0, t1)["outcome"]``
     """
@@ -105,6 +105,8 @@ def make_record(task: Task, completion: Completion, scorer: Scorer, t_start: flo
         "key": task.key,
         "model": task.model.name,
         "model_id": task.model.model,
+        "target": task.target.id,
+        "simulated": task.target.simulated,
         "qid": question.id,
         "question": question.text,
         "tags": question.tags,

@@ -166,8 +166,10 @@ def import_seed(
             correct = (row["Correct"] or "").strip().upper() == "TRUE"
             outcome = "correct" if correct else ("wrong" if extracted else "no_answer")
         record: dict[str, object] = {
-            "v": 1, "key": seed_key(model, qid, temperature, repeat), "model": model, "model_id": examples,
-            "qid": qid, "question": row["Question"] or "", "tags": {"object": obj, "difficulty": difficulty},
+            # Schema 2; who answered is unknown (the original's fine-tuned models, through OpenAI's API),
+            # but it was a language model, not engine's simulation.
+            "v": 2, "key": seed_key(model, qid, temperature, repeat), "model": model, "model_id": examples,
+            "target": None, "simulated": False, "qid": qid, "question": row["Question"] or "", "tags": {"object": obj, "difficulty": difficulty},
             "temperature": temperature, "repeat": repeat, "expected": expected, "reply": reply,
             "extracted": extracted, "outcome": outcome, "correct": correct, "status": "ok", "error": None,
             # The original kept no timings, token counts or HTTP statuses.

@@ -9,11 +9,15 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 
 import pytest
 
 from engine.errors import SpecError
 from engine.grid import (
+    GridModel,
+    Task,
+    build_grid,
     build_messages,
     grid_size,
     iter_tasks,
@@ -25,6 +29,7 @@ from engine.grid import (
 from engine.limits import EndpointLimiter, LimitConfig
 from engine.questions import Question, load_questions
 from engine.spec import ModelSpec, Spec, load_spec
+from engine.target import model_targets
 from tests.conftest import BASE_SPEC, SpecDir
 
 
@@ -34,17 +39,24 @@ def tiny(spec_dir: SpecDir) -> tuple[Spec, tuple[Question, ...]]:
     return spec, load_questions(spec.questions)
 
 
+def tasks_of(spec: Spec, questions: tuple[Question, ...], models: tuple[ModelSpec, ...], **kw: object) -> Iterator[Task]:
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    return iter_tasks(grid, questions, models, **kw)  # type: ignore[arg-type]
+
+
 def keys(spec: Spec, questions: tuple[Question, ...]) -> list[str]:
-    return [t.key for t in iter_tasks(spec, questions, spec.models)]
+    return [t.key for t in tasks_of(spec, questions, spec.models)]
 
 
 def test_keys_are_the_same_in_another_process(spec_dir: SpecDir, tiny: tuple[Spec, tuple[Question, ...]]) -> None:
     spec, questions = tiny
     script = (
         "import sys; from pathlib import Path; from engine.spec import load_spec; "
-        "from engine.questions import load_questions; from engine.grid import iter_tasks; "
+        "from engine.questions import load_questions; from engine.grid import build_grid, iter_tasks; "
+        "from engine.target import model_targets; "
         "s = load_spec(Path(sys.argv[1])); q = load_questions(s.questions); "
-        "print('\\n'.join(t.key for t in iter_tasks(s, q, s.models)))"
+        "g = build_grid(s, q, model_targets(s, q)); "
+        "print('\\n'.join(t.key for t in iter_tasks(g, q, s.models)))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a different str hash than this process
     out = subprocess.run(
@@ -57,7 +69,7 @@ def test_keys_are_the_same_in_another_process(spec_dir: SpecDir, tiny: tuple[Spe
 
 def test_every_task_of_the_grid_has_its_own_key(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
     spec, questions = tiny
-    tasks = list(iter_tasks(spec, questions, spec.models))
+    tasks = list(tasks_of(spec, questions, spec.models))
     assert len(tasks) == grid_size(spec, len(questions)) == 2 * 6 * 2 * 2
     cells = {(t.model.name, t.question.id, t.temperature, t.repeat) for t in tasks}
     assert len(cells) == len(tasks)  # each (model, question, temperature, repeat) exactly once
@@ -107,16 +119,22 @@ def test_keys_ignore_how_requests_are_paced(spec_dir: SpecDir, old: str, new: st
 def test_key_of_one_cell_differs_by_each_coordinate() -> None:
     q1 = Question(id="A/easy", text="A?", answer="1")
     q2 = Question(id="B/easy", text="A?", answer="1")  # same text, other id
-    m1, m2 = ModelSpec(name="m1", model="x", base_url="sim"), ModelSpec(name="m2", model="x", base_url="sim")
+    m1 = GridModel(name="m1", model="x", target="sim:0", simulated=True, max_tokens=32, params={})
+    m2 = dataclasses.replace(m1, name="m2")
     msgs = [{"role": "user", "content": "A?"}]
-    base = task_key(m1, q1, msgs, 0.0, 0, 32)
+    base = task_key(m1, q1.id, msgs, 0.0, 0)
     variants = [
-        task_key(m2, q1, msgs, 0.0, 0, 32), task_key(m1, q2, msgs, 0.0, 0, 32),
-        task_key(m1, q1, msgs, 0.5, 0, 32), task_key(m1, q1, msgs, 0.0, 1, 32),
-        task_key(m1, q1, msgs, 0.0, 0, 33), task_key(m1, q1, [{"role": "user", "content": "A? "}], 0.0, 0, 32),
+        task_key(m2, q1.id, msgs, 0.0, 0), task_key(m1, q2.id, msgs, 0.0, 0),
+        task_key(m1, q1.id, msgs, 0.5, 0), task_key(m1, q1.id, msgs, 0.0, 1),
+        task_key(dataclasses.replace(m1, max_tokens=33), q1.id, msgs, 0.0, 0),
+        task_key(m1, q1.id, [{"role": "user", "content": "A? "}], 0.0, 0),
+        task_key(dataclasses.replace(m1, model="y"), q1.id, msgs, 0.0, 0),
+        task_key(dataclasses.replace(m1, params={"top_p": 0.9}), q1.id, msgs, 0.0, 0),
+        task_key(dataclasses.replace(m1, target="http://127.0.0.1:8000/v1", simulated=False), q1.id, msgs, 0.0, 0),
+        task_key(dataclasses.replace(m1, target="sim:1"), q1.id, msgs, 0.0, 0),
     ]  # fmt: skip
     assert len({base, *variants}) == 1 + len(variants)
-    assert task_key(m1, q1, list(msgs), 0.0, 0, 32) == base
+    assert task_key(m1, q1.id, list(msgs), 0.0, 0) == base
 
 
 def test_model_order_in_the_spec_does_not_change_keys(spec_dir: SpecDir) -> None:
@@ -128,17 +146,17 @@ def test_model_order_in_the_spec_does_not_change_keys(spec_dir: SpecDir) -> None
 
 def test_models_interleave(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
     spec, questions = tiny
-    names = [t.model.name for t in iter_tasks(spec, questions, spec.models)]
+    names = [t.model.name for t in tasks_of(spec, questions, spec.models)]
     assert names == ["m1", "m2"] * (len(names) // 2)
 
 
 def test_done_keys_are_skipped(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
     spec, questions = tiny
-    tasks = list(iter_tasks(spec, questions, spec.models))
+    tasks = list(tasks_of(spec, questions, spec.models))
     done = {t.key for t in tasks[::3]}
-    rest = list(iter_tasks(spec, questions, spec.models, done=done))
+    rest = list(tasks_of(spec, questions, spec.models, done=done))
     assert rest == [t for t in tasks if t.key not in done]  # the same tasks, in the same order
-    assert list(iter_tasks(spec, questions, spec.models, done={t.key for t in tasks})) == []
+    assert list(tasks_of(spec, questions, spec.models, done={t.key for t in tasks})) == []
 
 
 def test_a_ten_million_task_grid_is_not_built(spec_dir: SpecDir) -> None:
@@ -147,7 +165,7 @@ def test_a_ten_million_task_grid_is_not_built(spec_dir: SpecDir) -> None:
     assert grid_size(spec, len(questions)) == 2 * 6 * 2 * 416667 > 10_000_000
     tracemalloc.start()
     try:
-        first = [t.key for t in itertools.islice(iter_tasks(spec, questions, spec.models), 1000)]
+        first = [t.key for t in itertools.islice(tasks_of(spec, questions, spec.models), 1000)]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -172,7 +190,7 @@ def test_a_placeholder_no_question_has_fails_before_the_first_task(spec_dir: Spe
     spec = load_spec(spec_dir.write(BASE_SPEC.replace("max_tokens = 16", 'max_tokens = 16\nprompt = "{topic}: {question}"')))
     questions = load_questions(spec.questions)
     with pytest.raises(SpecError, match=r"spec\.toml: prompt: placeholder 'topic'"):
-        iter_tasks(spec, questions, spec.models)  # raised at the call, not at the first next()
+        tasks_of(spec, questions, spec.models)  # raised at the call, not at the first next()
 
 
 @pytest.mark.parametrize(
@@ -184,7 +202,7 @@ def test_a_placeholder_that_cannot_be_filled_is_a_spec_error(spec_dir: SpecDir, 
     spec = load_spec(spec_dir.write(BASE_SPEC.replace("max_tokens = 16", f'max_tokens = 16\nprompt = "{prompt}"')))
     questions = load_questions(spec.questions)
     with pytest.raises(SpecError, match=r"spec\.toml: prompt: cannot fill the placeholders for question 'Anchor/easy'"):
-        iter_tasks(spec, questions, spec.models)
+        tasks_of(spec, questions, spec.models)
 
 
 def test_the_plan_estimates_prompt_tokens_as_the_limiter_does() -> None:

@@ -12,8 +12,11 @@ import orjson
 import pytest
 
 from engine.errors import LogError
+from engine.grid import Grid, build_grid
 from engine.log import LogWriter, RunPaths, check_owner, prepare_run_dir, repair_torn_tail, scan_log
+from engine.questions import load_questions
 from engine.spec import Spec, load_spec
+from engine.target import model_targets
 from tests.conftest import BASE_SPEC, SpecDir
 
 
@@ -42,6 +45,11 @@ def write_log(path: Path, records: list[dict[str, Any]]) -> None:
 @pytest.fixture
 def spec(spec_dir: SpecDir) -> Spec:
     return load_spec(spec_dir.write())
+
+
+def grid_of(spec: Spec) -> Grid:
+    questions = load_questions(spec.questions)
+    return build_grid(spec, questions, model_targets(spec, questions))
 
 
 def test_writer_appends_one_line_per_record(tmp_path: Path) -> None:
@@ -167,7 +175,7 @@ def test_scan_of_a_big_log(tmp_path: Path) -> None:
 def test_check_owner(tmp_path: Path, spec: Spec) -> None:
     paths = RunPaths(tmp_path / "run")
     check_owner(paths, spec)  # no directory yet: fine
-    prepare_run_dir(paths, spec, "spec text", fresh=False)
+    prepare_run_dir(paths, spec, "spec text", fresh=False, grid=grid_of(spec))
     check_owner(paths, spec)  # its own directory: fine
     write_log(paths.results, [record("a")])
     before = {p.name: digest(p) for p in paths.root.iterdir()}
@@ -175,7 +183,7 @@ def test_check_owner(tmp_path: Path, spec: Spec) -> None:
     with pytest.raises(LogError, match=r"holds the log of experiment 'tiny', not 'other-experiment'; choose another --out"):
         check_owner(paths, other)
     with pytest.raises(LogError, match="holds the log of experiment 'tiny'"):
-        prepare_run_dir(paths, other, "other text", fresh=True)  # --fresh does not override another's log
+        prepare_run_dir(paths, other, "other text", fresh=True, grid=grid_of(other))  # --fresh does not override another's log
     assert {p.name: digest(p) for p in paths.root.iterdir()} == before
 
 
@@ -192,26 +200,31 @@ def test_a_log_without_a_valid_run_json_is_refused(tmp_path: Path, spec: Spec, m
 
 def test_prepare_run_dir_writes_meta_and_spec_and_keeps_the_log(tmp_path: Path, spec: Spec) -> None:
     paths = RunPaths(tmp_path / "runs" / "tiny")
-    prepare_run_dir(paths, spec, BASE_SPEC, fresh=False)
+    prepare_run_dir(paths, spec, BASE_SPEC, fresh=False, grid=grid_of(spec))
     meta = orjson.loads(paths.meta.read_bytes())
-    assert meta["name"] == "tiny" and meta["schema"] == 1
+    assert meta["name"] == "tiny" and meta["schema"] == 2
+    assert next(iter(meta)) == "simulation" and meta["simulation"].startswith("yes: every answer")
+    assert [(m["name"], m["simulated"]) for m in meta["models"]] == [("m1", True), ("m2", True)]
+    assert all(m["target"].startswith("sim:") for m in meta["models"])
+    assert Grid.from_json(paths.grid.read_bytes()) == grid_of(spec)
     assert paths.spec_copy.read_text() == BASE_SPEC
     write_log(paths.results, [record("a")])
-    log_before, meta_before = digest(paths.results), digest(paths.meta)
-    prepare_run_dir(paths, spec, BASE_SPEC + "# edited\n", fresh=False)  # a resume
-    assert digest(paths.results) == log_before and digest(paths.meta) == meta_before  # created time kept
+    log_before, created = digest(paths.results), meta["created"]
+    prepare_run_dir(paths, spec, BASE_SPEC + "# edited\n", fresh=False, grid=grid_of(spec))  # a resume
+    assert digest(paths.results) == log_before
+    assert orjson.loads(paths.meta.read_bytes())["created"] == created  # rewritten, its creation time kept
     assert paths.spec_copy.read_text().endswith("# edited\n")
     assert not list(paths.root.glob("*.tmp"))
 
 
 def test_fresh_renames_the_old_log_aside_never_deletes(tmp_path: Path, spec: Spec) -> None:
     paths = RunPaths(tmp_path / "run")
-    prepare_run_dir(paths, spec, BASE_SPEC, fresh=False)
+    prepare_run_dir(paths, spec, BASE_SPEC, fresh=False, grid=grid_of(spec))
     contents = []
     for i in range(3):  # three fresh starts within the same second keep all three old logs
         write_log(paths.results, [record(f"run{i}")])
         contents.append(paths.results.read_bytes())
-        prepare_run_dir(paths, spec, BASE_SPEC, fresh=True)
+        prepare_run_dir(paths, spec, BASE_SPEC, fresh=True, grid=grid_of(spec))
         assert not paths.results.exists()
     aside = sorted(paths.root.glob("results.*.jsonl.old"))
     assert sorted(p.read_bytes() for p in aside) == sorted(contents)

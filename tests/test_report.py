@@ -211,8 +211,11 @@ def test_damaged_and_missing_logs_are_named(tmp_path: Path) -> None:
     (bad / "results.jsonl").write_bytes(b"\n".join([good[0], good[1], b'{"v":1,"key":', good[2]]) + b"\n")
     with pytest.raises(LogError, match="line 3"):
         build_report(bad)
-    old = write_log(tmp_path / "old", [record(v=2)])
-    with pytest.raises(LogError, match="version 2"):
+    new = write_log(tmp_path / "new", [record(v=3)])
+    with pytest.raises(LogError, match="version 3 is not supported"):
+        build_report(new)
+    old = write_log(tmp_path / "old", [record(v=2), record(v=3, obj="Pear")])
+    with pytest.raises(LogError, match="version 3"):
         build_report(old)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -9,13 +10,14 @@ import httpx
 import orjson
 
 from engine.client import ChatClient, RetryPolicy
-from engine.grid import iter_tasks
+from engine.grid import Task, build_grid, iter_tasks
 from engine.limits import EndpointLimiter, LimitConfig
 from engine.log import LogWriter
 from engine.questions import Question
 from engine.scheduler import Pool, StopSignal, run_grid
 from engine.scoring import get_scorer
 from engine.spec import ModelSpec, Spec
+from engine.target import model_targets
 from engine.transport import HttpxTransport
 from tests.vtime import run_virtual
 
@@ -51,7 +53,12 @@ def pool_for(spec: Spec, models: tuple[ModelSpec, ...], handler, workers: int = 
         transport=HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler))),
         limiter=EndpointLimiter(LimitConfig(concurrency=workers)), policy=RetryPolicy(max_attempts=2, base_s=0.01),
     )
-    return Pool(client=client, tasks=iter_tasks(spec, QUESTIONS, models), workers=workers, max_tokens=16)
+    return Pool(client=client, tasks=tasks_of(spec, models), workers=workers, max_tokens=16)
+
+
+def tasks_of(spec: Spec, models: tuple[ModelSpec, ...]) -> Iterator[Task]:
+    grid = build_grid(spec, QUESTIONS, model_targets(spec, QUESTIONS))
+    return iter_tasks(grid, QUESTIONS, models)
 
 
 def read(path: Path) -> list[dict]:
@@ -198,7 +205,7 @@ def test_each_retry_is_journalled_and_counted_in_flight(tmp_path: Path) -> None:
                 limiter=EndpointLimiter(LimitConfig(concurrency=1, rpm=600)),
                 policy=RetryPolicy(max_attempts=5, max_wait_s=20),
             )
-            pool = Pool(client=client, tasks=iter_tasks(spec, QUESTIONS, (model,)), workers=1, max_tokens=16)
+            pool = Pool(client=client, tasks=tasks_of(spec, (model,)), workers=1, max_tokens=16)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: run_grid([pool], scorer=get_scorer("number"), writer=writer, stop=stop,
                                                grace_s=0.5))

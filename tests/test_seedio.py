@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from engine.errors import LogError
+from engine.log import RECORD_FIELDS
 from engine.report import build_report, main_report
 from engine.seedio import ALL_COLUMNS, RESULTS_COLUMNS, export_seed_csv, import_seed, seed_key
 
@@ -19,7 +20,7 @@ SEED_DIR = Path(__file__).parents[1].parent / "shared" / "seed"
 SEED_CSV = SEED_DIR / "Results-all-v2.csv"
 
 CONTRACT_FIELDS = [
-    "v", "key", "model", "model_id", "qid", "question", "tags", "temperature", "repeat", "expected", "reply",
+    "v", "key", "model", "model_id", "target", "simulated", "qid", "question", "tags", "temperature", "repeat", "expected", "reply",
     "extracted", "outcome", "correct", "status", "error", "attempts", "http", "latency_ms", "prompt_tokens",
     "completion_tokens", "t_start", "t_end",
 ]  # fmt: skip
@@ -51,6 +52,8 @@ def test_import_writes_contract_records(tmp_path: Path) -> None:
     assert all(list(r) == CONTRACT_FIELDS for r in recs)
     first, no_number, wrong, fifty = recs
     assert (first["model"], first["model_id"], first["repeat"]) == ("5x", "4-5-Examples", 0)
+    assert all((r["v"], r["target"], r["simulated"]) == (2, None, False) for r in recs)  # who answered: unknown
+    assert set(CONTRACT_FIELDS) == set(RECORD_FIELDS)  # the log's one definition of a record
     assert first["tags"] == {"object": "Apple", "difficulty": "easy"} and first["qid"] == "Apple/easy"
     assert (first["outcome"], first["correct"], first["status"], first["temperature"]) == ("correct", True, "ok", 0.0)
     assert (no_number["outcome"], no_number["extracted"], no_number["correct"]) == ("no_answer", None, False)
