@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import ConfigError, EngineError
-from engine.interrupts import Interrupted, signal_name
+from engine.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -233,9 +233,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `engine` console script. Usage: ``main(["plan", "data/memorisation.toml"])``"""
-    args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        # Caught from the start, so a signal while the run's modules load is an exit code, not a traceback.
+        with Interrupts():
+            args = parser().parse_args(argv)
+            return int(args.func(args))
     except EngineError as exc:
         print(f"engine: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -250,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        if (interrupt := interrupt_behind(exc)) is None:
+            raise
+        print(f"engine: interrupted ({signal_name(interrupt.signum)})", file=sys.stderr)
+        return interrupt.exit_code
 
 
 if __name__ == "__main__":

@@ -72,6 +72,23 @@ class Interrupted(KeyboardInterrupt):
         return exit_code_of(self.signum)
 
 
+def interrupt_behind(exc: BaseException) -> Interrupted | None:
+    """The Interrupted that ``exc`` was raised from or while handling, if any.
+
+    Some code wraps whatever it meets in an error of its own (Python 3.11 turns an exception raised
+    while a class is being created, i.e. during an import, into a RuntimeError): that is still the
+    interrupt, and is reported as one. Usage: ``if (cause := interrupt_behind(exc)) is not None: ...``
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class Interrupts:
     """Catches SIGINT, SIGTERM and SIGHUP while entered (main thread only; elsewhere it does nothing).
 

@@ -213,3 +213,34 @@ def test_must_show_6_the_readme_command_interrupted_after_3_s_resumes_to_one_rec
     assert resumed.returncode == 0, resumed.stderr
     keys = [r["key"] for r in records(out)]
     assert len(keys) == len(set(keys)) == grid
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6, 0.9, 1.2])
+def test_a_signal_at_any_moment_of_start_up_exits_143_without_a_traceback(tmp_path: Path, delay: float) -> None:
+    # Loading modules, checking, starting the target, preflight, the first requests: wherever it lands.
+    spec, out = write_spec(tmp_path, latency_ms=20, models=1), tmp_path / "run"
+    proc = start_run(spec, out, "--quiet")
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    # Before the interpreter runs the engine's first line no handler exists and SIGTERM's default action
+    # ends it, silently: a shell reports that as 143 too.
+    assert proc.returncode == 143 or (proc.returncode == -signal.SIGTERM and stderr == b""), stderr.decode()
+    assert b"Traceback" not in stdout + stderr, stderr.decode()
+    if out.exists():
+        assert not (out / "run.lock").exists()
+        assert [r for r in records(out) if r["status"] == "failed"] == []
+
+
+def test_an_error_raised_while_handling_an_interrupt_is_the_interrupt() -> None:
+    from engine.interrupts import Interrupted, interrupt_behind
+
+    try:
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as exc:
+            raise RuntimeError("Error calling __set_name__") from exc  # what Python 3.11 makes of it in an import
+    except RuntimeError as wrapped:
+        found = interrupt_behind(wrapped)
+    assert found is not None and found.exit_code == 143
+    assert interrupt_behind(ValueError("unrelated")) is None
