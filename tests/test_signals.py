@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,10 +42,14 @@ def write_spec(tmp_path: Path, *, latency_ms: float, concurrency: int = 8, model
     return spec
 
 
+def engine_command(spec: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "engine", "run", str(spec), "--out", str(out), *extra]
+
+
 def start_run(spec: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
     """The engine as the leader of its own process group, as a shell starts a foreground job."""
     return subprocess.Popen(
-        [sys.executable, "-m", "engine", "run", str(spec), "--out", str(out), "--no-report", *extra],
+        engine_command(spec, out, "--no-report", *extra),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, start_new_session=True,
     )
 
@@ -244,3 +249,43 @@ def test_an_error_raised_while_handling_an_interrupt_is_the_interrupt() -> None:
         found = interrupt_behind(wrapped)
     assert found is not None and found.exit_code == 143
     assert interrupt_behind(ValueError("unrelated")) is None
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
+def test_timeout_signals_twice_but_the_run_still_stops_gracefully(tmp_path: Path) -> None:
+    # timeout(1) sends SIGTERM to the engine and then to its process group: one event, delivered twice.
+    # Taken as two, the second would cancel the requests in flight; taken as one, they finish and are logged.
+    spec, out = write_spec(tmp_path, latency_ms=1500, concurrency=4, models=1), tmp_path / "run"
+    done = subprocess.run(
+        ["timeout", "--preserve-status", "4", *engine_command(spec, out, "--quiet", "--no-report", "--write-ahead")],
+        capture_output=True, cwd=ROOT, timeout=60,
+    )
+    assert done.returncode == 143, done.stderr.decode()
+    assert b"Traceback" not in done.stdout + done.stderr
+    started = {orjson.loads(line)["key"] for line in (out / "started.jsonl").read_bytes().splitlines()}
+    logged = records(out)
+    assert started, "the signal came before the first request: lengthen the timeout"
+    assert {r["key"] for r in logged} == started  # every request sent was let finish and logged
+    assert all(r["status"] == "ok" for r in logged)
+
+
+def test_one_signal_delivered_twice_at_once_counts_once_and_a_later_one_counts_again() -> None:
+    import asyncio
+
+    from engine.interrupts import SAME_EVENT_S, Interrupts
+
+    loop = asyncio.new_event_loop()
+    counts: list[int] = []
+    try:
+        with Interrupts() as interrupts, interrupts.delivering(loop, counts.append):
+            signal.raise_signal(signal.SIGTERM)  # timeout(1): to the engine ...
+            signal.raise_signal(signal.SIGTERM)  # ... and to its group, a moment later
+            loop.run_until_complete(asyncio.sleep(0))
+            assert counts == [1]
+            time.sleep(SAME_EVENT_S * 2)
+            signal.raise_signal(signal.SIGINT)  # a person's second Ctrl-C
+            loop.run_until_complete(asyncio.sleep(0))
+            assert counts == [1, 2]
+        assert interrupts.exit_code == 143  # the first signal decides
+    finally:
+        loop.close()
