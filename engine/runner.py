@@ -150,7 +150,8 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
     """Check a spec and its run directory without writing anything; raises EngineError on any problem.
 
     With ``hold``, the run directory's lock is taken into it before the log is read (unless
-    ``options.locked_by_caller``); it is released when ``hold`` closes.
+    ``options.locked_by_caller``); it is released when ``hold`` closes, and leaves nothing behind
+    (its ``run.lock`` note is removed, a directory made for it is removed if still empty).
     Usage: ``prepared = prepare(Path("data/memorisation.toml"), RunOptions())``
     """
     spec = load_spec(spec_path)
