@@ -1,7 +1,14 @@
 """The `engine` command: a thin layer over the library; each command is one call into it.
 
-Every EngineError becomes one line on stderr and exit code 2; Ctrl-C during a run
-exits 130 after the log is left consistent.
+Exit codes (the same for every command):
+
+- 0: done, every task of this run ok;
+- 1: `run`/`replicate` finished, but some tasks failed (how many is printed; their reasons are
+  in the log, and the next `engine run` asks them again);
+- 2: bad input or refused (one line on stderr naming the problem; nothing written), e.g. the
+  run directory is in use by another run;
+- 130 / 143 / 129: interrupted by SIGINT (Ctrl-C) / SIGTERM (`timeout`, `kill`) / SIGHUP (the
+  terminal closed), i.e. 128 + the signal, after the log was left consistent.
 
 Usage::
 
@@ -19,8 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import ConfigError, EngineError
+from engine.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
 
 Command = Callable[[argparse.Namespace], int]
+
+EXIT_CODES = (
+    "exit codes: 0 ok; 1 some tasks failed (counted); 2 bad input or refused, e.g. the run directory is in use "
+    "(one line, nothing written); 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP (log left consistent)"
+)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -32,7 +45,15 @@ def _run(args: argparse.Namespace) -> int:
     )
     summary = run_experiment(args.spec, options=options)
     print(summary.render())
+    _say_failed(summary.failed, summary.exit_code)
     return summary.exit_code
+
+
+def _say_failed(failed: int, exit_code: int) -> None:
+    """Exit code 1 gets its reason on stderr, where a script's log sees it."""
+    if exit_code == 1:
+        print(f"engine: {failed:,} tasks failed this run (reasons in the log); `engine run` again asks them again",
+              file=sys.stderr)
 
 
 def _fsync(value: str | None) -> str | int | None:
@@ -120,8 +141,12 @@ def _train(args: argparse.Namespace) -> int:
 def _replicate(args: argparse.Namespace) -> int:
     from engine.replicate import replicate
 
-    print(replicate(args.spec, quiet=args.quiet))
-    return 0
+    result = replicate(args.spec, quiet=args.quiet)
+    print(result)
+    if result.run is None:
+        return 0
+    _say_failed(result.run.failed, result.run.exit_code)
+    return int(result.run.exit_code)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -132,10 +157,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    p = argparse.ArgumentParser(prog="engine", description="Async, high-throughput evaluation of language models.")
+    p = argparse.ArgumentParser(
+        prog="engine", description="Async, high-throughput evaluation of language models.",
+        epilog=EXIT_CODES,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run (or resume) an experiment spec")
+    run = sub.add_parser("run", help="run (or resume) an experiment spec", epilog=EXIT_CODES)
     run.add_argument("spec", type=Path)
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>)")
     run.add_argument("--fresh", action="store_true", help="start a new log; the old one is renamed aside")
@@ -215,11 +243,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `engine` console script. Usage: ``main(["plan", "data/memorisation.toml"])``"""
-    args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        # Caught from the start, so a signal while the run's modules load is an exit code, not a traceback.
+        with Interrupts():
+            args = parser().parse_args(argv)
+            return int(args.func(args))
     except EngineError as exc:
         print(f"engine: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:  # a signal before the run could stop gracefully: nothing half-written
+        print(f"engine: interrupted ({signal_name(exc.signum)})", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
@@ -229,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        if (interrupt := interrupt_behind(exc)) is None:
+            raise
+        print(f"engine: interrupted ({signal_name(interrupt.signum)})", file=sys.stderr)
+        return interrupt.exit_code
 
 
 if __name__ == "__main__":

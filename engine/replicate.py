@@ -39,7 +39,9 @@ from typing import Any
 from engine.errors import EngineError, SpecError, TrainError
 from engine.finetune import DEFAULT_SYSTEM, build_finetune_report
 from engine.gguf_llama import engine_metadata
+from engine.interrupts import Interrupted, Interrupts
 from engine.leakage import LeakageReport, find_leakage
+from engine.lock import RunLock
 from engine.train import BASES, TrainSettings, default_settings, train, train_key
 
 __all__ = ["ModelBuild", "ReplicationPlan", "ReplicationResult", "build_models", "load_plan", "replicate"]
@@ -271,6 +273,8 @@ def replicate(
     """Build the sets, train the models (reusing built ones), evaluate and report.
 
     ``out`` is the run directory (default ``runs/<name>``); ``train_only`` skips the evaluation.
+    The run directory is locked for the whole of it, training included: a second replicate, or an
+    ``engine run`` of the same spec, is refused instead of evaluating models while they are rebuilt.
 
     Usage: ``print(replicate(Path("data/replication.toml")))``
     """
@@ -280,15 +284,18 @@ def replicate(
             print(line, flush=True)
 
     plan = load_plan(Path(spec_path))
-    started = time.monotonic()
-    reports, builds = build_models(plan, log=say)
-    build_seconds = time.monotonic() - started
-    if train_only:
-        return ReplicationResult(plan=plan, leakage=reports, builds=builds, build_seconds=build_seconds)
-    from engine.runner import run_experiment
+    from engine.runner import RunOptions, run_dir_of, run_experiment
+    from engine.spec import load_spec
 
-    started = time.monotonic()
-    summary = run_experiment(plan.spec_path, out=out, quiet=quiet)
+    with Interrupts(), RunLock(run_dir_of(load_spec(plan.spec_path), out)):
+        started = time.monotonic()
+        reports, builds = build_models(plan, log=say)
+        build_seconds = time.monotonic() - started
+        if train_only:
+            return ReplicationResult(plan=plan, leakage=reports, builds=builds, build_seconds=build_seconds)
+        started = time.monotonic()
+        options = RunOptions(out=out, quiet=quiet, locked_by_caller=True)
+        summary = run_experiment(plan.spec_path, options=options)
     return ReplicationResult(
         plan=plan, leakage=reports, builds=builds, build_seconds=build_seconds,
         run=summary, eval_seconds=time.monotonic() - started,
@@ -307,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"engine: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:
+        print(f"engine: interrupted ({exc})", file=sys.stderr)
+        return exc.exit_code
     print(result)
-    return 0
+    return 0 if result.run is None else int(result.run.exit_code)
 
 
 if __name__ == "__main__":

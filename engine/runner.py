@@ -4,8 +4,11 @@ Everything a user can get wrong is checked before anything is written: the spec,
 the questions, the scorer against every answer, API key variables, the run
 directory's owner, the log's readability, and that each endpoint answers at all.
 Only then is the log touched (a torn tail from a kill is cut, new records are
-appended). Ctrl-C stops sending, lets requests in flight finish for a grace period,
-and leaves a consistent log; the summary says the run was interrupted.
+appended). The run directory is locked (:mod:`engine.lock`) from before its log is read
+until the log is closed. Ctrl-C, SIGTERM or SIGHUP (:mod:`engine.interrupts`) stops sending,
+lets requests in flight finish for a grace period, and leaves a consistent log; a second
+signal stops at once. The summary says the run was interrupted, and its exit code is
+0 (every task ok), 1 (some failed), or 128 + the signal (130, 143, 129).
 
 Usage::
 
@@ -15,8 +18,10 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -31,7 +36,9 @@ from rich.console import Console
 from engine.client import ChatClient, RetryPolicy, path_hint
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.grid import Grid, Skipped, build_grid, iter_tasks
+from engine.interrupts import Interrupts, exit_code_of, signal_name
 from engine.limits import EndpointLimiter
+from engine.lock import RunLock
 from engine.log import (
     LogScan,
     LogWriter,
@@ -54,7 +61,7 @@ from engine.transport import AiohttpTransport, Transport
 if TYPE_CHECKING:
     from engine.sim import SimConfig, SimProcess
 
-INTERRUPTED_EXIT = 130
+FAILED_EXIT = 1  # some tasks of this run failed (the others are in the log)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,6 +76,7 @@ class RunOptions:
     grace_s: float = 10.0  # after Ctrl-C, how long requests in flight may finish
     report: bool = True  # write the report at the end
     write_ahead: bool = False  # journal each request before sending it, to count what a crash left in flight
+    locked_by_caller: bool = False  # the caller holds the run directory's lock already (engine replicate)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -102,16 +110,20 @@ class RunSummary:
     target_requests: int | None = None  # what the built-in target says it answered, when used
     in_flight_at_last_stop: int | None = None  # from the previous run's write-ahead journal, if it kept one
     by_model: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # label -> (ok, errors, failed)
+    stop_signal: int | None = None  # the signal that interrupted the run
 
     @property
     def exit_code(self) -> int:
-        return INTERRUPTED_EXIT if self.interrupted else 0
+        """0: every task of this run ok; 1: some failed; 128 + signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
+        if self.interrupted:
+            return exit_code_of(self.stop_signal or signal.SIGINT)
+        return FAILED_EXIT if self.failed else 0
 
     def render(self) -> str:
         """A short plain-text summary for the terminal."""
         rate = self.finished / self.elapsed_s if self.elapsed_s > 0 else 0.0
         lines = [
-            f"{'interrupted' if self.interrupted else 'finished'}: {self.finished:,} tasks this run "
+            f"{self._ending()}: {self.finished:,} tasks this run "
             f"({self.already_done:,} already in the log, {self.total:,} in the grid) in {self.elapsed_s:,.1f}s, "
             f"{rate:,.1f} tasks/s",
             f"requests {self.requests:,} · retries {self.retries:,} · 429s {self.rate_limited:,} · "
@@ -130,10 +142,18 @@ class RunSummary:
         lines.append(f"log: {self.run_dir / 'results.jsonl'}")
         return "\n".join(lines)
 
+    def _ending(self) -> str:
+        if not self.interrupted:
+            return "finished"
+        return f"interrupted ({signal_name(self.stop_signal)})" if self.stop_signal else "interrupted"
 
-def prepare(spec_path: Path, options: RunOptions) -> Prepared:
+
+def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack | None = None) -> Prepared:
     """Check a spec and its run directory without writing anything; raises EngineError on any problem.
 
+    With ``hold``, the run directory's lock is taken into it before the log is read (unless
+    ``options.locked_by_caller``); it is released when ``hold`` closes, and leaves nothing behind
+    (its ``run.lock`` note is removed, a directory made for it is removed if still empty).
     Usage: ``prepared = prepare(Path("data/memorisation.toml"), RunOptions())``
     """
     spec = load_spec(spec_path)
@@ -160,8 +180,10 @@ def prepare(spec_path: Path, options: RunOptions) -> Prepared:
             )
     # Who answers each model is part of every key: a changed target is asked everything again.
     grid = build_grid(spec, questions, model_targets(spec, questions))
-    paths = RunPaths(options.out or Path("runs") / spec.name)
+    paths = RunPaths(run_dir_of(spec, options.out))
     check_owner(paths, spec)  # a log of another experiment is refused before it is read
+    if hold is not None and not options.locked_by_caller:
+        hold.enter_context(RunLock(paths.root))
     scan = scan_log(paths.results) if not options.fresh else LogScan(
         ok=frozenset(), failed=frozenset(), records=0, torn_tail=False
     )
@@ -241,14 +263,20 @@ async def preflight(transport: Transport, base_url: str, headers: dict[str, str]
 
 async def run_prepared(
     prepared: Prepared, options: RunOptions, *, transport_factory: Callable[[int], Transport] | None = None,
-    console: Console | None = None,
+    console: Console | None = None, interrupts: Interrupts | None = None,
 ) -> RunSummary:
     """Run a checked spec: start targets, preflight, then run the grid and write the log.
 
     ``transport_factory(concurrency) -> Transport`` replaces the aiohttp transport
-    (e.g. an ``HttpxTransport`` over ``httpx.MockTransport`` in tests).
+    (e.g. an ``HttpxTransport`` over ``httpx.MockTransport`` in tests). ``interrupts`` is the
+    caller's signal catcher, entered already; without one, signals are caught for this call only.
     Usage: ``summary = anyio.run(run_prepared, prepare(path, options), options)``
     """
+    if interrupts is None:
+        with Interrupts() as own:
+            return await run_prepared(
+                prepared, options, transport_factory=transport_factory, console=console, interrupts=own
+            )
     spec, paths = prepared.spec, prepared.paths
     console = console or Console(stderr=True)
     make_transport = transport_factory or (lambda concurrency: AiohttpTransport(concurrency=concurrency))
@@ -297,7 +325,7 @@ async def run_prepared(
             with LogWriter(paths.results, fsync=options.fsync or spec.fsync, journal=journal) as writer:
                 try:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(_watch_signals, stop, tg.cancel_scope)
+                        tg.start_soon(_watch_signals, interrupts, stop, tg.cancel_scope)
                         tg.start_soon(progress.run)
                         await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
                                        grace_s=options.grace_s, counters=counters)
@@ -306,7 +334,7 @@ async def run_prepared(
                     # A worker met an error that stops the run (bad key, unknown model, spent quota):
                     # the user gets that one error, not the task groups' wrapping of it.
                     raise _first_engine_error(group) or group from None
-            target_requests = sim.stats()["chat_requests"] if sim is not None else None
+            target_requests = _target_requests(sim)
         finally:
             for transport in transports:
                 await transport.aclose()
@@ -316,6 +344,7 @@ async def run_prepared(
         ok=counters.ok, failed=counters.failed, elapsed_s=time.monotonic() - started,
         requests=sum(c.stats.requests for c in clients), retries=sum(c.stats.retries for c in clients),
         rate_limited=sum(c.stats.rate_limited for c in clients), interrupted=stop.requested,
+        stop_signal=interrupts.first,
         target_requests=target_requests, in_flight_at_last_stop=in_flight,
         by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
     )
@@ -335,14 +364,30 @@ def _counts(counters: Counters, label: str) -> tuple[int, int, int]:
     return (m.ok, m.errors, m.failed)
 
 
-async def _watch_signals(stop: StopSignal, scope: anyio.CancelScope) -> None:
-    """First Ctrl-C: stop sending and finish what is in flight. Second: stop now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            if stop.requested:
-                scope.cancel()
-                return
+async def _watch_signals(interrupts: Interrupts, stop: StopSignal, scope: anyio.CancelScope) -> None:
+    """First signal (Ctrl-C, SIGTERM, SIGHUP): stop sending and finish what is in flight. Second: stop now.
+
+    Either way the writer drains what finished, so the log stays consistent.
+    """
+
+    def on_signal(count: int) -> None:
+        if count == 1:
             stop.request()
+        else:
+            scope.cancel()
+
+    with interrupts.delivering(asyncio.get_running_loop(), on_signal):
+        await anyio.sleep_forever()
+
+
+def _target_requests(sim: SimProcess | None) -> int | None:
+    """The built-in target's own count of chat requests; None when it cannot say (or none ran)."""
+    if sim is None:
+        return None
+    try:
+        return int(sim.stats()["chat_requests"])
+    except EngineError:
+        return None  # the summary then has no count to print, rather than a traceback after the log is safe
 
 
 def run_experiment(
@@ -354,11 +399,22 @@ def run_experiment(
     Usage: ``summary = run_experiment(Path("data/memorisation.toml"))``
     """
     options = options or RunOptions(out=out, fresh=fresh, quiet=quiet)
-    prepared = prepare(spec_path, options)
-    summary = anyio.run(run_prepared, prepared, options, backend="asyncio")
-    if options.report and summary.finished + summary.already_done > 0:
-        write_run_report(prepared.paths.root)
+    with Interrupts() as interrupts, contextlib.ExitStack() as hold:
+        prepared = prepare(spec_path, options, hold=hold)
+        summary = anyio.run(
+            functools.partial(run_prepared, prepared, options, interrupts=interrupts), backend="asyncio"
+        )
+        if options.report and summary.finished + summary.already_done > 0:
+            write_run_report(prepared.paths.root)
+    if interrupts.first is not None and not summary.interrupted:
+        # Stopped after the grid was done (closing the log, the report): still an interrupted run.
+        summary = dataclasses.replace(summary, interrupted=True, stop_signal=interrupts.first)
     return summary
+
+
+def run_dir_of(spec: Spec, out: Path | None) -> Path:
+    """The run directory: ``out``, or runs/<name> by default. Usage: ``run_dir_of(load_spec(path), None)``"""
+    return out or Path("runs") / spec.name
 
 
 def write_run_report(run_dir: Path) -> list[Path]:

@@ -4,6 +4,10 @@
 ``/health``, yields an OpenAI ``base_url`` and always stops the server when the
 block ends, also on an exception or Ctrl-C. One thread by default: on a
 2-core machine shared with other work, two threads made throughput collapse.
+The server runs in the engine's own process (threads, no child process), so a
+terminal's Ctrl-C reaches only the engine's signal handler: requests in flight
+finish during the grace period, and the server stops when the run's ``with``
+block ends, after the log is written.
 
 Usage::
 

@@ -127,6 +127,8 @@ class SimConfig:
             raise ConfigError("sim config: facts must be SimFact objects")
         object.__setattr__(self, "facts", facts)
         accuracy: dict[str, types.MappingProxyType[str, float]] = {}
+        if not isinstance(self.accuracy, Mapping):
+            raise ConfigError("sim config: accuracy must map each model to difficulty -> probability")
         for model, per_difficulty in self.accuracy.items():
             if not isinstance(per_difficulty, Mapping):
                 raise ConfigError(f"sim config: accuracy[{model!r}] must map difficulty to a probability")
@@ -180,8 +182,12 @@ class SimConfig:
         if "facts_csv" in data:
             if "facts" in data:
                 raise ConfigError("sim config: give either 'facts' or 'facts_csv', not both")
+            if not isinstance(data["facts_csv"], str):
+                raise ConfigError("sim config: facts_csv must be a path")
             kwargs["facts"] = facts_from_csv(Path(data["facts_csv"]))
         else:
+            if not isinstance(data.get("facts", ()), list | tuple):
+                raise ConfigError("sim config: facts must be a list of facts")
             kwargs["facts"] = tuple(_fact_from_dict(item) for item in data.get("facts", ()))
         faults = data.get("faults", {})
         if not isinstance(faults, Mapping):

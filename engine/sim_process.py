@@ -106,6 +106,7 @@ def _exit_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the sim in the foreground (``python -m engine.sim`` / ``engine sim``); returns an exit code.
 
+    Bad input (a port outside 0-65535, a bad config value) is one line and exit code 2.
     Usage: ``main(["--port", "8000", "--config-file", "sim.json"])``
     """
     parser = argparse.ArgumentParser(
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.sim import serve  # engine.sim re-exports this module: import it late
 
     try:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port must be 0-65535 (0 picks a free port), got {args.port}")
         config = _load_config(args)
         if args.exit_with_parent:
             _exit_with_parent()
@@ -168,8 +171,12 @@ class SimProcess:
         if self.config is not None:
             cmd += ["--config-file", "-"]
         self._stderr = tempfile.TemporaryFile()
+        # A session of its own: a terminal's Ctrl-C (sent to the whole foreground process group), a
+        # hang-up or `timeout` then reach the engine only, which lets requests in flight finish against
+        # a target still alive and stops it after the log is written. If the engine dies by SIGKILL,
+        # --exit-with-parent still ends it.
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True
         )
         try:
             assert self._proc.stdin is not None
@@ -204,8 +211,11 @@ class SimProcess:
         Usage: ``sim.stats()["by_status"]["429"]``
         """
         url = self.base_url.removesuffix("/v1") + "/sim/stats"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            stats: dict[str, Any] = orjson.loads(response.read())
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                stats: dict[str, Any] = orjson.loads(response.read())
+        except (OSError, orjson.JSONDecodeError) as exc:  # URLError is an OSError
+            raise EndpointError(f"the built-in target did not give its counts ({exc})") from exc
         return stats
 
     def _read_banner(self) -> str:
