@@ -1,22 +1,13 @@
 """Per-endpoint pacing: requests/min and tokens/min, smooth, and adaptive when the quota is unknown.
 
-Known quota (``rpm``/``tpm`` in the spec): two aiolimiter leaky buckets holding at
-most ``burst_s`` seconds of quota, so a run never fires a minute's quota in its first
-second (providers enforce quotas over sub-minute windows).
-
-Unknown quota: no pacing until the first 429, then additive increase, multiplicative
-decrease on the request rate and on concurrency, like TCP. Headers are used when
-sent: ``Retry-After``/``retry-after-ms`` pause the whole endpoint (not just one task,
-so a storm is not prolonged by everyone else), ``x-ratelimit-remaining-*``/``-reset-*``
-pause before the quota runs out, and ``x-ratelimit-limit-*`` (per minute, as OpenAI
-sends it) becomes the pace.
-
-Tokens are estimated before sending and the estimate is corrected from each
-response's ``usage``: the prompt estimate is scaled by the observed ratio, and the
-completion estimate follows observed completion lengths instead of ``max_tokens``.
-
-All timing uses the event loop's clock (``anyio.current_time``/``anyio.sleep``), so
-tests drive it with a virtual-time loop.
+Known quota (``rpm``/``tpm`` in the spec): a schedule per quota (GCRA) paced ``margin`` (2 %)
+under it, with a burst inside that margin, so no sliding window of a second or longer sees more
+than its share, at the start, after a pause, at 1 request/min or 10,000/s. A pause (Retry-After,
+``x-ratelimit-remaining: 0``) voids the places of requests still waiting: they queue again and go
+out paced from its end. Unknown quota: one request first, slow start until the first 429, then
+decrease on 429s and a quick climb back to the boundary they came at (see ``_cut``); a quota named
+in ``x-ratelimit-limit-*`` becomes the pace. Tokens are estimated before sending and corrected from
+each response's ``usage``. All timing uses the event loop's clock, so tests use a virtual one.
 
 Usage::
 
@@ -27,7 +18,7 @@ Usage::
         ...  # send
     finally:
         limiter.release()
-    limiter.observe(status=200, headers=resp.headers, usage=(31, 6), estimated=tokens)
+    await limiter.observe(status=200, headers=resp.headers, usage=(31, 6), prompt_chars=120)
 """
 
 from __future__ import annotations
@@ -57,7 +48,7 @@ class LimitConfig:
     tpm: float | None = None
     concurrency: int = 32
     margin: float = 0.02  # pace this share under a quota; half of it may go as a burst (see pace_of)
-    start_concurrency: int = 16  # adaptive: where the window starts before doubling per round trip
+    start_concurrency: int = 1  # adaptive: one request first (its reply may name the quota), then doubling per round trip
     decrease: float = 0.7  # adaptive: rate and window multiplier on the first 429, or one well below the boundary
     near_decrease: float = 0.9  # adaptive: rate multiplier on a 429 near the boundary (the same quota again)
     near_boundary: float = 0.8  # adaptive: "near" is at least this share of the boundary

@@ -151,6 +151,7 @@ class SimServer:
         # (requests, tokens) quotas by model id, or under "" for all models with quota_scope "server".
         self.quotas: dict[str, tuple[SlidingQuota | None, SlidingQuota | None]] = {}
         self.limited = config.rpm is not None or config.tpm is not None
+        self.held_until = 0.0  # POST /sim/hold: every chat request is answered 429 until then
         self.models = orjson.dumps(
             {
                 "object": "list",
@@ -185,6 +186,7 @@ class SimServer:
             "completions": self.counts["completions"],
             "rate_limited": self.by_status["429"],
             "quota_limited": self.counts["quota"],
+            "held": self.counts["held"],
             "dropped": self.counts["dropped"],
             "by_status": dict(self.by_status),
             "by_model": dict(self.by_model),
@@ -204,7 +206,9 @@ class SimServer:
 
     def handle(self, method: bytes, target: bytes, body: bytes, keep_alive: bool) -> Reply:
         """Route one parsed request."""
-        path = target.split(b"?", 1)[0]
+        path, _, query = target.partition(b"?")
+        if path == b"/sim/hold" and method == b"POST":
+            return self._hold(query, keep_alive)
         if path == b"/sim/stats":
             return Reply(
                 200,
@@ -255,6 +259,16 @@ class SimServer:
         if max_tokens is not None and completion_tokens > max_tokens:
             content, completion_tokens, finish = content[: max_tokens * 4], max_tokens, "length"
 
+        if self.held_until and (wait := self.held_until - self.loop.time()) > 0:
+            self.counts["held"] += 1
+            return error_reply(
+                429,
+                "Rate limit reached (engine-sim hold). Please try again later.",
+                "requests",
+                code="rate_limit_exceeded",
+                keep_alive=keep_alive,
+                extra=b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (math.ceil(wait), math.ceil(wait * 1000)),
+            )
         quota = b""
         if self.limited:
             rejection = self._quota(
@@ -301,6 +315,18 @@ class SimServer:
             return Reply(0, data[: self.rng.randrange(17, len(data) - 1)], delay=delay, close=True)
         self.answer_counts[kind] += 1
         return Reply(200, data, delay=delay, close=not keep_alive, completion=True)
+
+    def _hold(self, query: bytes, keep_alive: bool) -> Reply:
+        """``POST /sim/hold?s=2``: answer every chat request 429 with Retry-After for the next 2 s
+        (a provider's pause, for benchmarks of what follows one)."""
+        try:
+            seconds = float(query.removeprefix(b"s="))
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            return error_reply(400, "hold needs ?s=SECONDS (0 to 3600)", "invalid_request_error", keep_alive=keep_alive)
+        self.held_until = self.loop.time() + seconds
+        return Reply(200, http_response(200, b'{"held_s":%g}' % seconds, keep_alive=keep_alive), close=not keep_alive)
 
     def _quotas_of(self, model: str) -> tuple[SlidingQuota | None, SlidingQuota | None]:
         key = model if self.config.quota_scope == "model" else ""

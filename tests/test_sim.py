@@ -310,6 +310,19 @@ async def test_quotas_count_per_model_id_unless_pooled() -> None:
         assert (await client.post("/v1/chat/completions", json=chat("Anchor?", model="b"))).status_code == 429
 
 
+async def test_hold_answers_429_with_retry_after_until_it_ends() -> None:
+    async with running(config()) as client:
+        assert (await client.post("/sim/hold?s=bad")).status_code == 400
+        assert (await client.post("/sim/hold?s=30")).status_code == 200
+        held = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert held.status_code == 429
+        assert held.headers["retry-after"] == "30" and 29_000 < int(held.headers["retry-after-ms"]) <= 30_000
+        assert (await client.post("/sim/hold?s=0")).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?"))).status_code == 200
+        stats = (await client.get("/sim/stats")).json()
+        assert stats["held"] == 1 and stats["quota_limited"] == 0
+
+
 def test_quota_settings_are_validated() -> None:
     with pytest.raises(ConfigError, match="quota_window_s"):
         config(quota_window_s=0)
