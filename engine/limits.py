@@ -368,7 +368,7 @@ class EndpointLimiter:
             if rate != self._ceiling:
                 self._ceiling = rate
                 if self._requests is None:
-                    self._requests = _Pacer(rate, burst)
+                    self._requests = self._pacer_after_sent(rate, burst)
                 elif self._requests.per_second > rate:
                     self._requests.set_rate(rate, burst, now)
         if (limit := _per_second(headers.get("x-ratelimit-limit-tokens"))) is not None:
@@ -437,12 +437,20 @@ class EndpointLimiter:
             rate = current * config.near_decrease
         rate = max(config.min_rps, min(self._ceiling, rate))
         if pacer is None:
-            self._requests = _Pacer(rate, pace_of(rate, config.margin)[1])
+            self._requests = self._pacer_after_sent(rate, pace_of(rate, config.margin)[1])
         else:
             pacer.set_rate(rate, pace_of(rate, config.margin)[1], now)
         self._resize_window(max(1.0, self._window_size * config.decrease))
         self._seen_429 = True
         self._last_growth = now
+
+    def _pacer_after_sent(self, rate: float, burst: float) -> _Pacer:
+        """A request pacer whose schedule already holds what was sent unpaced in the last seconds,
+        so the first paced request does not follow them closer than the pace allows."""
+        pacer = _Pacer(rate, burst)
+        for at in self._sent:
+            pacer.sent(pacer.take(1, at))
+        return pacer
 
     def _grow(self, now: float) -> None:
         if not self._seen_429:

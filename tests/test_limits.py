@@ -329,6 +329,16 @@ def test_adaptive_adopts_the_limit_header_as_its_pace() -> None:
     assert limiter.rate == pytest.approx(2.0 * 0.98)  # a hair under the named quota
 
 
+@pytest.mark.parametrize(("rpm", "window_s", "tasks"), [(60, 10.0, 40), (1200, 1.0, 600)])
+def test_adaptive_with_limit_headers_sends_no_429(rpm: float, window_s: float, tasks: int) -> None:
+    # One request first; its reply names the quota, which becomes the pace, counting that first send.
+    run = drive(EndpointLimiter(LimitConfig(concurrency=64)), tasks=tasks, workers=64,
+                server=quota_server(rpm=rpm, window_s=window_s, headers=True))
+    assert run.share_429() == 0
+    times = run.times()
+    assert (tasks - 1) / (times[-1] - times[0]) * 60 >= 0.95 * rpm
+
+
 def test_adaptive_reaches_its_floor() -> None:
     config = LimitConfig(concurrency=8)
 
