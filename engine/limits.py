@@ -418,8 +418,10 @@ class EndpointLimiter:
         came (the quota is lower), and a 429 at or above the boundary moves it there.
         """
         config = self.config
-        self._last_cut = now
         pacer = self._requests
+        if pacer is None and len(self._sent) < 4:
+            return  # too few sends to measure a rate from: the pause alone answers this 429
+        self._last_cut = now
         if pacer is None:
             current = max(config.min_rps, self._sent_rate())  # unpaced: cut from what was sent
             self._best = current
