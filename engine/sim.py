@@ -40,9 +40,12 @@ if TYPE_CHECKING:
     from engine.questions import Question
 
 __all__ = [
-    "Faults", "SimConfig", "SimFact", "SimProcess", "default_config", "facts_from_csv", "facts_from_questions", "main",
+    "QUOTA_SCOPES", "Faults", "SimConfig", "SimFact", "SimProcess", "default_config", "facts_from_csv", "facts_from_questions", "main",
     "published_accuracy", "serve",
 ]
+
+QUOTA_SCOPES = ("model", "server")
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Faults:
@@ -103,8 +106,14 @@ class SimConfig:
     """Everything the sim does: facts, accuracy per model and difficulty, latency, quotas, faults.
 
     ``accuracy`` maps model id -> difficulty -> probability of a right answer; ``"*"`` is the
-    default at either level, then ``default_accuracy``. ``rpm``/``tpm`` are enforced over short
-    windows (about one second). ``format_noise`` is the rate of right answers written "11,246".
+    default at either level, then ``default_accuracy``. ``format_noise`` is the rate of right
+    answers written "11,246".
+
+    ``rpm``/``tpm`` are enforced as providers do, over sliding windows: in any window of
+    ``quota_window_s`` seconds at most ``rpm × quota_window_s / 60`` requests (a request larger
+    than that share passes only alone in its window), and in any minute at most ``rpm``; tokens
+    likewise. They are counted per model id (``quota_scope = "model"``), or pooled over every
+    model (``"server"``).
 
     Usage: ``SimConfig(facts=facts, accuracy={"ft-5x": {"easy": 0.99, "*": 0.9}}, latency_ms=50)``
     """
@@ -116,6 +125,8 @@ class SimConfig:
     jitter_ms: float = 0.0
     rpm: float | None = None
     tpm: float | None = None
+    quota_window_s: float = 1.0  # the short sliding window rpm/tpm are enforced over, besides the minute
+    quota_scope: str = "model"  # "model": each model id has its own rpm/tpm; "server": all models share them
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     format_noise: float = 0.05
@@ -149,6 +160,11 @@ class SimConfig:
                 _check_number(name, value, 0.0, math.inf)
                 if value <= 0:
                     raise ConfigError(f"sim config: {name} must be positive, got {value!r}")
+        _check_number("quota_window_s", self.quota_window_s, 0.0, 60.0)
+        if self.quota_window_s <= 0:
+            raise ConfigError(f"sim config: quota_window_s must be positive, got {self.quota_window_s!r}")
+        if self.quota_scope not in QUOTA_SCOPES:
+            raise ConfigError(f"sim config: quota_scope must be one of {', '.join(QUOTA_SCOPES)}, got {self.quota_scope!r}")
         if not isinstance(self.faults, Faults):
             raise ConfigError("sim config: faults must be a Faults object")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

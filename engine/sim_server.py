@@ -13,7 +13,7 @@ import math
 import random
 import time
 import types
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,33 +40,86 @@ def _duration(seconds: float) -> str:
     return f"{int(minutes)}m{int(rest)}s"
 
 
-class _Bucket:
-    """A token bucket holding about one second of a per-minute quota (at least one unit)."""
+class _Log:
+    """One sliding window of a quota: what was admitted in the last ``length`` seconds."""
 
-    __slots__ = ("capacity", "level", "per_minute", "rate", "stamp")
+    __slots__ = ("allowance", "costs", "length", "times", "total")
 
-    def __init__(self, per_minute: float, now: float):
-        self.per_minute = per_minute
-        self.rate = per_minute / 60.0
-        self.capacity = max(self.rate, 1.0)
-        self.level = self.capacity
-        self.stamp = now
+    def __init__(self, length: float, allowance: float):
+        self.length = length
+        self.allowance = allowance
+        self.times: deque[float] = deque()
+        self.costs: deque[float] = deque()
+        self.total = 0.0
+
+    def trim(self, now: float) -> None:
+        """Forget what left the window ``(now - length, now]``."""
+        times, costs, edge = self.times, self.costs, now - self.length
+        while times and times[0] <= edge:
+            times.popleft()
+            self.total -= costs.popleft()
+        if not times:
+            self.total = 0.0  # no float drift survives an empty window
 
     def wait_s(self, cost: float, now: float) -> float:
-        """Seconds until ``cost`` fits (0 if it fits now); a cost above capacity needs a full bucket."""
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-        need = min(cost, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        """Seconds until ``cost`` fits (0: it fits now); a cost above the allowance fits an empty window."""
+        if not self.times or self.total + cost <= self.allowance + 1e-9:
+            return 0.0
+        need = min(self.total, self.total + cost - self.allowance)  # what has to leave first
+        freed = 0.0
+        for at, spent in zip(self.times, self.costs, strict=True):
+            freed += spent
+            if freed >= need - 1e-9:
+                return at + self.length - now
+        return self.times[-1] + self.length - now
 
-    def headers(self, unit: bytes) -> bytes:
+    def remaining(self) -> float:
+        return max(0.0, self.allowance - self.total)
+
+
+class SlidingQuota:
+    """A per-minute quota enforced over every sliding window of ``window_s`` seconds and of a minute.
+
+    In any window of ``window_s`` at most ``per_minute × window_s / 60`` units (one request larger
+    than that passes only alone in its window), in any minute at most ``per_minute``. Usage::
+
+        quota = SlidingQuota(1200, 1.0)           # at most 20 requests in any second
+        wait = quota.wait_s(1, now)               # 0: admit, then quota.take(1, now)
+    """
+
+    __slots__ = ("logs", "per_minute")
+
+    def __init__(self, per_minute: float, window_s: float):
+        self.per_minute = per_minute
+        lengths = sorted({min(window_s, 60.0), 60.0})
+        self.logs = tuple(_Log(length, per_minute * length / 60.0) for length in lengths)
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds until every window admits ``cost`` (0: now)."""
+        wait = 0.0
+        for log in self.logs:
+            log.trim(now)
+            wait = max(wait, log.wait_s(cost, now))
+        return wait
+
+    def take(self, cost: float, now: float) -> None:
+        """Count ``cost`` units admitted at ``now`` (after :meth:`wait_s` said 0)."""
+        for log in self.logs:
+            log.times.append(now)
+            log.costs.append(cost)
+            log.total += cost
+
+    def headers(self, unit: bytes, now: float) -> bytes:
+        """x-ratelimit-* of the tightest window: its remaining share, and when its oldest entry leaves."""
+        log = min(self.logs, key=lambda lg: lg.remaining() / lg.allowance)
+        reset = log.times[0] + log.length - now if log.times else 0.0
         return b"x-ratelimit-limit-%s: %d\r\nx-ratelimit-remaining-%s: %d\r\nx-ratelimit-reset-%s: %s\r\n" % (
             unit,
             round(self.per_minute),
             unit,
-            max(0, math.floor(self.level)),
+            math.floor(log.remaining() + 1e-9),
             unit,
-            _duration(max(0.0, self.capacity - self.level) / self.rate).encode(),
+            _duration(max(0.0, reset)).encode(),
         )
 
 
@@ -95,9 +148,10 @@ class SimServer:
             if rate > 0:
                 total += rate
                 self.faults.append((total, name))
-        now = loop.time()
-        self.request_quota = _Bucket(config.rpm, now) if config.rpm else None
-        self.token_quota = _Bucket(config.tpm, now) if config.tpm else None
+        # (requests, tokens) quotas by model id, or under "" for all models with quota_scope "server".
+        self.quotas: dict[str, tuple[SlidingQuota | None, SlidingQuota | None]] = {}
+        self.limited = config.rpm is not None or config.tpm is not None
+        self.held_until = 0.0  # POST /sim/hold: every chat request is answered 429 until then
         self.models = orjson.dumps(
             {
                 "object": "list",
@@ -132,6 +186,7 @@ class SimServer:
             "completions": self.counts["completions"],
             "rate_limited": self.by_status["429"],
             "quota_limited": self.counts["quota"],
+            "held": self.counts["held"],
             "dropped": self.counts["dropped"],
             "by_status": dict(self.by_status),
             "by_model": dict(self.by_model),
@@ -151,7 +206,9 @@ class SimServer:
 
     def handle(self, method: bytes, target: bytes, body: bytes, keep_alive: bool) -> Reply:
         """Route one parsed request."""
-        path = target.split(b"?", 1)[0]
+        path, _, query = target.partition(b"?")
+        if path == b"/sim/hold" and method == b"POST":
+            return self._hold(query, keep_alive)
         if path == b"/sim/stats":
             return Reply(
                 200,
@@ -202,10 +259,20 @@ class SimServer:
         if max_tokens is not None and completion_tokens > max_tokens:
             content, completion_tokens, finish = content[: max_tokens * 4], max_tokens, "length"
 
+        if self.held_until and (wait := self.held_until - self.loop.time()) > 0:
+            self.counts["held"] += 1
+            return error_reply(
+                429,
+                "Rate limit reached (engine-sim hold). Please try again later.",
+                "requests",
+                code="rate_limit_exceeded",
+                keep_alive=keep_alive,
+                extra=b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (math.ceil(wait), math.ceil(wait * 1000)),
+            )
         quota = b""
-        if self.request_quota is not None or self.token_quota is not None:
+        if self.limited:
             rejection = self._quota(
-                prompt_tokens + (max_tokens if max_tokens is not None else completion_tokens), keep_alive
+                model, prompt_tokens + (max_tokens if max_tokens is not None else completion_tokens), keep_alive
             )
             if isinstance(rejection, Reply):
                 return rejection
@@ -249,19 +316,44 @@ class SimServer:
         self.answer_counts[kind] += 1
         return Reply(200, data, delay=delay, close=not keep_alive, completion=True)
 
-    def _quota(self, cost: int, keep_alive: bool) -> Reply | bytes:
-        """Take one request and ``cost`` tokens from the quotas: their headers, or a 429 if either is short."""
+    def _hold(self, query: bytes, keep_alive: bool) -> Reply:
+        """``POST /sim/hold?s=2``: answer every chat request 429 with Retry-After for the next 2 s
+        (a provider's pause, for benchmarks of what follows one)."""
+        try:
+            seconds = float(query.removeprefix(b"s="))
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            return error_reply(400, "hold needs ?s=SECONDS (0 to 3600)", "invalid_request_error", keep_alive=keep_alive)
+        self.held_until = self.loop.time() + seconds
+        return Reply(200, http_response(200, b'{"held_s":%g}' % seconds, keep_alive=keep_alive), close=not keep_alive)
+
+    def _quotas_of(self, model: str) -> tuple[SlidingQuota | None, SlidingQuota | None]:
+        key = model if self.config.quota_scope == "model" else ""
+        if (quotas := self.quotas.get(key)) is None:
+            config = self.config
+            window = config.quota_window_s
+            quotas = (
+                SlidingQuota(config.rpm, window) if config.rpm else None,
+                SlidingQuota(config.tpm, window) if config.tpm else None,
+            )
+            self.quotas[key] = quotas
+        return quotas
+
+    def _quota(self, model: str, cost: int, keep_alive: bool) -> Reply | bytes:
+        """Take one request and ``cost`` tokens from the model's quotas: their headers, or a 429 if either is short."""
         now = self.loop.time()
+        requests, tokens = self._quotas_of(model)
         limits = [
-            (unit, bucket, c)
-            for unit, bucket, c in (("requests", self.request_quota, 1), ("tokens", self.token_quota, cost))
-            if bucket is not None
+            (unit, quota, c)
+            for unit, quota, c in ((b"requests", requests, 1), (b"tokens", tokens, cost))
+            if quota is not None
         ]
-        wait, unit = max((bucket.wait_s(c, now), unit) for unit, bucket, c in limits)
+        wait, unit = max((quota.wait_s(c, now), unit) for unit, quota, c in limits)
         if wait <= 0:
-            for _, bucket, c in limits:
-                bucket.level -= c
-        headers = b"".join(bucket.headers(unit.encode()) for unit, bucket, _ in limits) if self.config.rate_headers else b""
+            for _, quota, c in limits:
+                quota.take(c, now)
+        headers = b"".join(quota.headers(u, now) for u, quota, _ in limits) if self.config.rate_headers else b""
         if wait <= 0:
             return headers
         self.counts["quota"] += 1
@@ -271,8 +363,8 @@ class SimServer:
         )
         return error_reply(
             429,
-            f"Rate limit reached for {unit} (engine-sim quota). Please try again in {_duration(wait)}.",
-            unit,
+            f"Rate limit reached for {unit.decode()} (engine-sim quota). Please try again in {_duration(wait)}.",
+            unit.decode(),
             code="rate_limit_exceeded",
             keep_alive=keep_alive,
             extra=retry + headers,

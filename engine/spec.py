@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from engine.errors import ConfigError, ScorerError, SpecError
 from engine.limits import LimitConfig, RetryPolicy
 from engine.scoring import SCORERS, get_scorer
-from engine.sim import Faults, SimConfig
+from engine.sim import QUOTA_SCOPES, Faults, SimConfig
 
 SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
@@ -375,6 +375,9 @@ class _Checker:
         for key in ("rpm", "tpm"):
             self.number(raw, key, "sim.", low=0, low_open=True)
         self.number(raw, "seed", "sim.", low=0, integer=True)
+        self.number(raw, "quota_window_s", "sim.", low=0, high=60, low_open=True)
+        if raw.get("quota_scope", "model") not in QUOTA_SCOPES:
+            raise self.fail("sim.quota_scope", f"must be one of {', '.join(QUOTA_SCOPES)}, got {raw['quota_scope']!r}")
         self.boolean(raw, "rate_headers", "sim.", True)
         try:
             return SimConfig.from_dict(raw)
