@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from engine.runner import RunOptions, run_experiment
+from engine.run.runner import RunOptions, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ import orjson
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from engine.bench import BenchConfig, BenchTable, bench_target, machine, run_bench
+from engine.bench.throughput import BenchConfig, BenchTable, bench_target, machine, run_bench
 
 
 def _numbers(text: str, kind: type) -> list:  # type: ignore[type-arg]

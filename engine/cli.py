@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import ConfigError, EngineError
-from engine.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
+from engine.run.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -37,7 +37,7 @@ EXIT_CODES = (
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.runner import RunOptions, run_experiment
+    from engine.run.runner import RunOptions, run_experiment
 
     options = RunOptions(
         out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
@@ -65,14 +65,14 @@ def _fsync(value: str | None) -> str | int | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from engine.plan import make_plan
+    from engine.run.plan import make_plan
 
     print(make_plan(args.spec).render())
     return 0
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from engine.sim import main as sim_main
+    from engine.sim.__main__ import main as sim_main
 
     argv = ["--port", str(args.port), "--host", args.host]
     if args.config:
@@ -81,13 +81,13 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from engine.report import main_report
+    from engine.report.write import main_report
 
     return main_report(args.run_dir, by=args.by, fmt=args.format, seed=args.seed, all_records=args.all)
 
 
 def _import(args: argparse.Namespace) -> int:
-    from engine.seedio import import_seed
+    from engine.study.seedio import import_seed
 
     out = import_seed(args.csv, args.out, scorer=args.rescore)
     print(f"imported {args.csv} into {out}")
@@ -96,7 +96,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """The CSV to ``--out``, or to stdout without it (``> x.csv`` works); what was written goes to stderr."""
-    from engine.seedio import export_seed_csv, render_seed_csv
+    from engine.study.seedio import export_seed_csv, render_seed_csv
 
     if args.out is not None:
         print(f"wrote {export_seed_csv(args.run_dir, args.out)}", file=sys.stderr)
@@ -111,7 +111,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _data_finetune(args: argparse.Namespace) -> int:
-    from engine.finetune import build_finetune_sets
+    from engine.study.finetune import build_finetune_sets
 
     try:
         examples = tuple(int(x) for x in args.examples.split(","))
@@ -124,14 +124,14 @@ def _data_finetune(args: argparse.Namespace) -> int:
 
 
 def _data_leakage(args: argparse.Namespace) -> int:
-    from engine.leakage import find_leakage
+    from engine.study.leakage import find_leakage
 
     print(find_leakage(args.train, args.questions))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from engine.train import train
+    from engine.local.train import train
 
     result = train(args.dataset, out=args.out, base=args.base, epochs=args.epochs, log=print)
     print(result)
@@ -139,7 +139,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _replicate(args: argparse.Namespace) -> int:
-    from engine.replicate import replicate
+    from engine.study.replicate import replicate
 
     result = replicate(args.spec, quiet=args.quiet)
     print(result)
@@ -150,7 +150,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import main_bench
+    from engine.bench.throughput import main_bench
 
     return main_bench(tasks=args.tasks, concurrency=args.concurrency, latency_ms=args.latency_ms)
 

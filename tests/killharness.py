@@ -85,7 +85,9 @@ def _in_flight(out: Path, cut_key: str | None) -> int:
     A record the harness cut is asked again too; when it came from an earlier run it is not in
     this run's journal, so it is added here.
     """
-    from engine.log import RunPaths, in_flight_at_stop, scan_log
+    from engine.results.paths import RunPaths
+    from engine.results.read import scan_log
+    from engine.results.write import in_flight_at_stop
 
     paths = RunPaths(out)
     if not paths.results.exists():
@@ -113,7 +115,9 @@ def kill_and_resume(
     work: Path, *, kills: int = 5, seed: int = 0, concurrency: int = 8, models: int = 2, latency_ms: float = 10
 ) -> KillResult:
     """Run the harness in ``work``; returns what it found (see :class:`KillResult`)."""
-    from engine.sim import SimConfig, SimProcess, facts_from_csv
+    from engine.run.targets import facts_from_csv
+    from engine.sim.config import SimConfig
+    from engine.sim.process import SimProcess
 
     rng = random.Random(seed)
     out = work / "run"

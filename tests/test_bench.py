@@ -7,8 +7,16 @@ import shutil
 
 import pytest
 
-import engine.bench as bench
-from engine.bench import BenchConfig, BenchTable, BenchTarget, Measurement, parse_wrk, run_bench, tabulate
+import engine.bench.throughput as bench
+from engine.bench.throughput import (
+    BenchConfig,
+    BenchTable,
+    BenchTarget,
+    Measurement,
+    parse_wrk,
+    run_bench,
+    tabulate,
+)
 from engine.errors import ConfigError, EndpointError
 
 WRK_OUTPUT = """\

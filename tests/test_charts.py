@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.charts import CHART_FILES, chart_error_rate, chart_split, write_charts
 from engine.errors import ReportError
-from engine.report import build_report
+from engine.report.build import build_report
+from engine.report.charts import CHART_FILES, chart_error_rate, chart_split, write_charts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,10 +11,11 @@ import httpx
 import orjson
 import pytest
 
-from engine.client import ChatClient, Completion, RetryPolicy
+from engine.endpoint.client import ChatClient, Completion
+from engine.endpoint.limits import EndpointLimiter, LimitConfig
+from engine.endpoint.retry import RetryPolicy
+from engine.endpoint.transport import HttpxTransport
 from engine.errors import EndpointError, QuotaExhausted
-from engine.limits import EndpointLimiter, LimitConfig
-from engine.transport import HttpxTransport
 from tests.vtime import run_virtual
 
 SECRET = "sk-test-SECRET-4242"

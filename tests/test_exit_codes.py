@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runner import RunSummary
+from engine.run.runner import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "data" / "facts.csv"

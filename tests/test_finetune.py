@@ -9,13 +9,13 @@ import orjson
 import pytest
 
 from engine.errors import QuestionsError, TrainError
-from engine.finetune import (
+from engine.study.finetune import (
     QUESTION_TEMPLATES,
     build_finetune_report,
     build_finetune_sets,
     finetune_records,
 )
-from engine.leakage import find_leakage, normalise, read_facts, template_of
+from engine.study.leakage import find_leakage, normalise, read_facts, template_of
 
 FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.csv"
 

@@ -13,23 +13,21 @@ from collections.abc import Iterator
 
 import pytest
 
+from engine.endpoint.limits import EndpointLimiter, LimitConfig, prompt_token_estimate
 from engine.errors import SpecError
-from engine.grid import (
+from engine.experiment.grid import (
     GridModel,
     Task,
     build_grid,
     build_messages,
     grid_size,
     iter_tasks,
-    pass_prompt_tokens,
-    plan_model,
-    prompt_token_estimate,
     task_key,
 )
-from engine.limits import EndpointLimiter, LimitConfig
-from engine.questions import Question, load_questions
-from engine.spec import ModelSpec, Spec, load_spec
-from engine.target import model_targets
+from engine.experiment.questions import Question, load_questions
+from engine.experiment.spec import ModelSpec, Spec, load_spec
+from engine.run.plan import pass_prompt_tokens, plan_model
+from engine.run.targets import model_targets
 from tests.conftest import BASE_SPEC, SpecDir
 
 
@@ -51,9 +49,9 @@ def keys(spec: Spec, questions: tuple[Question, ...]) -> list[str]:
 def test_keys_are_the_same_in_another_process(spec_dir: SpecDir, tiny: tuple[Spec, tuple[Question, ...]]) -> None:
     spec, questions = tiny
     script = (
-        "import sys; from pathlib import Path; from engine.spec import load_spec; "
-        "from engine.questions import load_questions; from engine.grid import build_grid, iter_tasks; "
-        "from engine.target import model_targets; "
+        "import sys; from pathlib import Path; from engine.experiment.spec import load_spec; "
+        "from engine.experiment.questions import load_questions; from engine.experiment.grid import build_grid, iter_tasks; "
+        "from engine.run.targets import model_targets; "
         "s = load_spec(Path(sys.argv[1])); q = load_questions(s.questions); "
         "g = build_grid(s, q, model_targets(s, q)); "
         "print('\\n'.join(t.key for t in iter_tasks(g, q, s.models)))"

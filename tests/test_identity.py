@@ -16,15 +16,17 @@ import orjson
 import pytest
 from rich.console import Console
 
+from engine.endpoint.transport import HttpxTransport
 from engine.errors import ConfigError, LogError
-from engine.grid import build_grid
-from engine.questions import load_questions
-from engine.report import build_report, main_report, report_to_csv, report_to_json, write_report
-from engine.runner import RunOptions, prepare, run_experiment, run_prepared
-from engine.sim import SimConfig
-from engine.spec import load_spec
-from engine.target import gguf_target, model_targets, normalise_url, sim_target
-from engine.transport import HttpxTransport
+from engine.experiment.grid import build_grid
+from engine.experiment.questions import load_questions
+from engine.experiment.spec import load_spec
+from engine.report.build import build_report
+from engine.report.render import report_to_csv, report_to_json
+from engine.report.write import main_report, write_report
+from engine.run.runner import RunOptions, prepare, run_experiment, run_prepared
+from engine.run.targets import gguf_target, model_targets, normalise_url, sim_target
+from engine.sim.config import SimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "data" / "facts.csv"
@@ -183,7 +185,7 @@ def test_sim_then_a_real_server_under_one_label_asks_everything_again(tmp_path: 
 
 
 def render_md(report: object) -> str:
-    from engine.report import render_markdown
+    from engine.report.render import render_markdown
 
     return render_markdown(report)  # type: ignore[arg-type]
 
@@ -282,7 +284,7 @@ def test_engine_run_memorisation_says_simulation_in_the_first_lines(tmp_path: Pa
     assert all(row["simulated"] is True and row["target"].startswith("sim:") for row in doc["overall"])
     header = report_to_csv(report).splitlines()[0].split(",")
     assert header[:4] == ["table", "model", "target", "simulated"]
-    from engine.charts import chart_error_rate, chart_split
+    from engine.report.charts import chart_error_rate, chart_split
 
     assert chart_error_rate(report).axes[0].get_title().startswith("[simulation] ")
     assert chart_split(report, "difficulty").axes[0].get_title().startswith("[simulation] ")
@@ -295,7 +297,7 @@ def test_a_mixed_report_says_which_model_is_simulated(tmp_path: Path) -> None:
     prepared = prepare(spec, options)
     server = RealServer()
     real = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(server)))
-    from engine.transport import AiohttpTransport
+    from engine.endpoint.transport import AiohttpTransport
 
     # The sim's endpoint is created first (models in spec order): a real transport for it, the mock for m2.
     made = iter([lambda n: AiohttpTransport(concurrency=n), lambda _n: real])
@@ -312,7 +314,7 @@ def test_a_mixed_report_says_which_model_is_simulated(tmp_path: Path) -> None:
     assert meta["simulation"].startswith("partly: m1 answered by engine's built-in simulated target")
     rows = {r["model"]: r for r in orjson.loads(report_to_json(report))["overall"]}
     assert rows["m1"]["simulated"] is True and rows["m2"]["simulated"] is False
-    from engine.charts import chart_error_rate
+    from engine.report.charts import chart_error_rate
 
     ax = chart_error_rate(report).axes[0]
     assert ax.get_title().startswith("[partly simulated: m1] ")
@@ -406,7 +408,7 @@ def test_a_damaged_grid_json_is_one_line(small_run: Path) -> None:
 
 
 def test_a_record_has_exactly_the_fields_of_the_one_definition(small_run: Path) -> None:
-    from engine.log import RECORD_FIELDS, Record
+    from engine.results.record import RECORD_FIELDS, Record
 
     assert list(Record.__annotations__) == list(RECORD_FIELDS)
     assert all(set(r) == set(RECORD_FIELDS) for r in read_log(small_run))

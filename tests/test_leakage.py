@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from engine.errors import QuestionsError, TrainError
-from engine.leakage import find_leakage, normalise, read_facts, template_of
+from engine.study.leakage import find_leakage, normalise, read_facts, template_of
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
 SEED_SETS = SEED / "fine-tuning-datasets"

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from engine.limits import EndpointLimiter, LimitConfig, pace_of, parse_duration, retry_after
-from engine.sim_server import SlidingQuota
+from engine.endpoint.limits import EndpointLimiter, LimitConfig, pace_of
+from engine.endpoint.retry import parse_duration, retry_after
+from engine.sim.server import SlidingQuota
 from tests.vtime import run_virtual
 
 Server = Callable[[float, int], tuple[int, dict[str, str]]]

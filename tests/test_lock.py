@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from engine.errors import EndpointError, LogError
-from engine.lock import HOLDER_FILE, RunLock
-from engine.runner import RunOptions, run_experiment
+from engine.results.lock import HOLDER_FILE, RunLock
+from engine.run.runner import RunOptions, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "data" / "facts.csv"
@@ -131,7 +131,7 @@ def test_a_run_refused_by_a_check_after_the_lock_leaves_no_directory_behind(tmp_
 
 
 def test_replicate_takes_the_lock_before_it_builds_anything(tmp_path: Path) -> None:
-    from engine.replicate import replicate
+    from engine.study.replicate import replicate
 
     out = tmp_path / "run"
     with RunLock(out), pytest.raises(LogError, match="in use by another run"):

@@ -12,11 +12,13 @@ import orjson
 import pytest
 
 from engine.errors import LogError
-from engine.grid import Grid, build_grid
-from engine.log import LogWriter, RunPaths, check_owner, prepare_run_dir, repair_torn_tail, scan_log
-from engine.questions import load_questions
-from engine.spec import Spec, load_spec
-from engine.target import model_targets
+from engine.experiment.grid import Grid, build_grid
+from engine.experiment.questions import load_questions
+from engine.experiment.spec import Spec, load_spec
+from engine.results.paths import RunPaths, check_owner, prepare_run_dir
+from engine.results.read import scan_log
+from engine.results.write import LogWriter, repair_torn_tail
+from engine.run.targets import model_targets
 from tests.conftest import BASE_SPEC, SpecDir
 
 
@@ -174,16 +176,16 @@ def test_scan_of_a_big_log(tmp_path: Path) -> None:
 
 def test_check_owner(tmp_path: Path, spec: Spec) -> None:
     paths = RunPaths(tmp_path / "run")
-    check_owner(paths, spec)  # no directory yet: fine
-    prepare_run_dir(paths, spec, "spec text", fresh=False, grid=grid_of(spec))
-    check_owner(paths, spec)  # its own directory: fine
+    check_owner(paths, spec.name)  # no directory yet: fine
+    prepare_run_dir(paths, spec.name, "spec text", fresh=False, grid=grid_of(spec))
+    check_owner(paths, spec.name)  # its own directory: fine
     write_log(paths.results, [record("a")])
     before = {p.name: digest(p) for p in paths.root.iterdir()}
     other = Spec(path=spec.path, name="other-experiment", questions=spec.questions, models=spec.models)
     with pytest.raises(LogError, match=r"holds the log of experiment 'tiny', not 'other-experiment'; choose another --out"):
-        check_owner(paths, other)
+        check_owner(paths, other.name)
     with pytest.raises(LogError, match="holds the log of experiment 'tiny'"):
-        prepare_run_dir(paths, other, "other text", fresh=True, grid=grid_of(other))  # --fresh does not override another's log
+        prepare_run_dir(paths, other.name, "other text", fresh=True, grid=grid_of(other))  # --fresh does not override another's log
     assert {p.name: digest(p) for p in paths.root.iterdir()} == before
 
 
@@ -195,12 +197,12 @@ def test_a_log_without_a_valid_run_json_is_refused(tmp_path: Path, spec: Spec, m
     if meta is not None:
         paths.meta.write_bytes(meta)
     with pytest.raises(LogError, match=r"run\.json"):
-        check_owner(paths, spec)
+        check_owner(paths, spec.name)
 
 
 def test_prepare_run_dir_writes_meta_and_spec_and_keeps_the_log(tmp_path: Path, spec: Spec) -> None:
     paths = RunPaths(tmp_path / "runs" / "tiny")
-    prepare_run_dir(paths, spec, BASE_SPEC, fresh=False, grid=grid_of(spec))
+    prepare_run_dir(paths, spec.name, BASE_SPEC, fresh=False, grid=grid_of(spec))
     meta = orjson.loads(paths.meta.read_bytes())
     assert meta["name"] == "tiny" and meta["schema"] == 2
     assert next(iter(meta)) == "simulation" and meta["simulation"].startswith("yes: every answer")
@@ -210,7 +212,7 @@ def test_prepare_run_dir_writes_meta_and_spec_and_keeps_the_log(tmp_path: Path, 
     assert paths.spec_copy.read_text() == BASE_SPEC
     write_log(paths.results, [record("a")])
     log_before, created = digest(paths.results), meta["created"]
-    prepare_run_dir(paths, spec, BASE_SPEC + "# edited\n", fresh=False, grid=grid_of(spec))  # a resume
+    prepare_run_dir(paths, spec.name, BASE_SPEC + "# edited\n", fresh=False, grid=grid_of(spec))  # a resume
     assert digest(paths.results) == log_before
     assert orjson.loads(paths.meta.read_bytes())["created"] == created  # rewritten, its creation time kept
     assert paths.spec_copy.read_text().endswith("# edited\n")
@@ -219,12 +221,12 @@ def test_prepare_run_dir_writes_meta_and_spec_and_keeps_the_log(tmp_path: Path, 
 
 def test_fresh_renames_the_old_log_aside_never_deletes(tmp_path: Path, spec: Spec) -> None:
     paths = RunPaths(tmp_path / "run")
-    prepare_run_dir(paths, spec, BASE_SPEC, fresh=False, grid=grid_of(spec))
+    prepare_run_dir(paths, spec.name, BASE_SPEC, fresh=False, grid=grid_of(spec))
     contents = []
     for i in range(3):  # three fresh starts within the same second keep all three old logs
         write_log(paths.results, [record(f"run{i}")])
         contents.append(paths.results.read_bytes())
-        prepare_run_dir(paths, spec, BASE_SPEC, fresh=True, grid=grid_of(spec))
+        prepare_run_dir(paths, spec.name, BASE_SPEC, fresh=True, grid=grid_of(spec))
         assert not paths.results.exists()
     aside = sorted(paths.root.glob("results.*.jsonl.old"))
     assert sorted(p.read_bytes() for p in aside) == sorted(contents)
@@ -232,7 +234,8 @@ def test_fresh_renames_the_old_log_aside_never_deletes(tmp_path: Path, spec: Spe
 
 
 def test_write_ahead_journal_counts_requests_a_stop_left_in_flight(tmp_path: Path) -> None:
-    from engine.log import LogWriter, RunPaths, in_flight_at_stop
+    from engine.results.paths import RunPaths
+    from engine.results.write import LogWriter, in_flight_at_stop
 
     paths = RunPaths(tmp_path)
     assert in_flight_at_stop(paths, frozenset()) is None  # no journal kept: unknown, not zero

@@ -7,16 +7,17 @@ import dataclasses
 import httpx
 import pytest
 
-import engine.grid
+import engine.experiment.grid
+import engine.run.plan
 from engine.cli import main
-from engine.grid import build_messages, pass_prompt_tokens, plan_model
-from engine.limits import prompt_token_estimate
-from engine.plan import make_plan, plan_limiters
-from engine.questions import load_questions
-from engine.quotas import quota_groups
-from engine.runner import sim_config
-from engine.sim import SimProcess
-from engine.spec import load_spec
+from engine.endpoint.limits import prompt_token_estimate
+from engine.experiment.grid import build_messages
+from engine.experiment.questions import load_questions
+from engine.experiment.spec import load_spec
+from engine.run.plan import make_plan, pass_prompt_tokens, plan_limiters, plan_model
+from engine.run.quotas import quota_groups
+from engine.run.runner import sim_config
+from engine.sim.process import SimProcess
 from tests.conftest import BASE_SPEC, REPO, SpecDir
 
 API = "https://api.example.test/v1"
@@ -132,8 +133,8 @@ def test_the_prompt_is_built_once_for_all_models(spec_dir: SpecDir, monkeypatch:
     spec = load_spec(spec_dir.write(models_toml(*['base_url = "sim"'] * 5)))
     questions = load_questions(spec.questions)
     calls = []
-    real = engine.grid.build_messages
-    monkeypatch.setattr(engine.grid, "build_messages", lambda s, q: calls.append(q) or real(s, q))
+    real = engine.experiment.grid.build_messages
+    monkeypatch.setattr(engine.run.plan, "build_messages", lambda s, q: calls.append(q) or real(s, q))
     plan = make_plan(spec.path)
     assert len(calls) == len(questions)  # O(questions), not O(models × questions)
     assert all(m.prompt_tokens == plan.models[0].prompt_tokens for m in plan.models)

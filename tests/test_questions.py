@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from engine.errors import QuestionsError
-from engine.questions import Question, load_questions
+from engine.experiment.questions import Question, load_questions
 from tests.conftest import FACTS_CSV, WIDE_CSV
 
 WIDE_HEADER = "Object,Answer,Question 1,Question 2,Question 3\n"

@@ -17,10 +17,10 @@ import anyio
 import httpx
 import orjson
 
-from engine.quotas import quota_groups
-from engine.runner import RunOptions, RunSummary, prepare, run_prepared
-from engine.spec import load_spec
-from engine.transport import HttpxTransport, Transport
+from engine.endpoint.transport import HttpxTransport, Transport
+from engine.experiment.spec import load_spec
+from engine.run.quotas import quota_groups
+from engine.run.runner import RunOptions, RunSummary, prepare, run_prepared
 from tests.vtime import run_virtual
 
 FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.csv"  # 150 questions

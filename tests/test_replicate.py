@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from engine.errors import SpecError
-from engine.replicate import load_plan, replicate
+from engine.study.replicate import load_plan, replicate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,17 +15,11 @@ import pytest
 from rich.console import Console
 
 from engine.errors import LogError, ReportError
-from engine.report import (
-    build_report,
-    load_log,
-    main_report,
-    model_order,
-    render_markdown,
-    render_terminal,
-    report_to_csv,
-    report_to_json,
-    write_report,
-)
+from engine.report.build import build_report
+from engine.report.render import render_markdown, render_terminal, report_to_csv, report_to_json
+from engine.report.tables import model_order
+from engine.report.write import main_report, write_report
+from engine.results.read import load_log
 
 
 def record(
@@ -222,7 +216,7 @@ def test_damaged_and_missing_logs_are_named(tmp_path: Path) -> None:
 def test_small_blocks_read_the_same_and_name_the_right_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = write_log(tmp_path / "run", grid())
     whole = build_report(run)
-    monkeypatch.setattr("engine.log._BLOCK_BYTES", 300)  # a record or two per block
+    monkeypatch.setattr("engine.results.write._BLOCK_BYTES", 300)  # a record or two per block
     assert build_report(run).overall.equals(whole.overall)
     lines = (run / "results.jsonl").read_bytes().splitlines()
     lines[40] = lines[40][:-5]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from engine.runner import RunOptions, run_experiment
+from engine.run.runner import RunOptions, run_experiment
 from tests.killharness import kill_and_resume
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.runner import RunOptions, run_experiment
-from engine.sim import SimConfig, SimProcess, facts_from_csv
+from engine.run.runner import RunOptions, run_experiment
+from engine.run.targets import facts_from_csv
+from engine.sim.config import SimConfig
+from engine.sim.process import SimProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "data" / "facts.csv"
@@ -229,7 +231,7 @@ def test_an_error_that_stops_the_run_midway_is_one_line_and_exit_2(
 
 def test_secrets_in_base_url_and_keys_with_control_characters_are_refused(tmp_path: Path) -> None:
     from engine.errors import ConfigError, SpecError
-    from engine.runner import prepare
+    from engine.run.runner import prepare
 
     spec = write_spec(tmp_path, base_url="https://user:sk-in-url@api.example/v1", models=1)
     with pytest.raises(SpecError, match="base_url: must not hold credentials") as info:
@@ -249,7 +251,7 @@ def test_secrets_in_base_url_and_keys_with_control_characters_are_refused(tmp_pa
 
 def test_out_pointing_at_a_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
     from engine.errors import LogError
-    from engine.runner import prepare
+    from engine.run.runner import prepare
 
     target = tmp_path / "not-a-dir"
     target.write_text("mine")

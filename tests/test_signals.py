@@ -21,8 +21,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.interrupts import SIGNALS
-from engine.sim import SimConfig, SimProcess, facts_from_csv
+from engine.run.interrupts import SIGNALS
+from engine.run.targets import facts_from_csv
+from engine.sim.config import SimConfig
+from engine.sim.process import SimProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "data" / "facts.csv"
@@ -145,7 +147,7 @@ def test_the_built_in_target_runs_outside_the_engines_process_group() -> None:
 
 def test_a_dead_target_makes_its_count_unreadable_not_a_crash() -> None:
     from engine.errors import EndpointError
-    from engine.runner import _target_requests
+    from engine.run.runner import _target_requests
 
     with SimProcess(SimConfig(facts=facts_from_csv(FACTS))) as sim:
         assert sim.pid is not None
@@ -157,7 +159,7 @@ def test_a_dead_target_makes_its_count_unreadable_not_a_crash() -> None:
 
 
 def test_interrupts_restore_the_previous_handlers_and_keep_ignored_signals_ignored() -> None:
-    from engine.interrupts import Interrupted, Interrupts
+    from engine.run.interrupts import Interrupted, Interrupts
 
     before = {s: signal.getsignal(s) for s in SIGNALS}
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
@@ -239,7 +241,7 @@ def test_a_signal_at_any_moment_of_start_up_exits_143_without_a_traceback(tmp_pa
 
 
 def test_an_error_raised_while_handling_an_interrupt_is_the_interrupt() -> None:
-    from engine.interrupts import Interrupted, interrupt_behind
+    from engine.run.interrupts import Interrupted, interrupt_behind
 
     try:
         try:
@@ -273,7 +275,7 @@ def test_timeout_signals_twice_but_the_run_still_stops_gracefully(tmp_path: Path
 def test_one_signal_delivered_twice_at_once_counts_once_and_a_later_one_counts_again() -> None:
     import asyncio
 
-    from engine.interrupts import SAME_EVENT_S, Interrupts
+    from engine.run.interrupts import SAME_EVENT_S, Interrupts
 
     loop = asyncio.new_event_loop()
     counts: list[int] = []

@@ -18,11 +18,14 @@ import httpx
 import pytest
 
 from engine.errors import ConfigError, EndpointError, QuestionsError, SpecError
-from engine.runner import RunOptions, prepare, run_prepared
-from engine.sim import Faults, SimConfig, SimFact, SimProcess, facts_from_csv, main, serve
-from engine.sim_model import Answerer
-from engine.sim_server import SlidingQuota
-from engine.spec import load_spec
+from engine.experiment.spec import load_spec
+from engine.run.runner import RunOptions, prepare, run_prepared
+from engine.run.targets import facts_from_csv
+from engine.sim.__main__ import main
+from engine.sim.answers import Answerer
+from engine.sim.config import Faults, SimConfig, SimFact
+from engine.sim.process import SimProcess
+from engine.sim.server import SlidingQuota, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 

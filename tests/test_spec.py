@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import SpecError
-from engine.sim import Faults, SimConfig
-from engine.spec import ModelSpec, QuotaSpec, Spec, load_spec
+from engine.experiment.spec import ModelSpec, QuotaSpec, Spec, load_spec
+from engine.sim.config import Faults, SimConfig
 from tests.conftest import BASE_SPEC, REPO, SpecDir
 
 MINIMAL = """\

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.stats import (
+from engine.report.stats import (
     bootstrap_rates,
     cluster_bootstrap_interval,
     cluster_bootstrap_intervals,

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError, TrainError
-from engine.finetune import build_finetune_sets
-from engine.gguf_llama import KIND_FINETUNE, KIND_TINY, engine_metadata, model_kind, read_gguf
-from engine.train import TrainSettings, default_settings, load_dataset, train, train_key
+from engine.local.gguf import KIND_FINETUNE, KIND_TINY, engine_metadata, model_kind, read_gguf
+from engine.local.train import TrainSettings, default_settings, load_dataset, train, train_key
+from engine.study.finetune import build_finetune_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 torch = pytest.importorskip("torch")
@@ -75,8 +75,8 @@ def test_tiny_training_learns_and_writes_a_gguf(tiny_model) -> None:
 
 @needs_server
 def test_tiny_model_served_recalls_training_and_matches_torch(tiny_model, small_set) -> None:
-    from engine.llama_torch import LlamaModel
-    from engine.serve import llama_server
+    from engine.local.serve import llama_server
+    from engine.local.torch_model import LlamaModel
 
     result, _ = tiny_model
     dataset, answers = small_set
@@ -103,8 +103,8 @@ def test_tiny_model_served_recalls_training_and_matches_torch(tiny_model, small_
 
 
 def test_compact_export_keeps_probabilities() -> None:
-    from engine.gguf_llama import LlamaConfig
-    from engine.llama_torch import LlamaModel
+    from engine.local.gguf import LlamaConfig
+    from engine.local.torch_model import LlamaModel
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
@@ -158,7 +158,7 @@ def test_bad_datasets_raise(tmp_path: Path) -> None:
 
 
 def test_collate_puts_loss_on_reply_only() -> None:
-    from engine.train import Example, _collate
+    from engine.local.train import Example, _collate
 
     batch = [Example(prompt=(5, 6, 7), reply=(8, 2)), Example(prompt=(5, 6), reply=(9, 9, 2))]
     inputs, targets, mask = _collate(torch, batch, pad=2)
@@ -179,7 +179,7 @@ def test_engine_imports_without_torch() -> None:
         "    def find_spec(self, name, path, target=None):\n"
         "        if name == 'torch' or name.startswith('torch.'): raise ImportError('blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import engine.train, engine.replicate, engine.serve, engine.finetune, engine.leakage, engine.gguf_llama\n"
+        "import engine.local.train, engine.study.replicate, engine.local.serve, engine.study.finetune, engine.study.leakage, engine.local.gguf\n"
         "assert 'torch' not in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -189,8 +189,8 @@ def test_engine_imports_without_torch() -> None:
 @needs_server
 @pytest.mark.skipif(not os.environ.get("ENGINE_SLOW_TESTS"), reason="slow (about a minute): set ENGINE_SLOW_TESTS=1")
 def test_smollm2_finetune_exports_a_model_llama_cpp_agrees_with(small_set, tmp_path: Path) -> None:
-    from engine.llama_torch import LlamaModel
-    from engine.serve import llama_server
+    from engine.local.serve import llama_server
+    from engine.local.torch_model import LlamaModel
 
     dataset, _ = small_set
     settings = default_settings("smollm2", epochs=1, batch_size=20, file_type="f32")

@@ -7,9 +7,10 @@ import socket
 import anyio
 import pytest
 
+from engine.endpoint.transport import AiohttpTransport
 from engine.errors import TransportError
-from engine.sim import SimConfig, SimFact, serve
-from engine.transport import AiohttpTransport
+from engine.sim.config import SimConfig, SimFact
+from engine.sim.server import serve
 
 
 def free_port() -> int:

@@ -1,0 +1,219 @@
+"""The report: error rates with honest intervals, model comparisons, latency and tokens.
+
+A results log (``results.jsonl``, schema version 2 or 1) is read once by
+:func:`engine.results.write.read_records` (bounded blocks, only the columns the report needs, an
+unterminated last line left out), then deduplicated by task key (the last record wins,
+so a resumed run counts each task once), scoped to the run directory's current grid
+(:mod:`engine.report.scope`: records outside it are counted apart, ``all_records`` includes
+them) and aggregated lazily with Polars. Memory follows the number of records and the
+columns asked for, not the size of the replies.
+
+Definitions used everywhere:
+
+- ``n``: answered tasks (status ``ok`` with an outcome);
+- ``errors``: answered tasks whose outcome is ``wrong`` or ``no_answer``;
+- ``error_rate = errors / n``: errors over *all* answers, not over correct ones;
+- ``failed``: infrastructure failures (status ``failed``), shown but never counted
+  as model errors;
+- any other record (a status engine does not write, or ``ok`` without an outcome) is
+  neither: it is counted and named in the summary (``unknown``), never silently dropped.
+
+Every model row says which target answered it (``targets``) and whether that was
+engine's built-in simulation; a simulated report says so first.
+
+Each rate carries a 95% Wilson interval (answers treated as independent) and a
+cluster-bootstrap interval that resamples objects (tag ``object``; question ids when
+there is none), which is the one to trust when errors cluster on a few facts.
+
+The renderers (terminal, Markdown, JSON, CSV) live in :mod:`engine.report.render` and
+are re-exported here.
+
+Usage::
+
+    report = build_report("runs/memorisation", by=["model", "object"])
+    render_terminal(report, rich.console.Console())
+    paths = write_report("runs/memorisation")   # report.md + PNG charts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from engine.errors import ReportError
+from engine.report import stats
+from engine.report.model import GROUPABLE_FIELDS, Report
+
+# Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.
+from engine.report.render import render_markdown, render_terminal, report_to_csv, report_to_json
+from engine.report.scope import SCOPE_FIELDS, load_grid, split_scope
+from engine.report.tables import RATE_SUMS, comparisons, model_order, rate_table, sorted_by_model
+from engine.results.read import dedupe, load_raw, log_file, log_tags, tag_column
+from engine.results.record import RECORD_FIELDS, RECORD_SCHEMA
+
+__all__ = [
+    "GROUPABLE_FIELDS",
+    "RECORD_FIELDS",
+    "Report",
+    "build_report",
+    "model_order",
+    "render_markdown",
+    "render_terminal",
+    "report_to_csv",
+    "report_to_json",
+]
+
+
+def _resolve_by(by: str | Sequence[str] | None, tags: Sequence[str]) -> tuple[str, ...]:
+    if by is None:
+        return ()
+    names = [b.strip() for b in (by.split(",") if isinstance(by, str) else by) if b.strip()]
+    tag_cols = {tag_column(t) for t in tags}
+    aliases = {f"tags.{t}": tag_column(t) for t in tags}
+    out: list[str] = []
+    for name in names:
+        column = aliases.get(name, name)
+        if column not in GROUPABLE_FIELDS and column not in tag_cols:
+            known = ", ".join([*GROUPABLE_FIELDS, *sorted(tag_cols)])
+            raise ReportError(f"unknown --by field {name!r} (known: {known})")
+        out.append(column)
+    if not out:
+        raise ReportError("--by needs at least one field")
+    return tuple(dict.fromkeys(out))
+
+
+def build_report(
+    path: str | Path,
+    *,
+    by: str | Sequence[str] | None = None,
+    seed: int = 0,
+    bootstrap: int = stats.DEFAULT_REPS,
+    confidence: float = stats.DEFAULT_CONFIDENCE,
+    all_records: bool = False,
+) -> Report:
+    """Aggregate a run directory or ``results.jsonl`` into a :class:`Report`.
+
+    Only the records of the run directory's current grid (``grid.json``) are reported;
+    the others are counted apart and named (``report.scope``). ``all_records`` includes
+    them; a directory without ``grid.json`` is reported whole. ``by`` adds a custom table grouped by exactly those fields (record fields or tag
+    names, e.g. ``["model", "object"]`` or ``"model,repeat"``); an unknown name raises
+    :class:`ReportError`. ``seed`` and ``bootstrap`` (replicates) make the bootstrap
+    intervals reproducible. Usage: ``build_report("runs/seed-v2").overall``
+    """
+    if bootstrap < 1:
+        raise ReportError(f"bootstrap replicates must be at least 1, got {bootstrap}")
+    file = log_file(path)
+    tags = log_tags(file)
+    by_cols = _resolve_by(by, tags)
+    has_object = "object" in tags
+    has_difficulty = "difficulty" in tags
+    cluster = "object" if has_object else "qid"
+    custom_cluster = "object" if has_object and "object" not in by_cols else ("qid" if "qid" not in by_cols else None)
+    base = ["model", *(["difficulty"] if has_difficulty else []), "temperature"]
+    cell_keys = list(dict.fromkeys([*base, *by_cols, cluster, *([custom_cluster] if custom_cluster else [])]))
+    tag_fields = [c for c in cell_keys if c not in RECORD_SCHEMA]
+    record_fields = [c for c in cell_keys if c in RECORD_SCHEMA]
+    grid = load_grid(file)
+    scope_fields = [f for f in SCOPE_FIELDS if f not in record_fields] if grid is not None else []
+    fields = [*record_fields, *scope_fields, "status", "outcome", "latency_ms", "prompt_tokens",
+              "completion_tokens", "t_start", "t_end", "simulated"]  # fmt: skip
+    if "target" not in fields:
+        fields.append("target")
+    raw = load_raw(file, [*fields, *tag_fields], compact=True)
+    lines = raw.height
+    scope = split_scope(dedupe(raw), grid, include_all=all_records)
+    # One pass makes the per-task flags; every table below is a small aggregate of them.
+    answered = (pl.col("status") == "ok") & pl.col("outcome").is_in(["correct", "wrong", "no_answer"])
+    failed = pl.col("status") == "failed"
+    flags = (
+        scope.inside
+        .drop("key")
+        .with_row_index("_row")
+        .with_columns(
+            n=answered,
+            errors=answered & pl.col("outcome").is_in(["wrong", "no_answer"]),
+            wrong=answered & (pl.col("outcome") == "wrong"),
+            no_answer=answered & (pl.col("outcome") == "no_answer"),
+            failed=failed,
+            unknown=~(answered.fill_null(False) | failed.fill_null(False)),
+        )
+        .collect()
+        .lazy()
+    )  # fmt: skip
+    del raw
+    counts = [pl.col(c).sum().cast(pl.Int64) for c in RATE_SUMS]
+    cells_q = flags.group_by(cell_keys).agg(*counts, first=pl.col("_row").min())
+
+    def total(col: str) -> pl.Expr:  # null, not 0, when the log has no counts at all
+        return pl.when(pl.col(col).count() > 0).then(pl.col(col).sum())
+
+    latency_q = flags.filter(pl.col("n")).group_by("model").agg(
+        n=pl.len().cast(pl.Int64),
+        latency_p50_ms=pl.col("latency_ms").quantile(0.5, interpolation="linear"),
+        latency_p95_ms=pl.col("latency_ms").quantile(0.95, interpolation="linear"),
+        latency_mean_ms=pl.col("latency_ms").mean(),
+        prompt_tokens=total("prompt_tokens"),
+        completion_tokens=total("completion_tokens"),
+        completion_tokens_mean=pl.col("completion_tokens").mean(),
+    )
+    status = pl.col("status").cast(pl.String)
+    unknown_q = (
+        flags.filter(pl.col("unknown"))
+        .select(what=pl.when(status == "ok")
+                .then(pl.format("status ok without an outcome ({})", pl.col("outcome").cast(pl.String).fill_null("null")))
+                .otherwise(pl.format("status {}", status.fill_null("null"))))
+        .group_by("what").agg(n=pl.len()).sort(["n", "what"], descending=[True, False])
+    )  # fmt: skip
+    targets_q = flags.group_by("model").agg(
+        targets=pl.col("target").cast(pl.String).drop_nulls().unique().sort(),
+        unknown_target=pl.col("target").is_null().any(),
+        sim_unknown=pl.col("simulated").is_null().any(),
+        sim_all=pl.col("simulated").all(),
+        sim_any=pl.col("simulated").any(),
+    )
+    span_q = flags.select(
+        tasks=pl.len(),
+        t0=pl.col("t_start").filter(pl.col("t_start") > 0).min(),
+        t1=pl.col("t_end").filter(pl.col("t_end") > 0).max(),
+    )
+    cells, latency, span, unknown, targets = pl.collect_all([cells_q, latency_q, span_q, unknown_q, targets_q])
+    cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
+    models = model_order(firsts.get_column("model").fill_null("").to_list())
+
+    def table(keys: Sequence[str], clus: str | None = cluster) -> pl.DataFrame:
+        return rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
+
+    overall = table(["model"])
+    t0, t1 = span.row(0)[1:]
+    return Report(
+        source=file, lines=lines, tasks=int(span["tasks"][0]),
+        distinct=int(span["tasks"][0]) + (scope.summary.outside if scope.summary.kind == "grid" else 0),
+        answered=int(cells["n"].sum()), failed=int(cells["failed"].sum()),
+        unknown=tuple((str(w), int(n)) for w, n in unknown.iter_rows()), scope=scope.summary,
+        targets=_target_table(targets, models),
+        cluster=cluster, seed=seed, bootstrap=bootstrap, confidence=confidence, by=by_cols,
+        span_s=(t1 - t0) if t0 is not None and t1 is not None and t1 >= t0 else None,
+        overall=overall,
+        by_difficulty=table(["model", "difficulty"]) if has_difficulty else None,
+        by_temperature=table(["model", "temperature"]),
+        by_difficulty_temperature=table(["model", "difficulty", "temperature"]) if has_difficulty else None,
+        custom=table(list(by_cols), custom_cluster) if by_cols else None,
+        comparisons=comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
+        latency=sorted_by_model(latency, ["model"], models),
+    )  # fmt: skip
+
+
+def _target_table(agg: pl.DataFrame, models: Sequence[str]) -> pl.DataFrame:
+    """One row per model: who answered it (ids joined; "unknown" for records that do not say) and
+    whether that was the built-in simulation (None when some records do not say, or it is mixed)."""
+    rows = []
+    for r in agg.with_columns(pl.col("model").cast(pl.String)).iter_rows(named=True):
+        ids = [*r["targets"], *(["unknown"] if r["unknown_target"] else [])]
+        simulated = None if r["sim_unknown"] else (True if r["sim_all"] else (False if not r["sim_any"] else None))
+        rows.append((r["model"], ", ".join(ids) or None, simulated))
+    table = pl.DataFrame(rows, schema={"model": pl.String, "target": pl.String, "simulated": pl.Boolean}, orient="row")
+    return sorted_by_model(table, ["model"], models)
