@@ -216,7 +216,7 @@ def test_damaged_and_missing_logs_are_named(tmp_path: Path) -> None:
 def test_small_blocks_read_the_same_and_name_the_right_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = write_log(tmp_path / "run", grid())
     whole = build_report(run)
-    monkeypatch.setattr("engine.results.write._BLOCK_BYTES", 300)  # a record or two per block
+    monkeypatch.setattr("engine.results.read._BLOCK_BYTES", 300)  # a record or two per block
     assert build_report(run).overall.equals(whole.overall)
     lines = (run / "results.jsonl").read_bytes().splitlines()
     lines[40] = lines[40][:-5]

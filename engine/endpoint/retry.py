@@ -1,4 +1,10 @@
-"""TODO."""
+"""When to try again: the retry policy (attempts, backoff, caps) and the waits a response asks for.
+
+Usage::
+
+    policy = RetryPolicy(max_attempts=6)
+    wait = retry_after(response.headers) or policy.backoff(attempt, rng)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO."""
+"""The :class:`Report`: what a built report holds, read by the renderers and the charts.
+
+Built by :func:`engine.report.build.build_report`; a plain frozen dataclass of Polars tables, so
+the renderers (:mod:`engine.report.render`, :mod:`engine.report.charts`) depend on it alone.
+
+Usage: ``report.models  # one row per model: n, errors, error_rate, intervals``
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO."""
+"""Saving a report beside its log (``report.md`` and PNG charts), and ``engine report``.
+
+Usage::
+
+    paths = write_report("runs/memorisation")        # [.../report.md, .../chart_error_rate.png, ...]
+    main_report("runs/memorisation", fmt="json")     # what `engine report --format json` does
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""TODO."""
+"""The run directory: where each file lives, whose it is, and preparing it for a run.
+
+A run directory holds ``results.jsonl`` (one record per finished task), ``spec.toml`` (a copy of
+the spec), ``grid.json`` (the current grid, see :class:`engine.experiment.grid.Grid`) and
+``run.json`` (which experiment the log belongs to, whether it is a simulation, and each model's
+target; rewritten at every run). A directory that belongs to another experiment is refused.
+Callers pass the experiment's name: this package knows nothing of the spec.
+
+Usage::
+
+    paths = RunPaths(Path("runs/memorisation"))
+    prepare_run_dir(paths, spec.name, spec_text, fresh=False, grid=grid)
+"""
 
 from __future__ import annotations
 

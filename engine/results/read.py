@@ -1,4 +1,14 @@
-"""TODO."""
+"""The one reader of a results log: the resume scan, the report and the seed export all use it.
+
+Reads in bounded blocks, only the columns asked for, an unterminated last line left out. A bad
+line anywhere else means the log was damaged by something other than us: a LogError names it.
+
+Usage::
+
+    scan = scan_log(paths.results)                     # what is done already
+    frame = read_records(paths.results, ["status"])     # columns key, status
+    tasks = load_log("runs/x", columns=["model", "outcome"]).collect()  # one row per task
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""TODO."""
+"""The log record: one line of ``results.jsonl``, typed once, with its schema version.
+
+:class:`Record` is the Python side, :data:`RECORD_SCHEMA` the Polars side of the same fields;
+the scheduler builds records, :mod:`engine.results.write` writes them, :mod:`engine.results.read`
+reads them (for the resume scan, the report and the seed export), :mod:`engine.study.seedio`
+makes them from the original experiment's CSVs.
+
+Usage: ``record: Record = make_record(task, completion, scorer, t0, t1); RECORD_SCHEMA["latency_ms"]``
+"""
 
 from __future__ import annotations
 

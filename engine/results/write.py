@@ -1,23 +1,14 @@
-"""The results log: an append-only JSONL file per run, written by one task, read back on resume.
+"""The one writer of a results log: appends records, cuts a torn tail, keeps the write-ahead journal.
 
-A run directory holds ``results.jsonl`` (one record per finished task), ``spec.toml``
-(a copy of the spec), ``grid.json`` (the current grid, see :class:`engine.experiment.grid.Grid`)
-and ``run.json`` (which experiment the log belongs to, whether it is a simulation, and
-each model's target; rewritten at every run). A kill
-can leave at most a torn last line; it is detected and cut before appending. A bad
-line anywhere else means the log was damaged by something other than us: we stop
-and say where, and never write to it.
-
-:func:`read_records` is the one reader of a log (the resume scan and the report both
-use it): bounded blocks, only the columns asked for, an unterminated last line left out.
+A kill can leave at most a torn last line; :func:`repair_torn_tail` cuts it before appending.
+With write-ahead on, each request is journalled before it is sent, so the next run can say how
+many were in flight when the last one stopped (:func:`in_flight_at_stop`).
 
 Usage::
 
-    paths = RunPaths(Path("runs/memorisation"))
-    prepare_run_dir(paths, spec.name, spec_text, fresh=False, grid=grid)
-    scan = scan_log(paths.results)          # what is done already
     repair_torn_tail(paths.results)
-    writer = LogWriter(paths.results, fsync="never")
+    with LogWriter(paths.results, fsync="never", journal=paths.started) as writer:
+        writer.write([record])
 """
 
 from __future__ import annotations

@@ -1,4 +1,12 @@
-"""TODO."""
+"""The sim's command line: ``python -m engine.sim`` and ``engine sim``.
+
+Reads a sim config (JSON or TOML) and a question file as its facts, then serves until stopped,
+printing the start-up banner once its port is bound (:class:`engine.sim.process.SimProcess`
+reads it). A front door, like ``engine/__main__.py``: only :mod:`engine.cli` imports it, so it
+may read questions through :mod:`engine.run.targets` while the rest of the sim imports neither.
+
+Usage: ``python -m engine.sim --port 8000 --config-file sim.json``
+"""
 
 from __future__ import annotations
 
@@ -121,3 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
