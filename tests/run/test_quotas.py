@@ -1,7 +1,7 @@
 """Quotas where providers count them: per model id, or shared by a [quotas] table; concurrency likewise.
 
 Each test runs a real spec through ``prepare`` and ``run_prepared`` on the virtual clock
-(tests/vtime.py), against an ``httpx.MockTransport`` that records which model each
+(tests/support/vtime.py), against an ``httpx.MockTransport`` that records which model each
 request named and when: rates and in-flight counts are exact, and nothing depends on the
 built-in target's own quota counting.
 """
@@ -21,9 +21,9 @@ from engine.endpoint.transport import HttpxTransport, Transport
 from engine.experiment.spec import load_spec
 from engine.run.quotas import quota_groups
 from engine.run.runner import RunOptions, RunSummary, prepare, run_prepared
-from tests.vtime import run_virtual
+from tests.support.vtime import run_virtual
 
-FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.csv"  # 150 questions
+FACTS = Path(__file__).resolve().parents[2] / "data" / "facts.csv"  # 150 questions
 API = "http://provider.test/v1"
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from engine.run.runner import RunSummary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 
 

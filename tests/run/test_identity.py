@@ -28,7 +28,7 @@ from engine.run.runner import RunOptions, prepare, run_experiment, run_prepared
 from engine.run.targets import gguf_target, model_targets, normalise_url, sim_target
 from engine.sim.config import SimConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 
 

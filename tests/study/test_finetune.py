@@ -17,7 +17,7 @@ from engine.study.finetune import (
 )
 from engine.study.leakage import find_leakage, normalise, read_facts, template_of
 
-FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.csv"
+FACTS = Path(__file__).resolve().parents[2] / "data" / "facts.csv"
 
 
 def _lines(path: Path) -> list[bytes]:

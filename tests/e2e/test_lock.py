@@ -19,7 +19,7 @@ from engine.errors import EndpointError, LogError
 from engine.results.lock import HOLDER_FILE, RunLock
 from engine.run.runner import RunOptions, run_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 ANSWERED = re.compile(r"built-in target \(a simulation\) answered ([\d,]+) chat requests")
 

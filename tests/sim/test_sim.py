@@ -27,7 +27,7 @@ from engine.sim.config import Faults, SimConfig, SimFact
 from engine.sim.process import SimProcess
 from engine.sim.server import SlidingQuota, serve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FACTS = (
     SimFact(question="What is the number for Anchor?", answer="11246", object="Anchor", difficulty="easy"),

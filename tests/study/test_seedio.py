@@ -17,7 +17,7 @@ from engine.report.write import main_report
 from engine.results.record import RECORD_FIELDS
 from engine.study.seedio import ALL_COLUMNS, RESULTS_COLUMNS, export_seed_csv, import_seed, seed_key
 
-SEED_DIR = Path(__file__).parents[1].parent / "shared" / "seed"
+SEED_DIR = Path(__file__).parents[2].parent / "shared" / "seed"
 SEED_CSV = SEED_DIR / "Results-all-v2.csv"
 
 CONTRACT_FIELDS = [

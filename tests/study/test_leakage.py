@@ -11,7 +11,7 @@ import pytest
 from engine.errors import QuestionsError, TrainError
 from engine.study.leakage import find_leakage, normalise, read_facts, template_of
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed"
 SEED_SETS = SEED / "fine-tuning-datasets"
 
 QUESTIONS = """Object,Answer,Question 1,Question 2,Question 3

@@ -20,7 +20,7 @@ import pytest
 from engine.endpoint.limits import EndpointLimiter, LimitConfig, pace_of
 from engine.endpoint.retry import parse_duration, retry_after
 from engine.sim.server import SlidingQuota
-from tests.vtime import run_virtual
+from tests.support.vtime import run_virtual
 
 Server = Callable[[float, int], tuple[int, dict[str, str]]]
 

