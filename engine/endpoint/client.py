@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import anyio
 import orjson
 
-from engine.endpoint.limits import EndpointLimiter
+from engine.endpoint.limits import EndpointLimiter, Slot
 from engine.endpoint.retry import RetryPolicy, retry_after
 from engine.endpoint.transport import Response, Transport
 from engine.errors import EndpointError, QuotaExhausted, TransportError
@@ -124,33 +124,29 @@ class ChatClient:
         error = "no attempt made"
         wait: float | None
         attempt = 0
+        slot = self.limiter.slot(prompt_chars=prompt_chars, max_tokens=max_tokens, prompt_messages=len(messages))
         while attempt < self.policy.max_attempts:
             attempt += 1
-            estimate = self.limiter.estimate(
-                prompt_chars=prompt_chars, max_tokens=max_tokens, prompt_messages=len(messages)
-            )
-            await self.limiter.acquire(estimate)
-            self.stats.requests += 1
-            started = time.perf_counter()
-            try:
-                if on_send is not None:  # inside the try: the limiter's slot is released even if it fails
-                    on_send()
-                response = await self.transport.request(
-                    "POST", self.url, body=body, headers=self._headers, timeout=self.policy.timeout_s
-                )
-            except TransportError as exc:
-                error = str(exc)
-                wait = self.policy.backoff(attempt, self._rng)
-            else:
-                latency_ms = (time.perf_counter() - started) * 1000
-                statuses.append(response.status)
-                outcome = await self._handle(response, model, prompt_chars, len(messages), attempt)
-                if isinstance(outcome, Completion):
-                    outcome.attempts, outcome.http, outcome.latency_ms = attempt, statuses, latency_ms
-                    return outcome
-                error, wait = outcome
-            finally:
-                self.limiter.release()
+            async with slot:  # waits for this endpoint's pacing; the place is freed however the attempt ends
+                self.stats.requests += 1
+                started = time.perf_counter()
+                try:
+                    if on_send is not None:
+                        on_send()
+                    response = await self.transport.request(
+                        "POST", self.url, body=body, headers=self._headers, timeout=self.policy.timeout_s
+                    )
+                except TransportError as exc:
+                    error = str(exc)
+                    wait = self.policy.backoff(attempt, self._rng)
+                else:
+                    latency_ms = (time.perf_counter() - started) * 1000
+                    statuses.append(response.status)
+                    outcome = self._handle(response, slot, model, attempt)
+                    if isinstance(outcome, Completion):
+                        outcome.attempts, outcome.http, outcome.latency_ms = attempt, statuses, latency_ms
+                        return outcome
+                    error, wait = outcome
             if wait is None:
                 break
             if attempt < self.policy.max_attempts:
@@ -160,18 +156,12 @@ class ChatClient:
         return Completion(reply=None, error=f"{error} (after {attempt} attempt{'s' * (attempt > 1)})",
                           attempts=attempt, http=statuses)
 
-    async def _handle(
-        self, response: Response, model: str, prompt_chars: int, prompt_messages: int, attempt: int
-    ) -> Completion | tuple[str, float | None]:
+    def _handle(self, response: Response, slot: Slot, model: str, attempt: int) -> Completion | tuple[str, float | None]:
         """A Completion when done; else (reason, wait before retrying or None for no retry)."""
         status = response.status
         if status == 200:
             parsed = _parse_completion(response.body)
-            usage = parsed[1] if isinstance(parsed, tuple) else None
-            await self.limiter.observe(
-                status=status, headers=response.headers, usage=usage, prompt_chars=prompt_chars,
-                prompt_messages=prompt_messages,
-            )
+            slot.observe(status, response.headers, parsed[1] if isinstance(parsed, tuple) else None)
             if isinstance(parsed, NoText):
                 return parsed.reason, None  # the model chose not to write text: asking again gives the same
             if isinstance(parsed, str):
@@ -180,7 +170,7 @@ class ChatClient:
             prompt_tokens, completion_tokens = tokens if tokens is not None else (None, None)
             return Completion(reply=reply, error=None, attempts=0, prompt_tokens=prompt_tokens,
                               completion_tokens=completion_tokens)
-        await self.limiter.observe(status=status, headers=response.headers)
+        slot.observe(status, response.headers)
         detail = _error_detail(response.body)
         if self._api_key and self._api_key in detail:
             detail = detail.replace(self._api_key, "[api key]")  # a provider or proxy echoing it

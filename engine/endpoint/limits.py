@@ -12,13 +12,10 @@ each response's ``usage``. All timing uses the event loop's clock, so tests use 
 Usage::
 
     limiter = EndpointLimiter(LimitConfig(rpm=3500, tpm=90_000, concurrency=64))
-    tokens = limiter.estimate(prompt_chars=120, max_tokens=32)
-    await limiter.acquire(tokens)
-    try:
-        ...  # send
-    finally:
-        limiter.release()
-    await limiter.observe(status=200, headers=resp.headers, usage=(31, 6), prompt_chars=120)
+    slot = limiter.slot(prompt_chars=120, max_tokens=32)   # one per task, entered once per attempt
+    async with slot:                                       # waits for its place; frees it on exit
+        response = ...  # send
+        slot.observe(response.status, response.headers, usage=(31, 6))
 """
 
 from __future__ import annotations
@@ -174,6 +171,13 @@ class EndpointLimiter:
         completion = max_tokens if self._completion_estimate is None else min(max_tokens, self._completion_estimate)
         return int(prompt + completion) + 1
 
+    def slot(self, *, prompt_chars: int, max_tokens: int, prompt_messages: int = 1) -> Slot:
+        """One task's way through this limiter: ``async with`` it per attempt, ``observe`` each response.
+
+        Usage: ``async with (slot := limiter.slot(prompt_chars=120, max_tokens=32)): ...``
+        """
+        return Slot(self, prompt_chars, max_tokens, prompt_messages)
+
     # -- the gate ----------------------------------------------------------------------------
 
     async def acquire(self, tokens: int) -> None:
@@ -254,6 +258,18 @@ class EndpointLimiter:
         prompt_messages: int = 1,
     ) -> None:
         """Learn from one response: token usage (for a prompt of ``prompt_chars``), rate-limit headers, 429s."""
+        self.learn(status=status, headers=headers, usage=usage, prompt_chars=prompt_chars, prompt_messages=prompt_messages)
+
+    def learn(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str],
+        usage: tuple[int, int] | None = None,
+        prompt_chars: int | None = None,
+        prompt_messages: int = 1,
+    ) -> None:
+        """:meth:`observe` without the await (it never waits): what :meth:`Slot.observe` calls."""
         now = anyio.current_time()
         if usage is not None:
             prompt_tokens, completion_tokens = usage
@@ -431,3 +447,40 @@ def _per_second(per_minute: str | None) -> float | None:
     except ValueError:
         return None
     return value if value > 0 and math.isfinite(value) else None
+
+
+class Slot:
+    """A task's place at one endpoint: the one way the client asks the limiter.
+
+    Entering estimates the request's tokens (from what earlier responses reported) and waits
+    for its place (:meth:`EndpointLimiter.acquire`); leaving frees it (:meth:`EndpointLimiter.release`);
+    :meth:`observe` feeds the response back. Made once per task and entered once per attempt, so
+    the hot path allocates nothing more than it did with the four calls.
+    Usage: ``async with slot: response = await send(); slot.observe(response.status, response.headers)``
+    """
+
+    __slots__ = ("_limiter", "_max_tokens", "_prompt_chars", "_prompt_messages")
+
+    def __init__(self, limiter: EndpointLimiter, prompt_chars: int, max_tokens: int, prompt_messages: int) -> None:
+        self._limiter = limiter
+        self._prompt_chars = prompt_chars
+        self._max_tokens = max_tokens
+        self._prompt_messages = prompt_messages
+
+    async def __aenter__(self) -> Slot:
+        limiter = self._limiter
+        tokens = limiter.estimate(
+            prompt_chars=self._prompt_chars, max_tokens=self._max_tokens, prompt_messages=self._prompt_messages
+        )
+        await limiter.acquire(tokens)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._limiter.release()
+
+    def observe(self, status: int, headers: Mapping[str, str], usage: tuple[int, int] | None = None) -> None:
+        """Learn from this attempt's response: token usage, rate-limit headers, 429s."""
+        self._limiter.learn(
+            status=status, headers=headers, usage=usage, prompt_chars=self._prompt_chars,
+            prompt_messages=self._prompt_messages,
+        )
