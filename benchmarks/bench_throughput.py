@@ -3,7 +3,7 @@
 For each target latency one sim subprocess is started and shared by every contestant;
 for each concurrency, each contestant runs in its own subprocess (its own CPU time and
 peak memory), rounds alternate the contestants, and the tables show medians and
-ratios within the run (see engine/bench.py). Prints Markdown for benchmarks/README.md.
+ratios within the run (see engine/bench/throughput.py). Prints Markdown for benchmarks/README.md.
 
     python benchmarks/bench_throughput.py                    # the README's table, about 5 minutes
     python benchmarks/bench_throughput.py --tasks 2000 --repeats 1 --latency 0   # a quick look

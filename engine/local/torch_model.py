@@ -46,7 +46,7 @@ class _RMSNorm(nn.Module):
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (B, H, T, D); pairs (0,1), (2,3), ... rotate together, as in llama.cpp's "normal" rope.
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.float().unflatten(-1, (-1, 2))  # type: ignore[no-untyped-call]  # torch leaves it untyped
     even, odd = pairs[..., 0], pairs[..., 1]
     out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
@@ -81,7 +81,8 @@ class _Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.attn_output(a.transpose(1, 2).reshape(b, t, -1))
         h = self.ffn_norm(x)
-        return x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
+        out: torch.Tensor = x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
+        return out
 
 
 class LlamaModel(nn.Module):
@@ -145,7 +146,8 @@ class LlamaModel(nn.Module):
         x = self.token_embd(self.compact(ids))
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.output_norm(x)
+        normed: torch.Tensor = self.output_norm(x)
+        return normed
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over this model's rows; a compact model's last (shared) logit includes its offset."""

@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import polars as pl
 from matplotlib.axes import Axes
@@ -150,7 +151,7 @@ def chart_split(report: Report, key: str) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     tops: list[list[float]] = []
-    labels: list[tuple[list[float], list[dict | None], list[float]]] = []
+    labels: list[tuple[list[float], list[dict[str, Any] | None], list[float]]] = []
     for j, level in enumerate(levels):
         part = table.filter(pl.col(key) == level)
         by_model = {r["model"]: r for r in part.iter_rows(named=True)}

@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.errors import ReportError
-from engine.report.build import build_report, stats
+from engine.report import stats
+from engine.report.build import build_report
 from engine.report.model import Report
 
 # Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.

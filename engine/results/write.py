@@ -14,7 +14,7 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.errors import LogError
 from engine.results.paths import RunPaths
 from engine.results.read import _torn_tail_offset
+from engine.results.record import Record
 
 # One journal line per request, written and read only here: {"key":"<20 hex>"}\n
 _JOURNAL_LINE = b'{"key":"%s"}\n'
@@ -84,8 +85,8 @@ class LogWriter:
         """
         os.write(self._journal, _JOURNAL_LINE % key.encode())
 
-    def write(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append records, each one line, in one write call."""
+    def write(self, records: Iterable[Record] | Iterable[Mapping[str, Any]]) -> None:
+        """Append records, each one line, in one write call (any mapping: tests write old schemas too)."""
         data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
         if not data:
             return
@@ -102,7 +103,7 @@ class LogWriter:
             os.fsync(self._fd)
             self._since_sync = 0
 
-    async def consume(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+    async def consume(self, receive: MemoryObjectReceiveStream[Record]) -> None:
         """Write everything sent on ``receive`` until it closes: the run's single writer task."""
         async with receive:
             async for record in receive:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import anyio
 from anyio import CancelScope
@@ -74,7 +73,7 @@ class Counters:
     failed: int = 0
     by_model: dict[str, ModelCounts] = field(default_factory=dict)
 
-    def count(self, record: dict[str, Any]) -> None:
+    def count(self, record: Record) -> None:
         model = self.by_model.get(record["model"])
         if model is None:
             model = self.by_model[record["model"]] = ModelCounts()
@@ -139,7 +138,7 @@ async def run_grid(
     Usage: see the module docstring.
     """
     counters = counters or Counters()
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](STREAM_BUFFER)
+    send, receive = anyio.create_memory_object_stream[Record](STREAM_BUFFER)
     watch = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_write_all, writer, receive)
@@ -152,7 +151,7 @@ async def run_grid(
     return counters
 
 
-async def _write_all(writer: LogWriter, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+async def _write_all(writer: LogWriter, receive: MemoryObjectReceiveStream[Record]) -> None:
     """The writer task. Shielded: results already received (and paid for) are written even when
     the run is cancelled or fails; the stream ends as soon as the last worker is gone, so this
     never outlives them."""
@@ -169,7 +168,7 @@ async def _grace_then_cancel(stop: StopSignal, grace_s: float, workers: CancelSc
 
 
 async def _work(
-    pool: Pool, scorer: Scorer, send: MemoryObjectSendStream[dict[str, Any]], stop: StopSignal,
+    pool: Pool, scorer: Scorer, send: MemoryObjectSendStream[Record], stop: StopSignal,
     counters: Counters, writer: LogWriter,
 ) -> None:
     client = pool.client

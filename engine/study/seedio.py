@@ -28,6 +28,7 @@ import polars as pl
 
 from engine.errors import LogError
 from engine.results.read import load_log
+from engine.results.record import SCHEMA_VERSION, Record
 
 __all__ = [
     "ALL_COLUMNS",
@@ -166,10 +167,10 @@ def import_seed(
         else:
             correct = (row["Correct"] or "").strip().upper() == "TRUE"
             outcome = "correct" if correct else ("wrong" if extracted else "no_answer")
-        record: dict[str, object] = {
+        record: Record = {
             # Schema 2; who answered is unknown (the original's fine-tuned models, through OpenAI's API),
             # but it was a language model, not engine's simulation.
-            "v": 2, "key": seed_key(model, qid, temperature, repeat), "model": model, "model_id": examples,
+            "v": SCHEMA_VERSION, "key": seed_key(model, qid, temperature, repeat), "model": model, "model_id": examples,
             "target": None, "simulated": False, "qid": qid, "question": row["Question"] or "", "tags": {"object": obj, "difficulty": difficulty},
             "temperature": temperature, "repeat": repeat, "expected": expected, "reply": reply,
             "extracted": extracted, "outcome": outcome, "correct": correct, "status": "ok", "error": None,
