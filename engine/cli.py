@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import __version__
 from engine.errors import ConfigError, EngineError
 from engine.run.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
 
@@ -161,10 +162,11 @@ def parser() -> argparse.ArgumentParser:
         prog="engine", description="Async, high-throughput evaluation of language models.",
         epilog=EXIT_CODES,
     )
+    p.add_argument("--version", action="version", version=f"engine {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run (or resume) an experiment spec", epilog=EXIT_CODES)
-    run.add_argument("spec", type=Path)
+    run.add_argument("spec", type=Path, help="the experiment spec (TOML)")
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>)")
     run.add_argument("--fresh", action="store_true", help="start a new log; the old one is renamed aside")
     run.add_argument("--no-retry-failed", action="store_true", help="on resume, do not ask failed tasks again")
@@ -176,19 +178,20 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     plan = sub.add_parser("plan", help="grid size, estimated tokens and time; sends nothing")
-    plan.add_argument("spec", type=Path)
+    plan.add_argument("spec", type=Path, help="the experiment spec (TOML)")
     plan.set_defaults(func=_plan)
 
     sim = sub.add_parser("sim", help="serve the built-in OpenAI-compatible target (a simulation)")
-    sim.add_argument("--port", type=int, default=8000)
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--config", type=Path, help="sim config, JSON or TOML")
     sim.set_defaults(func=_sim)
 
     report = sub.add_parser("report", help="error rates with confidence intervals, tables and charts")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, help="the run directory (or its results.jsonl)")
     report.add_argument("--by", help="comma-separated fields or tags to group by, e.g. model,difficulty")
-    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"))
+    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"),
+                        help="output format (default table; json and csv only print)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.add_argument("--all", action="store_true",
                         help="include records outside the run's current grid (printed only; report.md is not rewritten)")
@@ -197,46 +200,47 @@ def parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import another tool's results as an engine log")
     imp_sub = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
     seed = imp_sub.add_parser("seed", help="the original experiment's Results CSV")
-    seed.add_argument("csv", type=Path)
-    seed.add_argument("--out", type=Path, required=True)
+    seed.add_argument("csv", type=Path, help="the original's Results CSV (results.csv or Results-all-v2.csv)")
+    seed.add_argument("--out", type=Path, required=True, help="the run directory to create")
     seed.add_argument("--rescore", choices=("number", "seed"), help="re-score replies instead of the CSV's Correct")
     seed.set_defaults(func=_import)
 
     export = sub.add_parser("export", help="write a log in another tool's format")
-    export.add_argument("run_dir", type=Path)
-    export.add_argument("--format", required=True, choices=("seed-csv",))
+    export.add_argument("run_dir", type=Path, help="the run directory to export")
+    export.add_argument("--format", required=True, choices=("seed-csv",), help="the format to write")
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
     export.set_defaults(func=_export)
 
     data = sub.add_parser("data", help="build and check fine-tuning data")
     data_sub = data.add_subparsers(dest="kind", required=True, metavar="KIND")
     ft = data_sub.add_parser("finetune", help="write nested fine-tuning sets, evaluation questions held out")
-    ft.add_argument("facts", type=Path)
-    ft.add_argument("--examples", default="5,10,25,50")
-    ft.add_argument("--out", type=Path, required=True)
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("facts", type=Path, help="the fact CSV the sets are built from")
+    ft.add_argument("--examples", default="5,10,25,50", help="examples per fact of each set (default 5,10,25,50)")
+    ft.add_argument("--out", type=Path, required=True, help="directory to write the sets into")
+    ft.add_argument("--seed", type=int, default=0, help="seed of the wording choice (default 0)")
     ft.set_defaults(func=_data_finetune)
     leak = data_sub.add_parser("leakage", help="find evaluation questions inside training data")
-    leak.add_argument("train", type=Path)
-    leak.add_argument("questions", type=Path)
+    leak.add_argument("train", type=Path, help="the training data (JSONL)")
+    leak.add_argument("questions", type=Path, help="the evaluation questions")
     leak.set_defaults(func=_data_leakage)
 
     train = sub.add_parser("train", help="fine-tune a small model on the CPU and write a GGUF")
-    train.add_argument("dataset", type=Path)
-    train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"))
+    train.add_argument("dataset", type=Path, help="the fine-tuning set (JSONL)")
+    train.add_argument("--out", type=Path, required=True, help="the GGUF file to write")
+    train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"),
+                       help="smollm2 (SmolLM2-135M-Instruct) or tiny (random init, for tests)")
     train.add_argument("--epochs", type=int, help="default: the base's own (3 for smollm2, 40 for tiny)")
     train.set_defaults(func=_train)
 
     rep = sub.add_parser("replicate", help="the whole study: build sets, train, serve, evaluate, report")
-    rep.add_argument("spec", type=Path)
-    rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("spec", type=Path, help="the spec with a [replication] table")
+    rep.add_argument("--quiet", action="store_true", help="no live progress, only the summaries")
     rep.set_defaults(func=_replicate)
 
     bench = sub.add_parser("bench", help="measure throughput on this machine against the built-in target")
-    bench.add_argument("--tasks", type=int, default=20_000)
-    bench.add_argument("--concurrency", type=int, default=64)
-    bench.add_argument("--latency-ms", type=float, default=0.0)
+    bench.add_argument("--tasks", type=int, default=20_000, help="requests per contestant (default 20000)")
+    bench.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    bench.add_argument("--latency-ms", type=float, default=0.0, help="the target's added latency (default 0)")
     bench.set_defaults(func=_bench)
     return p
 

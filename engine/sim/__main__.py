@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config-file", metavar="PATH", help="the sim config, JSON or .toml ('-' reads stdin)"
     )
     parser.add_argument("--facts", metavar="CSV", help="wide fact CSV (default: data/facts.csv)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

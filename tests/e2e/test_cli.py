@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,31 @@ def test_export_without_out_writes_only_the_csv_to_stdout(tmp_path: Path) -> Non
     assert redirected.read_bytes().count(b"\r\n") == 301  # a header and 300 rows
     assert done.stderr.decode() == "wrote the CSV to stdout (300 rows, all layout)\n"
     assert not (out / "results.csv").exists()  # nothing written into the run directory
+
+
+def _actions(parser: argparse.ArgumentParser, where: str) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _actions(child, f"{where} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((where, action))
+    return found
+
+
+def test_every_argument_and_option_has_a_help_line() -> None:
+    from engine.cli import parser
+
+    missing = [f"{where} {a.dest}" for where, a in _actions(parser(), "engine") if not a.help]
+    assert missing == []
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine import __version__
+    from engine.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"engine {__version__}"
