@@ -116,7 +116,7 @@ def write_log(path: Path, records: int, seed: int = 0, grid_keys: list[str] | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic log (default 1000000)")
     parser.add_argument("--charts", action="store_true", help="also draw the PNG charts (timed apart)")
     parser.add_argument("--grid", action="store_true", help="write a grid.json (90%% of the tasks) the report scopes to")
     args = parser.parse_args(argv)

@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000, help="requests per engine / aiohttp run")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per table (medians)")
     parser.add_argument("--slow-repeats", type=int, default=1, help="rounds of the slow clients (httpx, openai)")
-    parser.add_argument("--concurrency", default="64,256")
+    parser.add_argument("--concurrency", default="64,256", help="comma-separated concurrencies (default 64,256)")
     parser.add_argument("--latency", default="0,50", help="target latencies in ms")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()

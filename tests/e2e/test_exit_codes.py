@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FACTS = ROOT / "data" / "facts.csv"
 
 
-def summary(**changes: object) -> RunSummary:
+def summary(**changes: Any) -> RunSummary:
     base = RunSummary(
         run_dir=Path("run"), total=10, already_done=0, finished=10, ok=10, failed=0, elapsed_s=1.0,
         requests=10, retries=0, rate_limited=0, interrupted=False,

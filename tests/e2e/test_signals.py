@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -70,7 +71,7 @@ def wait_for_lines(path: Path, at_least: int, proc: subprocess.Popen[bytes], tim
     raise AssertionError(f"{path} did not reach {at_least} lines (exit code {code})")
 
 
-def records(out: Path) -> list[dict]:
+def records(out: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (out / "results.jsonl").read_bytes().splitlines()]
 
 

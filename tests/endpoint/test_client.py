@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import httpx
@@ -29,7 +29,7 @@ def completion_body(text: str = "Apple is 65451.") -> bytes:
 
 
 def run_client(
-    responses: list[httpx.Response | Exception], *, policy: RetryPolicy | None = None, api_key: str | None = None,
+    responses: Sequence[httpx.Response | Exception], *, policy: RetryPolicy | None = None, api_key: str | None = None,
     limits: LimitConfig | None = None, base_url: str = "http://provider.test/v1",
     on_send: Callable[[], None] | None = None, pause_s: float = 0.0,
 ) -> tuple[Completion, list[httpx.Request], list[float]]:

@@ -182,8 +182,8 @@ def test_rpm_60_is_one_request_a_second_not_four() -> None:
 
 
 def test_pace_sits_a_hair_under_the_quota_with_a_burst_inside_the_margin() -> None:
-    assert pace_of(1.0, 0.02) == (pytest.approx(0.98), 1.0)  # rpm 60: one at a time, evenly spaced
-    assert pace_of(20.0, 0.02) == (pytest.approx(19.6), 1.0)  # rpm 1,200
+    assert pace_of(1.0, 0.02) == pytest.approx((0.98, 1.0))  # rpm 60: one at a time, evenly spaced
+    assert pace_of(20.0, 0.02) == pytest.approx((19.6, 1.0))  # rpm 1,200
     rate, burst = pace_of(10_000.0, 0.02)  # 10,000/s
     assert rate == pytest.approx(9800) and burst == 100
     assert rate + burst <= 10_000  # a full bucket plus a second of pace fits one second's share

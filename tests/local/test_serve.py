@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -46,11 +47,12 @@ def _down(base_url: str) -> bool:
     return False
 
 
-def _chat(base_url: str, content: str, **extra: object) -> dict:
+def _chat(base_url: str, content: str, **extra: object) -> dict[str, Any]:
     body = {"model": "any", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
     response = httpx.post(f"{base_url}/chat/completions", json=body, timeout=60.0)
     response.raise_for_status()
-    return response.json()
+    reply: dict[str, Any] = response.json()
+    return reply
 
 
 def test_serves_chat_and_stops(tiny_gguf: Path) -> None:

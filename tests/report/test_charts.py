@@ -7,6 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.legend import Legend
 
 from engine.errors import ReportError
 from engine.report.build import build_report
@@ -52,7 +54,7 @@ def test_headline_chart_orders_models_and_labels_both_intervals(tmp_path: Path) 
     fig = chart_error_rate(build_report(make_run(tmp_path)))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["5x", "10x", "50x"]
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = [t.get_text() for t in _legend(ax).get_texts()]
     assert any("Wilson" in t for t in legend) and any("cluster bootstrap" in t and "objects" in t for t in legend)
     fig.canvas.draw()
     assert all(t.get_text().endswith("%") for t in ax.get_yticklabels() if t.get_text())
@@ -63,9 +65,9 @@ def test_headline_chart_orders_models_and_labels_both_intervals(tmp_path: Path) 
 def test_split_charts_show_every_level(tmp_path: Path) -> None:
     report = build_report(make_run(tmp_path))
     ax = chart_split(report, "difficulty").axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["easy", "mid", "hard"]
+    assert [t.get_text() for t in _legend(ax).get_texts()] == ["easy", "mid", "hard"]
     ax_t = chart_split(report, "temperature").axes[0]
-    assert [t.get_text() for t in ax_t.get_legend().get_texts()] == ["T = 0", "T = 0.5", "T = 1"]
+    assert [t.get_text() for t in _legend(ax_t).get_texts()] == ["T = 0", "T = 0.5", "T = 1"]
     assert "bootstrap" in ax.get_title()
 
 
@@ -75,3 +77,9 @@ def test_without_difficulty_there_is_no_difficulty_chart(tmp_path: Path) -> None
     assert [p.name for p in write_charts(report, run)] == [CHART_FILES["overall"], CHART_FILES["temperature"]]
     with pytest.raises(ReportError, match="difficulty"):
         chart_split(report, "difficulty")
+
+
+def _legend(ax: Axes) -> Legend:
+    legend = ax.get_legend()
+    assert legend is not None
+    return legend

@@ -17,6 +17,7 @@ from engine.experiment.questions import load_questions
 from engine.experiment.spec import Spec, load_spec
 from engine.results.paths import RunPaths, check_owner, prepare_run_dir
 from engine.results.read import scan_log
+from engine.results.record import Record
 from engine.results.write import LogWriter, repair_torn_tail
 from engine.run.targets import model_targets
 from tests.conftest import BASE_SPEC, SpecDir
@@ -80,13 +81,13 @@ def test_writer_consumes_a_stream_in_order(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
 
     async def main() -> None:
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](100)
+        send, receive = anyio.create_memory_object_stream[Record](100)
         with LogWriter(path) as writer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer.consume, receive)
                 async with send:
                     for i in range(1500):  # more than one write batch
-                        await send.send(record(f"k{i}"))
+                        await send.send(record(f"k{i}"))  # type: ignore[arg-type]  # a schema-1 record
             assert writer.records == 1500
 
     anyio.run(main)

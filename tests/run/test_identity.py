@@ -8,7 +8,9 @@ import errno
 import io
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -16,12 +18,13 @@ import orjson
 import pytest
 from rich.console import Console
 
-from engine.endpoint.transport import HttpxTransport
+from engine.endpoint.transport import HttpxTransport, Transport
 from engine.errors import ConfigError, LogError
 from engine.experiment.grid import build_grid
 from engine.experiment.questions import load_questions
 from engine.experiment.spec import load_spec
 from engine.report.build import build_report
+from engine.report.model import Report
 from engine.report.render import report_to_csv, report_to_json
 from engine.report.write import main_report, write_report
 from engine.run.runner import RunOptions, prepare, run_experiment, run_prepared
@@ -48,7 +51,7 @@ def keys_of(spec_path: Path) -> set[str]:
     return set(build_grid(spec, questions, model_targets(spec, questions)).keys())
 
 
-def read_log(run: Path) -> list[dict]:
+def read_log(run: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (run / "results.jsonl").read_bytes().splitlines()]
 
 
@@ -184,10 +187,10 @@ def test_sim_then_a_real_server_under_one_label_asks_everything_again(tmp_path: 
     assert f"300 records outside the current grid (model m1 @ {sim_id}: 300), not reported; --all to include" in md
 
 
-def render_md(report: object) -> str:
+def render_md(report: Report) -> str:
     from engine.report.render import render_markdown
 
-    return render_markdown(report)  # type: ignore[arg-type]
+    return render_markdown(report)
 
 
 # --------------------------------------------------------------------------------- scope
@@ -300,7 +303,7 @@ def test_a_mixed_report_says_which_model_is_simulated(tmp_path: Path) -> None:
     from engine.endpoint.transport import AiohttpTransport
 
     # The sim's endpoint is created first (models in spec order): a real transport for it, the mock for m2.
-    made = iter([lambda n: AiohttpTransport(concurrency=n), lambda _n: real])
+    made: Iterator[Callable[[int], Transport]] = iter([lambda n: AiohttpTransport(concurrency=n), lambda _n: real])
     anyio.run(lambda: run_prepared(prepared, options, transport_factory=lambda n: next(made)(n)), backend="asyncio")
     assert server.chat == 150
     write_report(out)
@@ -344,9 +347,10 @@ def small_run(tmp_path: Path) -> Path:
 def test_by_and_all_print_but_never_rewrite_report_md(small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = (small_run / "report.md").read_bytes()
     charts = {p: p.read_bytes() for p in small_run.glob("*.png")}
-    for kwargs in ({"by": "model,repeat"}, {"all_records": True}, {"by": "difficulty", "fmt": "md"}):
+    options: tuple[dict[str, Any], ...] = ({"by": "model,repeat"}, {"all_records": True}, {"by": "difficulty", "fmt": "md"})
+    for kwargs in options:
         out = io.StringIO()
-        assert main_report(small_run, console=Console(file=out, width=200), **kwargs) == 0  # type: ignore[arg-type]
+        assert main_report(small_run, console=Console(file=out, width=200), **kwargs) == 0
         assert "Error rate per model" in out.getvalue()
         assert "report.md left as it is" in capsys.readouterr().err
     assert (small_run / "report.md").read_bytes() == before

@@ -12,8 +12,8 @@ import engine.run.plan
 from engine.cli import main
 from engine.endpoint.limits import prompt_token_estimate
 from engine.experiment.grid import build_messages
-from engine.experiment.questions import load_questions
-from engine.experiment.spec import load_spec
+from engine.experiment.questions import Question, load_questions
+from engine.experiment.spec import Spec, load_spec
 from engine.run.plan import make_plan, pass_prompt_tokens, plan_limiters, plan_model
 from engine.run.quotas import quota_groups
 from engine.run.runner import sim_config
@@ -132,9 +132,14 @@ def test_render_shows_models_quotas_and_the_whole_grid(spec_dir: SpecDir) -> Non
 def test_the_prompt_is_built_once_for_all_models(spec_dir: SpecDir, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_spec(spec_dir.write(models_toml(*['base_url = "sim"'] * 5)))
     questions = load_questions(spec.questions)
-    calls = []
+    calls: list[Question] = []
     real = engine.experiment.grid.build_messages
-    monkeypatch.setattr(engine.run.plan, "build_messages", lambda s, q: calls.append(q) or real(s, q))
+
+    def counted(s: Spec, q: Question) -> list[dict[str, str]]:
+        calls.append(q)
+        return real(s, q)
+
+    monkeypatch.setattr(engine.run.plan, "build_messages", counted)
     plan = make_plan(spec.path)
     assert len(calls) == len(questions)  # O(questions), not O(models × questions)
     assert all(m.prompt_tokens == plan.models[0].prompt_tokens for m in plan.models)

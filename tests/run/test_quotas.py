@@ -199,7 +199,7 @@ def test_a_429_pauses_every_model_of_a_shared_quota(tmp_path: Path) -> None:
     summary, _ = run(spec, provider)
     assert summary.ok == 1800
     (at,) = told
-    in_pause = defaultdict(int)
+    in_pause: defaultdict[str, int] = defaultdict(int)
     for name, t in provider.sent:
         if at + 0.1 <= t < at + 2.9:
             in_pause[name] += 1

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -35,7 +36,7 @@ def write_spec(tmp_path: Path, *, base_url: str = "sim", models: int = 2, temps:
     return spec
 
 
-def read_log(run_dir: Path) -> list[dict]:
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (run_dir / "results.jsonl").read_bytes().splitlines()]
 
 
@@ -242,11 +243,11 @@ def test_secrets_in_base_url_and_keys_with_control_characters_are_refused(tmp_pa
     spec.write_text(spec.read_text().replace("concurrency = 8", 'concurrency = 8\napi_key_env = "ENGINE_TEST_NL_KEY"'))
     os.environ["ENGINE_TEST_NL_KEY"] = "sk-test-newline\n"
     try:
-        with pytest.raises(ConfigError, match="ENGINE_TEST_NL_KEY holds spaces or control") as info:
+        with pytest.raises(ConfigError, match="ENGINE_TEST_NL_KEY holds spaces or control") as key_info:
             prepare(spec, RunOptions(out=tmp_path / "run"))
     finally:
         del os.environ["ENGINE_TEST_NL_KEY"]
-    assert "sk-test-newline" not in str(info.value)
+    assert "sk-test-newline" not in str(key_info.value)
 
 
 def test_out_pointing_at_a_file_is_refused_before_anything_runs(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -33,7 +34,9 @@ def make_spec(models: tuple[ModelSpec, ...]) -> Spec:
                 repeats=2)
 
 
-def answering(delay: float = 0.0, status_of=None):  # type: ignore[no-untyped-def]
+def answering(
+    delay: float = 0.0, status_of: Callable[[Any], int] | None = None
+) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
     async def handler(request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
         question = body["messages"][-1]["content"]
@@ -62,7 +65,7 @@ def tasks_of(spec: Spec, models: tuple[ModelSpec, ...]) -> Iterator[Task]:
     return iter_tasks(grid, QUESTIONS, models)
 
 
-def read(path: Path) -> list[dict]:
+def read(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
@@ -42,7 +43,7 @@ def small_csv(tmp_path: Path) -> Path:
     return path
 
 
-def read_records(run: Path) -> list[dict]:
+def read_records(run: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (run / "results.jsonl").read_bytes().splitlines()]
 
 

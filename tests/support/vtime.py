@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+
+T = TypeVar("T")
 
 
 class _JumpingSelector(selectors.DefaultSelector):
@@ -45,6 +47,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self._vclock[0]
 
 
-def run_virtual(func: Callable[[], Awaitable[Any]]) -> Any:
+def run_virtual(func: Callable[[], Awaitable[T]]) -> T:
     """Run ``await func()`` on a virtual-time loop with anyio's asyncio backend; returns its result."""
     return anyio.run(func, backend="asyncio", backend_options={"loop_factory": VirtualTimeLoop})
