@@ -29,8 +29,7 @@ from anyio.abc import TaskStatus
 from engine.errors import ConfigError, EngineError
 from engine.run.targets import default_config, facts_from_csv
 from engine.sim.config import SimConfig
-from engine.sim.process import _BANNER
-from engine.sim.server import serve
+from engine.sim.process import _BANNER, serve
 
 
 class _Banner(TaskStatus[int]):

@@ -1,4 +1,4 @@
-"""The simulated fine-tuned models (internal to :mod:`engine.sim.config`): find the fact, decide, word the reply.
+"""The simulated fine-tuned models (part of :mod:`engine.sim`): find the fact, decide, word the reply.
 
 Usage::
 

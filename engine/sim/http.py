@@ -1,4 +1,4 @@
-"""HTTP/1.1 framing for the sim (internal to :mod:`engine.sim.config`): one ``asyncio.Protocol`` per connection.
+"""HTTP/1.1 framing for the sim (part of :mod:`engine.sim`): one ``asyncio.Protocol`` per connection.
 
 Raw protocol with keep-alive and Content-Length bodies, so the sim serves several times
 what the engine can send from one core. Delayed replies are loop timers, not tasks:

@@ -1,17 +1,20 @@
-"""The sim as a process (internal to :mod:`engine.sim.config`): the command line that serves it, and :class:`SimProcess`.
+"""Running the sim: :func:`serve` in this process, or :class:`SimProcess` in a child process.
 
-Both sides of the process boundary live here: :func:`main` (the child, ``python -m engine.sim``)
-prints the start-up banner once its port is bound, and :class:`SimProcess` (the parent) starts
-that child and reads the banner to learn the URL. Import both from :mod:`engine.sim.config`.
+The child is ``python -m engine.sim`` (:mod:`engine.sim.__main__`), which prints the start-up
+banner (``_BANNER``) once its port is bound; :class:`SimProcess` (the parent) starts it and reads
+the banner to learn the URL.
 
 Usage::
 
-    with SimProcess(cfg) as sim:
+    async with anyio.create_task_group() as tg:        # in this process, asyncio backend
+        port = await tg.start(serve, cfg)
+    with SimProcess(cfg) as sim:                       # in a child process (another core)
         sim.base_url, sim.pid, sim.stats()
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -24,10 +27,13 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
 import orjson
+from anyio.abc import TaskStatus
 
-from engine.errors import EndpointError
+from engine.errors import ConfigError, EndpointError
 from engine.sim.config import SimConfig
+from engine.sim.server import SimServer
 
 _BANNER = "engine-sim (a simulation, not a model) listening on http://{host}:{port}/v1"
 _BANNER_URL = re.compile(rb"listening on (http://\S+/v1)")
@@ -154,3 +160,31 @@ class SimProcess:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+
+async def serve(
+    config: SimConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the sim until cancelled; reports the bound port through ``task_status`` (asyncio only).
+
+    Usage: ``port = await tg.start(serve, cfg)``, then ``tg.cancel_scope.cancel()`` to stop.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError as exc:
+        raise ConfigError("the sim needs anyio's asyncio backend") from exc
+    sim = SimServer(config, loop)
+    try:
+        server = await loop.create_server(sim.protocol, host, port, backlog=2048)
+    except OSError as exc:
+        raise EndpointError(f"sim cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        task_status.started(server.sockets[0].getsockname()[1])
+        await anyio.sleep_forever()
+    finally:
+        server.close()
+        # Cut open connections and their pending delayed replies so closing cannot hang.
+        sim.abort_all()

@@ -1,6 +1,6 @@
-"""The sim's routing, quotas, faults and counters (internal to :mod:`engine.sim.config`).
+"""The sim's routing, quotas, faults and counters (part of :mod:`engine.sim`).
 
-Usage (what :func:`engine.sim.config.serve` does)::
+Usage (what :func:`engine.sim.process.serve` does)::
 
     sim = SimServer(config, asyncio.get_running_loop())
     server = await loop.create_server(sim.protocol, "127.0.0.1", 0)
@@ -16,11 +16,8 @@ import types
 from collections import Counter, deque
 from typing import Any
 
-import anyio
 import orjson
-from anyio.abc import TaskStatus
 
-from engine.errors import ConfigError, EndpointError
 from engine.sim.answers import Answerer, estimate_tokens
 from engine.sim.config import SimConfig
 from engine.sim.http import HttpProtocol, Reply, error_reply, http_response
@@ -481,31 +478,3 @@ def _parse_chat(request: Any) -> tuple[str, tuple[str, str, float, int | None, i
         return f"Invalid 'seed': {seed!r}; expected an integer.", None
     prompt_tokens = sum(estimate_tokens(t) + 4 for t in texts if t is not None) + 3
     return "", (model, user[-1], float(temperature), max_tokens, seed, prompt_tokens)
-
-async def serve(
-    config: SimConfig,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the sim until cancelled; reports the bound port through ``task_status`` (asyncio only).
-
-    Usage: ``port = await tg.start(serve, cfg)``, then ``tg.cancel_scope.cancel()`` to stop.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError as exc:
-        raise ConfigError("the sim needs anyio's asyncio backend") from exc
-    sim = SimServer(config, loop)
-    try:
-        server = await loop.create_server(sim.protocol, host, port, backlog=2048)
-    except OSError as exc:
-        raise EndpointError(f"sim cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    try:
-        task_status.started(server.sockets[0].getsockname()[1])
-        await anyio.sleep_forever()
-    finally:
-        server.close()
-        # Cut open connections and their pending delayed replies so closing cannot hang.
-        sim.abort_all()

@@ -10,7 +10,7 @@ import pytest
 from engine.endpoint.transport import AiohttpTransport
 from engine.errors import TransportError
 from engine.sim.config import SimConfig, SimFact
-from engine.sim.server import serve
+from engine.sim.process import serve
 
 
 def free_port() -> int:
