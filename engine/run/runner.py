@@ -25,7 +25,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,69 +271,28 @@ async def run_prepared(
                 prepared, options, transport_factory=transport_factory, console=console, interrupts=own
             )
     spec, paths = prepared.spec, prepared.paths
-    console = console or Console(stderr=True)
     make_transport = transport_factory or (lambda concurrency: AiohttpTransport(concurrency=concurrency))
-    policy = RetryPolicy(
-        max_attempts=spec.max_attempts, base_s=spec.backoff_base_s, cap_s=spec.backoff_cap_s,
-        max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s,
-    )
-    total = prepared.grid.size
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
-    stop = StopSignal()
-    counters = Counters()
-    skipped = Skipped()
+    stop, counters, skipped = StopSignal(), Counters(), Skipped()
     with local_targets(spec, prepared.questions) as (urls, sim):
         transports: list[Transport] = []
         try:
-            pools = []
-            for endpoint_limiters in by_endpoint(quota_groups(spec)).values():
-                # One connection pool per endpoint, room for every limiter's window; one limiter per quota.
-                base_url = urls[endpoint_limiters[0].models[0].name]
-                transport = make_transport(pool_size(endpoint_limiters))
-                transports.append(transport)
-                key_env = endpoint_limiters[0].endpoint[1]
-                key = os.environ.get(key_env) if key_env else None
-                headers = {"Authorization": f"Bearer {key}"} if key else {}
-                names = ", ".join(repr(m.name) for g in endpoint_limiters for m in g.models)
-                await preflight(transport, base_url, headers, names)
-                for group in endpoint_limiters:
-                    client = ChatClient(
-                        base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
-                        policy=policy, label=group.label,
-                    )
-                    tasks = iter_tasks(prepared.grid, prepared.questions, group.models, done=done, skipped=skipped)
-                    pools.append(Pool(
-                        client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens
-                    ))
+            pools = await _open_pools(prepared, urls, make_transport, transports, done=done, skipped=skipped)
             # Everything checked: only now is the run directory written to.
-            prepare_run_dir(paths, spec.name, prepared.spec_text, fresh=options.fresh, grid=prepared.grid)
-            repair_torn_tail(paths.results)
-            in_flight = None if options.fresh else in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
+            in_flight = _prepare_log(prepared, options)
             progress = Progress(
-                total=total, skipped=skipped, counters=counters,
-                clients=[p.client for p in pools], console=console, quiet=options.quiet,
+                total=prepared.grid.size, skipped=skipped, counters=counters,
+                clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            journal = paths.started if options.write_ahead else None
-            with LogWriter(paths.results, fsync=options.fsync or spec.fsync, journal=journal) as writer:
-                try:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(_watch_signals, interrupts, stop, tg.cancel_scope)
-                        tg.start_soon(progress.run)
-                        await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
-                                       grace_s=options.grace_s, counters=counters)
-                        tg.cancel_scope.cancel()
-                except BaseExceptionGroup as group:
-                    # A worker met an error that stops the run (bad key, unknown model, spent quota):
-                    # the user gets that one error, not the task groups' wrapping of it.
-                    raise _first_engine_error(group) or group from None
+            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts)
             target_requests = _target_requests(sim)
         finally:
             for transport in transports:
                 await transport.aclose()
     clients = [p.client for p in pools]
     return RunSummary(
-        run_dir=paths.root, total=total, already_done=skipped.count, finished=counters.done,
+        run_dir=paths.root, total=prepared.grid.size, already_done=skipped.count, finished=counters.done,
         ok=counters.ok, failed=counters.failed, elapsed_s=time.monotonic() - started,
         requests=sum(c.stats.requests for c in clients), retries=sum(c.stats.retries for c in clients),
         rate_limited=sum(c.stats.rate_limited for c in clients), interrupted=stop.requested,
@@ -341,6 +300,75 @@ async def run_prepared(
         target_requests=target_requests, in_flight_at_last_stop=in_flight,
         by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
     )
+
+
+def retry_policy(spec: Spec) -> RetryPolicy:
+    """The spec's retry settings as the client's policy. Usage: ``retry_policy(load_spec(path)).max_attempts``"""
+    return RetryPolicy(
+        max_attempts=spec.max_attempts, base_s=spec.backoff_base_s, cap_s=spec.backoff_cap_s,
+        max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s,
+    )
+
+
+async def _open_pools(
+    prepared: Prepared, urls: Mapping[str, str], make_transport: Callable[[int], Transport],
+    transports: list[Transport], *, done: frozenset[str], skipped: Skipped,
+) -> list[Pool]:  # fmt: skip
+    """Step 1: one connection pool per endpoint (checked by a preflight), one client and limiter per quota.
+
+    Each transport is appended to ``transports`` as soon as it exists, so the caller closes it
+    whatever happens next.
+    """
+    spec = prepared.spec
+    policy = retry_policy(spec)
+    pools = []
+    for endpoint_limiters in by_endpoint(quota_groups(spec)).values():
+        # One connection pool per endpoint, room for every limiter's window; one limiter per quota.
+        base_url = urls[endpoint_limiters[0].models[0].name]
+        transport = make_transport(pool_size(endpoint_limiters))
+        transports.append(transport)
+        key_env = endpoint_limiters[0].endpoint[1]
+        key = os.environ.get(key_env) if key_env else None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        names = ", ".join(repr(m.name) for g in endpoint_limiters for m in g.models)
+        await preflight(transport, base_url, headers, names)
+        for group in endpoint_limiters:
+            client = ChatClient(
+                base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
+                policy=policy, label=group.label,
+            )
+            tasks = iter_tasks(prepared.grid, prepared.questions, group.models, done=done, skipped=skipped)
+            pools.append(Pool(client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens))
+    return pools
+
+
+def _prepare_log(prepared: Prepared, options: RunOptions) -> int | None:
+    """Step 2: write the run directory, cut a torn tail; returns the requests in flight when the last run stopped."""
+    paths = prepared.paths
+    prepare_run_dir(paths, prepared.spec.name, prepared.spec_text, fresh=options.fresh, grid=prepared.grid)
+    repair_torn_tail(paths.results)
+    return None if options.fresh else in_flight_at_stop(paths, prepared.scan.ok | prepared.scan.failed)
+
+
+async def _run_pools(
+    prepared: Prepared, options: RunOptions, pools: list[Pool], progress: Progress, counters: Counters,
+    stop: StopSignal, interrupts: Interrupts,
+) -> None:  # fmt: skip
+    """Step 3: run the grid with the live progress and the signal watcher, writing every record."""
+    paths = prepared.paths
+    journal = paths.started if options.write_ahead else None
+    with LogWriter(paths.results, fsync=options.fsync or prepared.spec.fsync, journal=journal) as writer:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, interrupts, stop, tg.cancel_scope)
+                tg.start_soon(progress.run)
+                await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
+                               grace_s=options.grace_s, counters=counters)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A worker met an error that stops the run (bad key, unknown model, spent quota):
+            # the user gets that one error, not the task groups' wrapping of it.
+            raise _first_engine_error(group) or group from None
 
 
 def _first_engine_error(group: BaseExceptionGroup) -> EngineError | None:
