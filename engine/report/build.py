@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -105,7 +106,56 @@ def build_report(
     if bootstrap < 1:
         raise ReportError(f"bootstrap replicates must be at least 1, got {bootstrap}")
     file = log_file(path)
-    tags = log_tags(file)
+    grid = load_grid(file)
+    cols = _columns(log_tags(file), by, has_grid=grid is not None)
+    raw = load_raw(file, cols.read, compact=True)
+    lines = raw.height
+    scope = split_scope(dedupe(raw), grid, include_all=all_records)
+    flags = _task_flags(scope.inside)
+    del raw
+    cells, latency, span, unknown, targets = pl.collect_all(_aggregates(flags, cols.cells))
+    cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
+    models = model_order(firsts.get_column("model").fill_null("").to_list())
+    cluster, by_cols = cols.cluster, cols.by
+
+    def table(keys: Sequence[str], clus: str | None = cluster) -> pl.DataFrame:
+        return rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
+
+    t0, t1 = span.row(0)[1:]
+    return Report(
+        source=file, lines=lines, tasks=int(span["tasks"][0]),
+        distinct=int(span["tasks"][0]) + (scope.summary.outside if scope.summary.kind == "grid" else 0),
+        answered=int(cells["n"].sum()), failed=int(cells["failed"].sum()),
+        unknown=tuple((str(w), int(n)) for w, n in unknown.iter_rows()), scope=scope.summary,
+        targets=_target_table(targets, models),
+        cluster=cluster, seed=seed, bootstrap=bootstrap, confidence=confidence, by=by_cols,
+        span_s=(t1 - t0) if t0 is not None and t1 is not None and t1 >= t0 else None,
+        overall=table(["model"]),
+        by_difficulty=table(["model", "difficulty"]) if cols.has_difficulty else None,
+        by_temperature=table(["model", "temperature"]),
+        by_difficulty_temperature=table(["model", "difficulty", "temperature"]) if cols.has_difficulty else None,
+        custom=table(list(by_cols), cols.custom_cluster) if by_cols else None,
+        comparisons=comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
+        latency=sorted_by_model(latency, ["model"], models),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Which columns a report reads and groups by, from the log's tags and ``--by``."""
+
+    by: tuple[str, ...]
+    cluster: str  # what the bootstrap resamples: objects, or question ids when there are none
+    custom_cluster: str | None  # the same for the --by table, None when --by groups by it already
+    has_difficulty: bool
+    cells: list[str]  # the finest grouping every table is summed from
+    read: list[str]  # record fields and tags to read from the log
+
+
+def _columns(tags: Sequence[str], by: str | Sequence[str] | None, *, has_grid: bool) -> _Columns:
+    """Step 1: the columns to read, the cell grouping and the clusters."""
     by_cols = _resolve_by(by, tags)
     has_object = "object" in tags
     has_difficulty = "difficulty" in tags
@@ -115,20 +165,23 @@ def build_report(
     cell_keys = list(dict.fromkeys([*base, *by_cols, cluster, *([custom_cluster] if custom_cluster else [])]))
     tag_fields = [c for c in cell_keys if c not in RECORD_SCHEMA]
     record_fields = [c for c in cell_keys if c in RECORD_SCHEMA]
-    grid = load_grid(file)
-    scope_fields = [f for f in SCOPE_FIELDS if f not in record_fields] if grid is not None else []
+    scope_fields = [f for f in SCOPE_FIELDS if f not in record_fields] if has_grid else []
     fields = [*record_fields, *scope_fields, "status", "outcome", "latency_ms", "prompt_tokens",
               "completion_tokens", "t_start", "t_end", "simulated"]  # fmt: skip
     if "target" not in fields:
         fields.append("target")
-    raw = load_raw(file, [*fields, *tag_fields], compact=True)
-    lines = raw.height
-    scope = split_scope(dedupe(raw), grid, include_all=all_records)
-    # One pass makes the per-task flags; every table below is a small aggregate of them.
+    return _Columns(
+        by=by_cols, cluster=cluster, custom_cluster=custom_cluster, has_difficulty=has_difficulty,
+        cells=cell_keys, read=[*fields, *tag_fields],
+    )
+
+
+def _task_flags(inside: pl.LazyFrame) -> pl.LazyFrame:
+    """Step 2: one pass makes the per-task flags; every table is a small aggregate of them."""
     answered = (pl.col("status") == "ok") & pl.col("outcome").is_in(["correct", "wrong", "no_answer"])
     failed = pl.col("status") == "failed"
-    flags = (
-        scope.inside
+    return (
+        inside
         .drop("key")
         .with_row_index("_row")
         .with_columns(
@@ -142,7 +195,10 @@ def build_report(
         .collect()
         .lazy()
     )  # fmt: skip
-    del raw
+
+
+def _aggregates(flags: pl.LazyFrame, cell_keys: Sequence[str]) -> list[pl.LazyFrame]:
+    """Step 3: the queries collected together: cells, latency, span, unknown records, targets."""
     counts = [pl.col(c).sum().cast(pl.Int64) for c in RATE_SUMS]
     cells_q = flags.group_by(cell_keys).agg(*counts, first=pl.col("_row").min())
 
@@ -178,33 +234,7 @@ def build_report(
         t0=pl.col("t_start").filter(pl.col("t_start") > 0).min(),
         t1=pl.col("t_end").filter(pl.col("t_end") > 0).max(),
     )
-    cells, latency, span, unknown, targets = pl.collect_all([cells_q, latency_q, span_q, unknown_q, targets_q])
-    cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
-    latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
-    firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
-    models = model_order(firsts.get_column("model").fill_null("").to_list())
-
-    def table(keys: Sequence[str], clus: str | None = cluster) -> pl.DataFrame:
-        return rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
-
-    overall = table(["model"])
-    t0, t1 = span.row(0)[1:]
-    return Report(
-        source=file, lines=lines, tasks=int(span["tasks"][0]),
-        distinct=int(span["tasks"][0]) + (scope.summary.outside if scope.summary.kind == "grid" else 0),
-        answered=int(cells["n"].sum()), failed=int(cells["failed"].sum()),
-        unknown=tuple((str(w), int(n)) for w, n in unknown.iter_rows()), scope=scope.summary,
-        targets=_target_table(targets, models),
-        cluster=cluster, seed=seed, bootstrap=bootstrap, confidence=confidence, by=by_cols,
-        span_s=(t1 - t0) if t0 is not None and t1 is not None and t1 >= t0 else None,
-        overall=overall,
-        by_difficulty=table(["model", "difficulty"]) if has_difficulty else None,
-        by_temperature=table(["model", "temperature"]),
-        by_difficulty_temperature=table(["model", "difficulty", "temperature"]) if has_difficulty else None,
-        custom=table(list(by_cols), custom_cluster) if by_cols else None,
-        comparisons=comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
-        latency=sorted_by_model(latency, ["model"], models),
-    )  # fmt: skip
+    return [cells_q, latency_q, span_q, unknown_q, targets_q]
 
 
 def _target_table(agg: pl.DataFrame, models: Sequence[str]) -> pl.DataFrame:
