@@ -294,67 +294,14 @@ def train(
     s.validate()
     key = train_key(dataset_jsonl, s)
     conversations = load_dataset(dataset_jsonl)
-    say = log or (lambda _line: None)
     torch.set_num_threads(threads)
     started = time.monotonic()
     examples = tokenize_dataset(conversations, threads=threads)
     tokenize_seconds = time.monotonic() - started
-    from engine.local.torch_model import LlamaModel
-
     torch.manual_seed(s.seed)
     source = smollm2_path()
-    if s.base == "smollm2":
-        pretrained = read_gguf(source)
-        model = LlamaModel.from_tensors(pretrained.config, pretrained.tensors)
-        del pretrained
-        kind = KIND_FINETUNE
-    else:
-        vocab = int(gguf_keys(source, "llama.vocab_size").get("llama.vocab_size") or 0)
-        if vocab < 1:
-            raise TrainError(f"{source}: no llama.vocab_size; cannot size the tiny model's vocabulary")
-        cfg = LlamaConfig(
-            vocab_size=vocab, dim=s.tiny_dim, n_layers=s.tiny_layers, n_heads=s.tiny_heads,
-            n_kv_heads=s.tiny_heads, ffn_dim=3 * s.tiny_dim, rope_theta=10000.0, norm_eps=1e-5,
-            context_length=2048,
-        )
-        seen = {t for ex in examples for t in ex.prompt + ex.reply}
-        model = LlamaModel(cfg, keep_ids=sorted(seen))
-        kind = KIND_TINY
-    pad = examples[0].reply[-1]
-    rng = random.Random(s.seed)
-    steps_per_epoch = math.ceil(len(examples) / s.batch_size)
-    total = steps_per_epoch * s.epochs
-    warm = max(1, int(total * s.warmup))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
-    )
-    model.train()
-    losses: list[float] = []
-    epoch_losses: list[float] = []
-    for epoch in range(s.epochs):
-        epoch_sum = 0.0
-        for batch in _batches(examples, s.batch_size, rng):
-            inputs, targets, mask = _collate(torch, batch, pad)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-                hidden = model.hidden(inputs)[mask]
-                logits = model.logits(hidden).float()
-            loss = torch.nn.functional.cross_entropy(logits, model.compact(targets[mask]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainError(f"training diverged at epoch {epoch + 1} (loss {value}); lower the learning rate")
-            losses.append(value)
-            epoch_sum += value * len(batch)
-        epoch_losses.append(epoch_sum / len(examples))
-        say(
-            f"epoch {epoch + 1}/{s.epochs}: loss {epoch_losses[-1]:.4f}"
-            f" ({time.monotonic() - started:.0f} s)"
-        )
+    model, kind = _initial_model(s, examples, source)
+    losses, epoch_losses = _fit(torch, model, examples, s, log or (lambda _line: None), started)
     seconds = time.monotonic() - started
     model.eval()
     write_gguf(
@@ -391,3 +338,69 @@ def train(
         key=key,
         threads=threads,
     )
+
+
+def _initial_model(s: TrainSettings, examples: Sequence[Example], source: Path) -> tuple[Any, str]:
+    """Step 1: the model training starts from (SmolLM2's weights, or a tiny random one) and its kind."""
+    # torch is an optional dependency and slow to import: only when training (not to dodge a cycle).
+    from engine.local.torch_model import LlamaModel
+
+    if s.base == "smollm2":
+        pretrained = read_gguf(source)
+        return LlamaModel.from_tensors(pretrained.config, pretrained.tensors), KIND_FINETUNE
+    vocab = int(gguf_keys(source, "llama.vocab_size").get("llama.vocab_size") or 0)
+    if vocab < 1:
+        raise TrainError(f"{source}: no llama.vocab_size; cannot size the tiny model's vocabulary")
+    cfg = LlamaConfig(
+        vocab_size=vocab, dim=s.tiny_dim, n_layers=s.tiny_layers, n_heads=s.tiny_heads,
+        n_kv_heads=s.tiny_heads, ffn_dim=3 * s.tiny_dim, rope_theta=10000.0, norm_eps=1e-5,
+        context_length=2048,
+    )
+    seen = {t for ex in examples for t in ex.prompt + ex.reply}
+    return LlamaModel(cfg, keep_ids=sorted(seen)), KIND_TINY
+
+
+def _fit(
+    torch: Any, model: Any, examples: Sequence[Example], s: TrainSettings, say: Callable[[str], None],
+    started: float,
+) -> tuple[list[float], list[float]]:
+    """Step 2: the training loop (AdamW, warm-up then linear decay, loss on replies only).
+
+    Returns the loss of every step and the mean loss of every epoch; says one line per epoch.
+    """
+    pad = examples[0].reply[-1]
+    rng = random.Random(s.seed)
+    steps_per_epoch = math.ceil(len(examples) / s.batch_size)
+    total = steps_per_epoch * s.epochs
+    warm = max(1, int(total * s.warmup))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
+    )
+    model.train()
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    for epoch in range(s.epochs):
+        epoch_sum = 0.0
+        for batch in _batches(examples, s.batch_size, rng):
+            inputs, targets, mask = _collate(torch, batch, pad)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
+                hidden = model.hidden(inputs)[mask]
+                logits = model.logits(hidden).float()
+            loss = torch.nn.functional.cross_entropy(logits, model.compact(targets[mask]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainError(f"training diverged at epoch {epoch + 1} (loss {value}); lower the learning rate")
+            losses.append(value)
+            epoch_sum += value * len(batch)
+        epoch_losses.append(epoch_sum / len(examples))
+        say(
+            f"epoch {epoch + 1}/{s.epochs}: loss {epoch_losses[-1]:.4f}"
+            f" ({time.monotonic() - started:.0f} s)"
+        )
+    return losses, epoch_losses
