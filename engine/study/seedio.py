@@ -19,14 +19,16 @@ import hashlib
 import io
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import polars as pl
 
 from engine.errors import LogError
+from engine.experiment.scoring import Scorer, get_scorer
 from engine.results.read import load_log
 from engine.results.record import SCHEMA_VERSION, Record
 
@@ -136,49 +138,13 @@ def import_seed(
     df = _read_rows(source)
     score = None
     if scorer is not None:
-        from engine.experiment.scoring import get_scorer  # only needed when re-scoring
-
         score = get_scorer(scorer, **(scorer_options or {}))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LogError(f"cannot create run directory {out}: {exc.strerror or exc}") from exc
     labels: dict[str, str] = {}
-    lines: list[bytes] = []
-    for i, row in enumerate(df.iter_rows(named=True), start=2):
-        examples = (row["Examples"] or "").strip()
-        model = _model_label(examples)
-        labels.setdefault(model, examples)
-        level = (row["No"] or "").strip()
-        difficulty = _LEVELS.get(level.upper(), level.lower())
-        obj = (row["Object"] or "").strip()
-        try:
-            temperature = float(row["Temperature"])
-        except (TypeError, ValueError) as exc:
-            raise LogError(f"{source}: line {i}: bad Temperature {row['Temperature']!r}") from exc
-        repeat = _repeat(row["Run 1 or 2"] or "")
-        qid = f"{obj}/{difficulty}"
-        expected = (row["Expected Answer"] or "").strip()
-        reply = row["Response"] or ""
-        extracted = (row["Extracted Number"] or "").strip() or None
-        if score is not None:
-            result = score(reply, expected)
-            outcome, extracted, correct = result.outcome, result.extracted, result.outcome == "correct"
-        else:
-            correct = (row["Correct"] or "").strip().upper() == "TRUE"
-            outcome = "correct" if correct else ("wrong" if extracted else "no_answer")
-        record: Record = {
-            # Schema 2; who answered is unknown (the original's fine-tuned models, through OpenAI's API),
-            # but it was a language model, not engine's simulation.
-            "v": SCHEMA_VERSION, "key": seed_key(model, qid, temperature, repeat), "model": model, "model_id": examples,
-            "target": None, "simulated": False, "qid": qid, "question": row["Question"] or "", "tags": {"object": obj, "difficulty": difficulty},
-            "temperature": temperature, "repeat": repeat, "expected": expected, "reply": reply,
-            "extracted": extracted, "outcome": outcome, "correct": correct, "status": "ok", "error": None,
-            # The original kept no timings, token counts or HTTP statuses.
-            "attempts": 1, "http": [], "latency_ms": None, "prompt_tokens": None, "completion_tokens": None,
-            "t_start": 0.0, "t_end": 0.0,
-        }  # fmt: skip
-        lines.append(orjson.dumps(record))
+    lines = [orjson.dumps(_seed_record(source, i, row, score, labels)) for i, row in enumerate(df.iter_rows(named=True), start=2)]
     _write_new(out / "results.jsonl", b"\n".join(lines) + b"\n" if lines else b"")
     meta = {
         "v": 1, "name": out.name, "kind": "seed-import", "source": str(source), "rows": len(lines),
@@ -201,6 +167,45 @@ class SeedExport:
     def __str__(self) -> str:
         failed = f"; {self.skipped_failed} failed tasks left out" if self.skipped_failed else ""
         return f"{self.path} ({self.rows} rows, {self.layout} layout{failed})"
+
+
+
+def _seed_record(
+    source: Path, line: int, row: Mapping[str, Any], score: Scorer | None, labels: dict[str, str]
+) -> Record:
+    """One row of the original's CSV as a log record; ``labels`` collects each model's ``Examples`` text."""
+    examples = (row["Examples"] or "").strip()
+    model = _model_label(examples)
+    labels.setdefault(model, examples)
+    level = (row["No"] or "").strip()
+    difficulty = _LEVELS.get(level.upper(), level.lower())
+    obj = (row["Object"] or "").strip()
+    try:
+        temperature = float(row["Temperature"])
+    except (TypeError, ValueError) as exc:
+        raise LogError(f"{source}: line {line}: bad Temperature {row['Temperature']!r}") from exc
+    repeat = _repeat(row["Run 1 or 2"] or "")
+    qid = f"{obj}/{difficulty}"
+    expected = (row["Expected Answer"] or "").strip()
+    reply = row["Response"] or ""
+    extracted = (row["Extracted Number"] or "").strip() or None
+    if score is not None:
+        result = score(reply, expected)
+        outcome, extracted, correct = result.outcome, result.extracted, result.outcome == "correct"
+    else:
+        correct = (row["Correct"] or "").strip().upper() == "TRUE"
+        outcome = "correct" if correct else ("wrong" if extracted else "no_answer")
+    return {
+        # Schema 2; who answered is unknown (the original's fine-tuned models, through OpenAI's API),
+        # but it was a language model, not engine's simulation.
+        "v": SCHEMA_VERSION, "key": seed_key(model, qid, temperature, repeat), "model": model, "model_id": examples,
+        "target": None, "simulated": False, "qid": qid, "question": row["Question"] or "", "tags": {"object": obj, "difficulty": difficulty},
+        "temperature": temperature, "repeat": repeat, "expected": expected, "reply": reply,
+        "extracted": extracted, "outcome": outcome, "correct": correct, "status": "ok", "error": None,
+        # The original kept no timings, token counts or HTTP statuses.
+        "attempts": 1, "http": [], "latency_ms": None, "prompt_tokens": None, "completion_tokens": None,
+        "t_start": 0.0, "t_end": 0.0,
+    }  # fmt: skip
 
 
 def _temperature_text(value: float, layout: str) -> str:
