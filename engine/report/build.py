@@ -1,7 +1,7 @@
-"""The report: error rates with honest intervals, model comparisons, latency and tokens.
+"""Building the report: error rates with honest intervals, model comparisons, latency and tokens.
 
 A results log (``results.jsonl``, schema version 2 or 1) is read once by
-:func:`engine.results.write.read_records` (bounded blocks, only the columns the report needs, an
+:func:`engine.results.read.read_records` (bounded blocks, only the columns the report needs, an
 unterminated last line left out), then deduplicated by task key (the last record wins,
 so a resumed run counts each task once), scoped to the run directory's current grid
 (:mod:`engine.report.scope`: records outside it are counted apart, ``all_records`` includes
@@ -25,8 +25,8 @@ Each rate carries a 95% Wilson interval (answers treated as independent) and a
 cluster-bootstrap interval that resamples objects (tag ``object``; question ids when
 there is none), which is the one to trust when errors cluster on a few facts.
 
-The renderers (terminal, Markdown, JSON, CSV) live in :mod:`engine.report.render` and
-are re-exported here.
+The result is a :class:`engine.report.model.Report`; :mod:`engine.report.render` (terminal,
+Markdown, JSON, CSV) and :mod:`engine.report.charts` draw it, :mod:`engine.report.write` saves it.
 
 Usage::
 
@@ -47,24 +47,12 @@ from engine.errors import ReportError
 from engine.report import stats
 from engine.report.model import GROUPABLE_FIELDS, Report
 
-# Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.
-from engine.report.render import render_markdown, render_terminal, report_to_csv, report_to_json
 from engine.report.scope import SCOPE_FIELDS, load_grid, split_scope
 from engine.report.tables import RATE_SUMS, comparisons, model_order, rate_table, sorted_by_model
 from engine.results.read import dedupe, load_raw, log_file, log_tags, tag_column
 from engine.results.record import RECORD_FIELDS, RECORD_SCHEMA
 
-__all__ = [
-    "GROUPABLE_FIELDS",
-    "RECORD_FIELDS",
-    "Report",
-    "build_report",
-    "model_order",
-    "render_markdown",
-    "render_terminal",
-    "report_to_csv",
-    "report_to_json",
-]
+__all__ = ["build_report"]
 
 
 def _resolve_by(by: str | Sequence[str] | None, tags: Sequence[str]) -> tuple[str, ...]:

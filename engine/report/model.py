@@ -13,7 +13,6 @@ from pathlib import Path
 
 import polars as pl
 
-# Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.
 from engine.report.scope import ScopeSummary
 
 GROUPABLE_FIELDS: tuple[str, ...] = (

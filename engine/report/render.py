@@ -1,9 +1,6 @@
-"""Rendering a :class:`~engine.report.build.Report`: rich terminal tables, Markdown, JSON and CSV.
+"""Rendering a :class:`~engine.report.model.Report`: rich terminal tables, Markdown, JSON and CSV.
 
-Split from :mod:`engine.report.build`, which builds the report and re-exports these functions,
-so ``from engine.report.build import render_terminal`` keeps working. This module only needs
-the report's type at check time, so it never imports :mod:`engine.report.build` at run time
-(no import cycle).
+Depends on the report's model alone (:mod:`engine.report.model`), not on how it was built.
 
 Usage::
 

@@ -1,6 +1,6 @@
 """The report's tables: rate tables with both intervals, paired model comparisons, model order.
 
-Split from :mod:`engine.report.build` (size limit), which builds the per-cell counts and calls
+:mod:`engine.report.build` makes the per-cell counts and calls
 these; each takes the cells (one row per group and cluster, with the counts of
 :data:`RATE_SUMS`) and returns a small DataFrame.
 

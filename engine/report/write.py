@@ -19,7 +19,6 @@ from engine.report import stats
 from engine.report.build import build_report
 from engine.report.model import Report
 
-# Rendering lives in its own module (size limit); re-exported so callers keep importing it from here.
 from engine.report.render import render_markdown, render_terminal, report_to_csv, report_to_json
 
 REPORT_FILE = "report.md"

@@ -41,7 +41,7 @@ def run_meta(name: str, grid: Grid, old: Mapping[str, Any], *, schema: int) -> d
     """run.json's content: the simulation statement first, then the owner, then each model's target.
 
     Fields of an older run.json that this does not set are kept, and so is its ``created``.
-    ``schema`` is the version of the records the run writes (``engine.results.write.SCHEMA_VERSION``).
+    ``schema`` is the version of the records the run writes (``engine.results.record.SCHEMA_VERSION``).
     Usage: ``run_meta(spec.name, grid, {}, schema=2)["simulation"]``
     """
     now = time.time()
