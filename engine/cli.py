@@ -164,7 +164,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"engine {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_experiment_commands(sub)
+    _add_data_commands(sub)
+    _add_study_commands(sub)
+    return p
 
+
+Subparsers = argparse._SubParsersAction  # argparse names no public type for it
+
+
+def _add_experiment_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """run, plan, sim, report: the evaluation itself."""
     run = sub.add_parser("run", help="run (or resume) an experiment spec", epilog=EXIT_CODES)
     run.add_argument("spec", type=Path, help="the experiment spec (TOML)")
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>)")
@@ -197,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
                         help="include records outside the run's current grid (printed only; report.md is not rewritten)")
     report.set_defaults(func=_report)
 
+
+def _add_data_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """import, export, data: logs in and out of other tools' formats, fine-tuning data."""
     imp = sub.add_parser("import", help="import another tool's results as an engine log")
     imp_sub = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
     seed = imp_sub.add_parser("seed", help="the original experiment's Results CSV")
@@ -224,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     leak.add_argument("questions", type=Path, help="the evaluation questions")
     leak.set_defaults(func=_data_leakage)
 
+
+def _add_study_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """train, replicate, bench: local models, the whole study, throughput."""
     train = sub.add_parser("train", help="fine-tune a small model on the CPU and write a GGUF")
     train.add_argument("dataset", type=Path, help="the fine-tuning set (JSONL)")
     train.add_argument("--out", type=Path, required=True, help="the GGUF file to write")
@@ -242,7 +258,6 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
     bench.add_argument("--latency-ms", type=float, default=0.0, help="the target's added latency (default 0)")
     bench.set_defaults(func=_bench)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,11 +46,10 @@ import polars as pl
 from engine.errors import ReportError
 from engine.report import stats
 from engine.report.model import GROUPABLE_FIELDS, Report
-
 from engine.report.scope import SCOPE_FIELDS, load_grid, split_scope
 from engine.report.tables import RATE_SUMS, comparisons, model_order, rate_table, sorted_by_model
 from engine.results.read import dedupe, load_raw, log_file, log_tags, tag_column
-from engine.results.record import RECORD_FIELDS, RECORD_SCHEMA
+from engine.results.record import RECORD_SCHEMA
 
 __all__ = ["build_report"]
 

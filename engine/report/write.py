@@ -18,7 +18,6 @@ from engine.errors import ReportError
 from engine.report import stats
 from engine.report.build import build_report
 from engine.report.model import Report
-
 from engine.report.render import render_markdown, render_terminal, report_to_csv, report_to_json
 
 REPORT_FILE = "report.md"
