@@ -16,14 +16,14 @@ from pathlib import Path
 
 import orjson
 
-from engine.runner import RunOptions, run_experiment
+from engine.run.runner import RunOptions, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", type=int, default=10_000)
+    p.add_argument("--tasks", type=int, default=10_000, help="requests per run (default 10000)")
     args = p.parse_args(argv)
     repeats = -(-args.tasks // 150)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,8 +25,9 @@ from pathlib import Path
 import anyio
 import httpx
 
-from engine.runner import RunOptions, prepare, run_prepared
-from engine.sim import SimConfig, SimProcess
+from engine.run.runner import RunOptions, prepare, run_prepared
+from engine.sim.config import SimConfig
+from engine.sim.process import SimProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,14 +34,15 @@ OBJECTS = 500
 CHILD = """
 import resource, sys, time
 t0 = time.perf_counter()
-from engine.report import build_report, render_markdown
+from engine.report.build import build_report
+from engine.report.render import render_markdown
 t1 = time.perf_counter()
 report = build_report(sys.argv[1])
 render_markdown(report)
 t2 = time.perf_counter()
 charts = 0.0
 if sys.argv[2] == "1":
-    from engine.charts import write_charts
+    from engine.report.charts import write_charts
     write_charts(report, sys.argv[3])
     charts = time.perf_counter() - t2
 usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -52,7 +53,7 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {charts:.3f} {usage.ru_maxrss / 1024:.1f} {c
 
 def write_grid(run_dir: Path, records: int) -> list[str]:
     """Write a grid.json covering about 90% of the log's tasks; returns its keys (one per task index)."""
-    from engine.grid import Grid, GridModel, GridPrompt
+    from engine.experiment.grid import Grid, GridModel, GridPrompt
 
     models = tuple(GridModel(name=m, model=f"ft:smollm2-135m:{m}", target="sim:0", simulated=True, max_tokens=32,
                              params={}) for m in MODELS)  # fmt: skip
@@ -115,7 +116,7 @@ def write_log(path: Path, records: int, seed: int = 0, grid_keys: list[str] | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic log (default 1000000)")
     parser.add_argument("--charts", action="store_true", help="also draw the PNG charts (timed apart)")
     parser.add_argument("--grid", action="store_true", help="write a grid.json (90%% of the tasks) the report scopes to")
     args = parser.parse_args(argv)

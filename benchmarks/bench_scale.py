@@ -66,7 +66,7 @@ def sample_record(i: int) -> dict[str, Any]:
 
 def write_log(path: Path, records: int) -> None:
     """Write a log of ``records`` records through the engine's own writer, in large batches."""
-    from engine.log import LogWriter
+    from engine.results.write import LogWriter
 
     with LogWriter(path, fsync="never") as writer:
         for start in range(0, records, 10_000):
@@ -77,7 +77,7 @@ def write_log(path: Path, records: int) -> None:
 
 
 def step_plan(root: Path, grid: dict[str, int]) -> dict[str, Any]:
-    from engine.plan import make_plan
+    from engine.run.plan import make_plan
 
     spec = write_grid_spec(root, **grid)
     before = _peak_mb()
@@ -88,9 +88,9 @@ def step_plan(root: Path, grid: dict[str, int]) -> dict[str, Any]:
 
 
 def step_stream(root: Path, grid: dict[str, int]) -> dict[str, Any]:
-    from engine.grid import iter_tasks
-    from engine.questions import load_questions
-    from engine.spec import load_spec
+    from engine.experiment.grid import iter_tasks
+    from engine.experiment.questions import load_questions
+    from engine.experiment.spec import load_spec
 
     spec = load_spec(write_grid_spec(root, **grid))
     questions = load_questions(spec.questions)
@@ -107,7 +107,7 @@ def step_make_log(root: Path, records: int) -> dict[str, Any]:
 
 
 def step_scan(root: Path, records: int) -> dict[str, Any]:
-    from engine.log import scan_log
+    from engine.results.read import scan_log
 
     path = root / "results.jsonl"  # written by step_make_log in another process
     size_mb = path.stat().st_size / 1e6
@@ -123,7 +123,7 @@ def step_scan(root: Path, records: int) -> dict[str, Any]:
 
 
 def step_write(root: Path, policy: str | int, count: int, batch: int) -> dict[str, Any]:
-    from engine.log import LogWriter
+    from engine.results.write import LogWriter
 
     records = [sample_record(i) for i in range(count)]
     path = root / f"write-{policy}-{batch}.jsonl"
@@ -166,7 +166,7 @@ def main() -> int:
     grid = dict(GRID, repeats=1) if args.quick else GRID
     records = 20_000 if args.quick else LOG_RECORDS
     writes = {policy: max(200, n // 50) for policy, n in WRITES.items()} if args.quick else WRITES
-    from engine.bench import machine
+    from engine.bench.throughput import machine
 
     m = machine()
     results: dict[str, Any] = {"machine": m}

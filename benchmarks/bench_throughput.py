@@ -3,7 +3,7 @@
 For each target latency one sim subprocess is started and shared by every contestant;
 for each concurrency, each contestant runs in its own subprocess (its own CPU time and
 peak memory), rounds alternate the contestants, and the tables show medians and
-ratios within the run (see engine/bench.py). Prints Markdown for benchmarks/README.md.
+ratios within the run (see engine/bench/throughput.py). Prints Markdown for benchmarks/README.md.
 
     python benchmarks/bench_throughput.py                    # the README's table, about 5 minutes
     python benchmarks/bench_throughput.py --tasks 2000 --repeats 1 --latency 0   # a quick look
@@ -21,7 +21,7 @@ import orjson
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from engine.bench import BenchConfig, BenchTable, bench_target, machine, run_bench
+from engine.bench.throughput import BenchConfig, BenchTable, bench_target, machine, run_bench
 
 
 def _numbers(text: str, kind: type) -> list:  # type: ignore[type-arg]
@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000, help="requests per engine / aiohttp run")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per table (medians)")
     parser.add_argument("--slow-repeats", type=int, default=1, help="rounds of the slow clients (httpx, openai)")
-    parser.add_argument("--concurrency", default="64,256")
+    parser.add_argument("--concurrency", default="64,256", help="comma-separated concurrencies (default 64,256)")
     parser.add_argument("--latency", default="0,50", help="target latencies in ms")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()

@@ -30,22 +30,25 @@ __all__ = [
 
 # Imported on first use, so `import engine` stays cheap for the sim subprocess and the CLI.
 _LAZY = {
-    "RunOptions": "engine.runner",
-    "RunSummary": "engine.runner",
-    "run_experiment": "engine.runner",
-    "load_spec": "engine.spec",
-    "load_questions": "engine.questions",
-    "make_plan": "engine.plan",
-    "build_report": "engine.report",
-    "write_report": "engine.report",
+    "RunOptions": "engine.run.runner",
+    "RunSummary": "engine.run.runner",
+    "run_experiment": "engine.run.runner",
+    "load_spec": "engine.experiment.spec",
+    "load_questions": "engine.experiment.questions",
+    "make_plan": "engine.run.plan",
+    "build_report": "engine.report.build",
+    "write_report": "engine.report.write",
 }
 
+# The names for type checkers only: this module is the top of the graph (nothing in the
+# package imports it), so these imports cannot hide a cycle; at run time __getattr__ loads them.
 if TYPE_CHECKING:
-    from engine.plan import make_plan
-    from engine.questions import load_questions
-    from engine.report import build_report, write_report
-    from engine.runner import RunOptions, RunSummary, run_experiment
-    from engine.spec import load_spec
+    from engine.experiment.questions import load_questions
+    from engine.experiment.spec import load_spec
+    from engine.report.build import build_report
+    from engine.report.write import write_report
+    from engine.run.plan import make_plan
+    from engine.run.runner import RunOptions, RunSummary, run_experiment
 
 
 def __getattr__(name: str) -> Any:

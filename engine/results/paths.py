@@ -1,0 +1,117 @@
+"""The run directory: where each file lives, whose it is, and preparing it for a run.
+
+A run directory holds ``results.jsonl`` (one record per finished task), ``spec.toml`` (a copy of
+the spec), ``grid.json`` (the current grid, see :class:`engine.experiment.grid.Grid`) and
+``run.json`` (which experiment the log belongs to, whether it is a simulation, and each model's
+target; rewritten at every run). A directory that belongs to another experiment is refused.
+Callers pass the experiment's name: this package knows nothing of the spec.
+
+Usage::
+
+    paths = RunPaths(Path("runs/memorisation"))
+    prepare_run_dir(paths, spec.name, spec_text, fresh=False, grid=grid)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from engine.errors import LogError
+from engine.experiment.grid import Grid
+from engine.results.record import SCHEMA_VERSION
+from engine.results.runmeta import run_meta
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaths:
+    """Where a run's files live. Usage: ``RunPaths(Path("runs/x")).results``"""
+
+    root: Path
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.jsonl"
+
+    @property
+    def spec_copy(self) -> Path:
+        return self.root / "spec.toml"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def grid(self) -> Path:
+        """The run's current grid (written at every run): the report counts only its records."""
+        return self.root / "grid.json"
+
+    @property
+    def started(self) -> Path:
+        """The write-ahead journal: one line per request about to be sent (only with write-ahead on)."""
+        return self.root / "started.jsonl"
+
+
+def check_owner(paths: RunPaths, name: str) -> None:
+    """Refuse a run directory whose log belongs to another experiment; reads, never writes.
+
+    Usage: ``check_owner(RunPaths(Path("runs/x")), spec.name)``
+    """
+    if paths.root.exists() and not paths.root.is_dir():
+        raise LogError(f"{paths.root} is a file, not a run directory; choose another --out")
+    if paths.meta.exists():
+        try:
+            meta = orjson.loads(paths.meta.read_bytes())
+            owner = meta["name"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LogError(f"{paths.meta}: not a run.json written by engine") from exc
+        if owner != name:
+            raise LogError(
+                f"{paths.root} holds the log of experiment {owner!r}, not {name!r}; choose another --out"
+            )
+    elif paths.results.exists():
+        raise LogError(f"{paths.results} has no run.json beside it; it was not written by engine for {name!r}")
+
+
+def prepare_run_dir(paths: RunPaths, name: str, spec_text: str, *, fresh: bool, grid: Grid) -> None:
+    """Create or adopt a run directory, refusing one that belongs to another experiment.
+
+    With ``fresh``, an existing log is renamed aside (never deleted) and a new one begins.
+    ``grid`` becomes the run's grid (``grid.json``): a changed spec in an existing directory
+    is not refused, its grid replaces the old one, and the report then counts only its records.
+    Usage: ``prepare_run_dir(RunPaths(Path("runs/x")), spec.name, text, fresh=False, grid=grid)``
+    """
+    check_owner(paths, name)
+    try:
+        _prepare(paths, name, spec_text, fresh=fresh, grid=grid)
+    except OSError as exc:
+        raise LogError(f"cannot prepare the run directory {paths.root}: {exc.strerror or exc}") from exc
+
+
+def _prepare(paths: RunPaths, name: str, spec_text: str, *, fresh: bool, grid: Grid) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        paths.started.unlink(missing_ok=True)  # the old journal speaks of the old log
+    if fresh and paths.results.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = paths.root / f"results.{stamp}.jsonl.old"
+        for n in itertools.count(1):  # rename() would silently replace a log set aside in the same second
+            if not aside.exists():
+                break
+            aside = paths.root / f"results.{stamp}-{n}.jsonl.old"
+        paths.results.rename(aside)
+    old = orjson.loads(paths.meta.read_bytes()) if paths.meta.exists() else {}  # check_owner read it already
+    _write_atomic(paths.meta, orjson.dumps(run_meta(name, grid, old, schema=SCHEMA_VERSION), option=orjson.OPT_INDENT_2))
+    _write_atomic(paths.spec_copy, spec_text.encode())
+    _write_atomic(paths.grid, grid.to_json())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

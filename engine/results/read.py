@@ -1,0 +1,301 @@
+"""The one reader of a results log: the resume scan, the report and the seed export all use it.
+
+Reads in bounded blocks, only the columns asked for, an unterminated last line left out. A bad
+line anywhere else means the log was damaged by something other than us: a LogError names it.
+
+Usage::
+
+    scan = scan_log(paths.results)                     # what is done already
+    frame = read_records(paths.results, ["status"])     # columns key, status
+    tasks = load_log("runs/x", columns=["model", "outcome"]).collect()  # one row per task
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from engine.errors import LogError, ReportError
+from engine.results.record import READABLE_VERSIONS, RECORD_FIELDS, RECORD_SCHEMA, SCHEMA_VERSION
+
+_BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
+# Low-cardinality text columns, held as categoricals with ``compact``: a million records
+# then cost a few bytes each instead of a string apiece.
+_COMPACT = frozenset({"model", "model_id", "target", "qid", "status", "outcome", "expected", "extracted", "error"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogScan:
+    """What a log already holds: keys answered, keys that failed, records read, torn tail seen."""
+
+    ok: frozenset[str]
+    failed: frozenset[str]
+    records: int
+    torn_tail: bool
+
+    def done(self, *, retry_failed: bool) -> frozenset[str]:
+        """Keys not to send again. Usage: ``scan.done(retry_failed=True)``"""
+        return self.ok if retry_failed else self.ok | self.failed
+
+
+def scan_log(path: Path) -> LogScan:
+    """Read the keys a log holds (key, version and status only; bounded memory), without changing the file.
+
+    A torn last line (a kill mid-write, even one whose JSON is whole: repair_torn_tail cuts
+    it, so counting it as done would lose the task) is left out and flagged; a bad line
+    anywhere else, or a record without key or status, is a LogError naming the line.
+    Usage: ``scan_log(Path("runs/x/results.jsonl")).ok``
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return LogScan(ok=frozenset(), failed=frozenset(), records=0, torn_tail=False)
+    torn = _torn_tail_offset(path) is not None
+    frame = read_records(path, ["status"], required=("status",))
+    ok = frame.filter(pl.col("status") == "ok")["key"]
+    failed = frame.filter(pl.col("status") != "ok")["key"]
+    ok_keys = frozenset(ok.to_list())
+    return LogScan(
+        ok=ok_keys, failed=frozenset(failed.to_list()) - ok_keys, records=frame.height, torn_tail=torn
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def tag_column(tag: str) -> str:
+    """The column a tag becomes: its own name, or ``tags.<name>`` when a record field has that name.
+
+    Usage: ``tag_column("object")  # 'object'``
+    """
+    return f"tags.{tag}" if tag in RECORD_SCHEMA else tag
+
+
+def tag_names(file: Path) -> list[str] | None:
+    """The tag names of a log (those of its first complete record); None when it has no complete record.
+
+    Usage: ``tag_names(Path("runs/x/results.jsonl"))  # ['object', 'difficulty']``
+    """
+    number = 0
+    with file.open("rb") as fh:
+        for line in fh:
+            number += 1
+            if not line.endswith(b"\n"):
+                return None  # only a torn tail: read_records leaves it out too
+            if line.strip():
+                break
+        else:
+            return None
+    if (error := _line_error(file, number, line, ())) is not None:
+        raise error
+    tags = orjson.loads(line).get("tags")
+    return [str(k) for k in tags] if isinstance(tags, dict) else []
+
+
+def read_records(
+    file: str | Path, fields: Sequence[str], tags: Sequence[str] = (), *, compact: bool = False,
+    required: Sequence[str] = (),
+) -> pl.DataFrame:  # fmt: skip
+    """The records of a log, columns ``key``, *fields* and one per tag (see :func:`tag_column`), in log order.
+
+    Reads in bounded blocks, parsing only the columns asked for. Blank lines are skipped
+    and an unterminated last line (a record still being written, or torn by a kill) is
+    left out. A line that is not JSON, not an object, without ``key`` or a *required*
+    field, of a schema version engine cannot read (1 and 2), or with a field of the wrong type is a
+    LogError naming its line. ``compact`` holds low-cardinality text as categoricals.
+    Duplicates are kept (the last record of a key wins; dedupe with ``is_last_distinct``).
+    Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
+    """
+    file = Path(file)
+    unknown = [f for f in (*fields, *required) if f not in RECORD_SCHEMA]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
+    checked = tuple(dict.fromkeys(("v", "key", *required)))
+    schema: dict[str, pl.DataType] = {f: RECORD_SCHEMA[f] for f in dict.fromkeys((*checked, *fields))}
+    tags = list(dict.fromkeys(tags))
+    if tags:
+        schema["tags"] = pl.Struct({t: pl.String() for t in tags})
+    columns = list(dict.fromkeys(["key", *fields, *(tag_column(t) for t in tags)]))
+
+    def shape(frame: pl.DataFrame) -> pl.DataFrame:
+        if tags:
+            frame = frame.with_columns(pl.col("tags").struct.rename_fields([tag_column(t) for t in tags]))
+            frame = frame.unnest("tags")
+        frame = frame.select(columns)
+        if compact:
+            frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in columns if c in _COMPACT)
+        return frame
+
+    frames: list[pl.DataFrame] = []
+    for offset, block in _blocks(file):
+        try:
+            frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
+        except pl.exceptions.PolarsError as exc:
+            raise _locate(file, offset, block, schema, checked) from exc
+        versions = frame.get_column("v")
+        if any(frame.get_column(c).null_count() for c in checked) or not versions.is_in(READABLE_VERSIONS).all():
+            raise _locate(file, offset, block, schema, checked)
+        frames.append(shape(frame))
+    if not frames:
+        return shape(pl.read_ndjson(io.BytesIO(b""), schema=schema))
+    return pl.concat(frames, how="vertical")
+
+
+def _blocks(file: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, whole lines) in bounded blocks; an unterminated last line is never yielded."""
+    offset = 0
+    rest = b""
+    with file.open("rb") as fh:
+        while chunk := fh.read(_BLOCK_BYTES):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield offset, data[:cut]
+                offset += cut
+
+
+def _line_error(file: Path, number: int, raw: bytes, required: Sequence[str]) -> LogError | None:
+    """What is wrong with one line, as the error to raise; None when nothing orjson can see is."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        reason = "is not valid JSON"
+    else:
+        missing = [f for f in required if record.get(f) is None] if isinstance(record, dict) else []
+        if not isinstance(record, dict):
+            reason = "is not a JSON object"
+        elif missing:
+            reason = f"has no {missing[0]!r}"
+        elif "v" in required and type(record["v"]) is not int:
+            reason = "has a 'v' that is not an integer"
+        elif "v" in required and record["v"] not in READABLE_VERSIONS:
+            readable = " or ".join(map(str, READABLE_VERSIONS))
+            return LogError(f"{file}:{number}: schema version {record['v']!r} is not supported (expected {readable})")
+        else:
+            return None
+    return LogError(f"{file}:{number}: unreadable record (line {number} {reason}); the log was damaged")
+
+
+def _locate(
+    file: Path, offset: int, block: bytes, schema: dict[str, pl.DataType], required: Sequence[str]
+) -> LogError:
+    """The error naming the first bad line of a block that failed; only ever on the error path."""
+    first = 1 + _count_newlines(file, offset)
+    lines = block.split(b"\n")
+    for i, raw in enumerate(lines):
+        if raw.strip() and (error := _line_error(file, first + i, raw, required)) is not None:
+            return error
+    for i, raw in enumerate(lines):  # sound JSON throughout: find the line whose types do not fit
+        if raw.strip():
+            try:
+                pl.read_ndjson(io.BytesIO(raw), schema=schema)
+            except pl.exceptions.PolarsError as exc:
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                n = first + i
+                return LogError(f"{file}:{n}: unreadable record (line {n} does not fit schema {SCHEMA_VERSION}: {why}); the log was damaged")
+    return LogError(f"{file}: lines {first}-{first + len(lines) - 2} do not fit schema {SCHEMA_VERSION}; the log was damaged")
+
+
+def _count_newlines(file: Path, upto: int) -> int:
+    count = 0
+    with file.open("rb") as fh:
+        while upto > 0:
+            chunk = fh.read(min(1 << 20, upto))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            upto -= len(chunk)
+    return count
+
+
+def _torn_tail_offset(path: Path) -> int | None:
+    """Offset just past the last newline when the file does not end with one, else None."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        step = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - step)
+            f.seek(start)
+            chunk = f.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+        return 0
+
+RESULTS_FILE = "results.jsonl"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def log_file(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix == ".toml" and p.is_file():
+        raise ReportError(f"{p} is a spec file; pass its run directory ({_run_dir_of(p)})")
+    file = p / RESULTS_FILE if p.is_dir() else p
+    if not file.is_file():
+        raise ReportError(f"no results log at {file}")
+    return file
+
+
+def _run_dir_of(spec_path: Path) -> str:
+    """Where ``engine run`` puts a spec's run by default, to name it in a hint."""
+    try:
+        name = tomllib.loads(spec_path.read_text(encoding="utf-8")).get("name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        name = None
+    where = f"runs/{name}" if isinstance(name, str) and name else "runs/<name>"
+    return f"{where}, or the --out given to engine run"
+
+
+def log_tags(file: Path) -> list[str]:
+    tags = tag_names(file)
+    if tags is None:
+        raise ReportError(f"results log {file} is empty")
+    return tags
+
+
+def load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.DataFrame:
+    tags = log_tags(file)
+    tag_cols = {tag_column(t): t for t in tags}
+    wanted = list(columns) if columns is not None else list(RECORD_FIELDS)
+    unknown = [c for c in wanted if c not in RECORD_SCHEMA and c not in tag_cols and c != "tags"]
+    if unknown:
+        raise ReportError(f"unknown log field {unknown[0]!r}")
+    fields = [c for c in wanted if c in RECORD_SCHEMA]
+    picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
+    df = read_records(file, fields, picked, compact=compact)
+    if df.is_empty():
+        raise ReportError(f"results log {file} has no records")
+    return df
+
+
+def dedupe(df: pl.DataFrame) -> pl.LazyFrame:
+    return df.lazy().filter(pl.col("key").is_last_distinct())
+
+
+def load_log(
+    path: str | Path, *, columns: Sequence[str] | None = None, compact: bool = False
+) -> pl.LazyFrame:
+    """The log as a LazyFrame, one row per task (last record per key wins), in log order.
+
+    ``path`` is a run directory or a ``results.jsonl`` file. ``columns`` picks record
+    fields and tag names (tags become columns of their own, ``"tags"`` means all of
+    them); ``key`` is always kept. Only those columns are parsed and held, so asking
+    for few keeps memory low. ``compact`` holds text columns as categoricals. Usage:
+    ``load_log("runs/x", columns=["model", "difficulty", "outcome"]).collect()``
+    """
+    return dedupe(load_raw(log_file(path), columns, compact=compact))

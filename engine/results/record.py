@@ -1,0 +1,71 @@
+"""The log record: one line of ``results.jsonl``, typed once, with its schema version.
+
+:class:`Record` is the Python side, :data:`RECORD_SCHEMA` the Polars side of the same fields;
+the scheduler builds records, :mod:`engine.results.write` writes them, :mod:`engine.results.read`
+reads them (for the resume scan, the report and the seed export), :mod:`engine.study.seedio`
+makes them from the original experiment's CSVs.
+
+Usage: ``record: Record = make_record(task, completion, scorer, t0, t1); RECORD_SCHEMA["latency_ms"]``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TypedDict
+
+import polars as pl
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # schema 1 (before targets were recorded) is read with target and simulated null
+
+RECORD_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
+    "v": pl.Int64(), "key": pl.String(), "model": pl.String(), "model_id": pl.String(),
+    "target": pl.String(), "simulated": pl.Boolean(), "qid": pl.String(),
+    "question": pl.String(), "temperature": pl.Float64(), "repeat": pl.Int64(), "expected": pl.String(),
+    "reply": pl.String(), "extracted": pl.String(), "outcome": pl.String(), "correct": pl.Boolean(),
+    "status": pl.String(), "error": pl.String(), "attempts": pl.Int64(), "http": pl.List(pl.Int64()),
+    "latency_ms": pl.Float64(), "prompt_tokens": pl.Int64(), "completion_tokens": pl.Int64(),
+    "t_start": pl.Float64(), "t_end": pl.Float64(),
+})  # fmt: skip
+"""Polars type of each field of a schema-2 record, in contract order, but ``tags`` (str→str, read apart).
+
+Usage: ``RECORD_SCHEMA["latency_ms"]  # Float64``
+"""
+RECORD_FIELDS: tuple[str, ...] = (*RECORD_SCHEMA, "tags")
+"""Every field of a schema-2 record, in contract order."""
+
+
+class Record(TypedDict):
+    """One line of ``results.jsonl`` (schema 2): the Python side of :data:`RECORD_SCHEMA`.
+
+    ``target`` says who answered (see :mod:`engine.run.targets`; null in schema-1 and imported
+    records, where it is unknown) and ``simulated`` whether it was engine's built-in simulation.
+    Usage: ``record: Record = make_record(task, completion, scorer, t0, t1)``
+    """
+
+    v: int
+    key: str
+    model: str
+    model_id: str
+    target: str | None
+    simulated: bool | None
+    qid: str
+    question: str
+    temperature: float
+    repeat: int
+    expected: str
+    reply: str | None
+    extracted: str | None
+    outcome: str | None
+    correct: bool | None
+    status: str
+    error: str | None
+    attempts: int
+    http: list[int]
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    t_start: float
+    t_end: float
+    tags: Mapping[str, str]

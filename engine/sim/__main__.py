@@ -1,0 +1,134 @@
+"""The sim's command line: ``python -m engine.sim`` and ``engine sim``.
+
+Reads a sim config (JSON or TOML) and a question file as its facts, then serves until stopped,
+printing the start-up banner once its port is bound (:class:`engine.sim.process.SimProcess`
+reads it). A front door, like ``engine/__main__.py``: only :mod:`engine.cli` imports it, so it
+may read questions through :mod:`engine.run.targets` while the rest of the sim imports neither.
+
+Usage: ``python -m engine.sim --port 8000 --config-file sim.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+
+from engine.errors import ConfigError, EngineError
+from engine.run.targets import default_config, facts_from_csv
+from engine.sim.config import SimConfig
+from engine.sim.process import _BANNER, serve
+
+
+class _Banner(TaskStatus[int]):
+    """Prints the start-up line once the port is bound (no task group, so errors stay unwrapped)."""
+
+    def __init__(self, host: str):
+        self.host = host
+
+    def started(self, value: int | None = None) -> None:
+        print(_BANNER.format(host=self.host, port=value), flush=True)
+
+
+def _load_config(args: argparse.Namespace) -> SimConfig:
+
+    data: Any = None
+    if args.config_json is not None:
+        try:
+            data = orjson.loads(args.config_json)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
+    elif args.config_file is not None:
+        data = _read_config_file(args.config_file)
+    if args.facts is not None:
+        data = dict(data or {})
+        data.pop("facts", None)
+        data["facts_csv"] = args.facts
+    if data is None:
+        return default_config()
+    config = SimConfig.from_dict(data, read_facts=facts_from_csv)
+    if "facts" not in data and "facts_csv" not in data:
+        config = dataclasses.replace(config, facts=default_config().facts)
+    return config
+
+
+def _read_config_file(name: str) -> Any:
+    try:
+        raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read sim config {name}: {exc.strerror or exc}") from exc
+    try:
+        if name.endswith(".toml"):
+            return tomllib.loads(raw.decode("utf-8"))
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"sim config {name}: not valid {'TOML' if name.endswith('.toml') else 'JSON'}: {exc}"
+        ) from exc
+
+
+def _exit_with_parent() -> None:
+    """A parent killed with SIGKILL cannot stop us: a watcher thread notices the orphaning and ends us."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sim in the foreground (``python -m engine.sim`` / ``engine sim``); returns an exit code.
+
+    Bad input (a port outside 0-65535, a bad config value) is one line and exit code 2.
+    Usage: ``main(["--port", "8000", "--config-file", "sim.json"])``
+    """
+    parser = argparse.ArgumentParser(
+        prog="engine sim",
+        description="Serve a simulated OpenAI-compatible endpoint (not a model) for demos, tests and benchmarks.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config-json", metavar="JSON", help="the sim config as a JSON object")
+    source.add_argument(
+        "--config-file", metavar="PATH", help="the sim config, JSON or .toml ('-' reads stdin)"
+    )
+    parser.add_argument("--facts", metavar="CSV", help="wide fact CSV (default: data/facts.csv)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    try:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port must be 0-65535 (0 picks a free port), got {args.port}")
+        config = _load_config(args)
+        if args.exit_with_parent:
+            _exit_with_parent()
+        anyio.run(
+            functools.partial(serve, config, host=args.host, port=args.port, task_status=_Banner(args.host)),
+            backend="asyncio",
+        )
+    except EngineError as exc:
+        print(f"engine-sim: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

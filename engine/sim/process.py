@@ -1,0 +1,190 @@
+"""Running the sim: :func:`serve` in this process, or :class:`SimProcess` in a child process.
+
+The child is ``python -m engine.sim`` (:mod:`engine.sim.__main__`), which prints the start-up
+banner (``_BANNER``) once its port is bound; :class:`SimProcess` (the parent) starts it and reads
+the banner to learn the URL.
+
+Usage::
+
+    async with anyio.create_task_group() as tg:        # in this process, asyncio backend
+        port = await tg.start(serve, cfg)
+    with SimProcess(cfg) as sim:                       # in a child process (another core)
+        sim.base_url, sim.pid, sim.stats()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+
+from engine.errors import ConfigError, EndpointError
+from engine.sim.config import SimConfig
+from engine.sim.server import SimServer
+
+_BANNER = "engine-sim (a simulation, not a model) listening on http://{host}:{port}/v1"
+_BANNER_URL = re.compile(rb"listening on (http://\S+/v1)")
+
+
+class SimProcess:
+    """The sim in a subprocess (so it runs on another core); a sync context manager.
+
+    Usage::
+
+        with SimProcess(cfg) as sim:
+            httpx.post(sim.base_url + "/chat/completions", json=...)
+            sim.stats()["completions"]
+    """
+
+    def __init__(
+        self, config: SimConfig | None = None, *, host: str = "127.0.0.1", start_timeout: float = 30.0
+    ):
+        self.config = config
+        self.host = host
+        self.start_timeout = start_timeout
+        self.base_url = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def __enter__(self) -> SimProcess:
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "engine.sim", "--host", self.host, "--port", "0", "--exit-with-parent"]
+        if self.config is not None:
+            cmd += ["--config-file", "-"]
+        self._stderr = tempfile.TemporaryFile()
+        # A session of its own: a terminal's Ctrl-C (sent to the whole foreground process group), a
+        # hang-up or `timeout` then reach the engine only, which lets requests in flight finish against
+        # a target still alive and stops it after the log is written. If the engine dies by SIGKILL,
+        # --exit-with-parent still ends it.
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True
+        )
+        try:
+            assert self._proc.stdin is not None
+            try:
+                if self.config is not None:
+                    self._proc.stdin.write(orjson.dumps(self.config.to_dict()))
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it died at once; _read_banner reports why
+            self.base_url = self._read_banner()
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The subprocess's process id while it runs, else None (e.g. to meter its CPU). Usage: ``sim.pid``"""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def port(self) -> int:
+        """The port the subprocess listens on."""
+        return int(self.base_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    def stats(self) -> dict[str, Any]:
+        """The sim's counters (``GET /sim/stats``): requests, completions, by_status, by_model, ...
+
+        Usage: ``sim.stats()["by_status"]["429"]``
+        """
+        url = self.base_url.removesuffix("/v1") + "/sim/stats"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                stats: dict[str, Any] = orjson.loads(response.read())
+        except (OSError, orjson.JSONDecodeError) as exc:  # URLError is an OSError
+            raise EndpointError(f"the built-in target did not give its counts ({exc})") from exc
+        return stats
+
+    def _read_banner(self) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        deadline = time.monotonic() + self.start_timeout
+        out = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in out:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EndpointError(f"sim subprocess did not start within {self.start_timeout:g} s")
+                if not selector.select(left):
+                    continue
+                chunk = os.read(self._proc.stdout.fileno(), 4096)
+                if not chunk:
+                    raise EndpointError(f"sim subprocess exited at start: {self._stderr_tail()}")
+                out += chunk
+        match = _BANNER_URL.search(out)
+        if match is None:
+            raise EndpointError(f"sim subprocess printed an unexpected line: {out.strip()[:200]!r}")
+        return match.group(1).decode()
+
+    def _stderr_tail(self) -> str:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=2)
+        if self._stderr is None:
+            return "no output"
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+async def serve(
+    config: SimConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the sim until cancelled; reports the bound port through ``task_status`` (asyncio only).
+
+    Usage: ``port = await tg.start(serve, cfg)``, then ``tg.cancel_scope.cancel()`` to stop.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError as exc:
+        raise ConfigError("the sim needs anyio's asyncio backend") from exc
+    sim = SimServer(config, loop)
+    try:
+        server = await loop.create_server(sim.protocol, host, port, backlog=2048)
+    except OSError as exc:
+        raise EndpointError(f"sim cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        task_status.started(server.sockets[0].getsockname()[1])
+        await anyio.sleep_forever()
+    finally:
+        server.close()
+        # Cut open connections and their pending delayed replies so closing cannot hang.
+        sim.abort_all()

@@ -1,0 +1,480 @@
+"""The sim's routing, quotas, faults and counters (part of :mod:`engine.sim`).
+
+Usage (what :func:`engine.sim.process.serve` does)::
+
+    sim = SimServer(config, asyncio.get_running_loop())
+    server = await loop.create_server(sim.protocol, "127.0.0.1", 0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import types
+from collections import Counter, deque
+from typing import Any
+
+import orjson
+
+from engine.sim.answers import Answerer, estimate_tokens
+from engine.sim.config import SimConfig
+from engine.sim.http import HttpProtocol, Reply, error_reply, http_response
+
+_ROUTES = types.MappingProxyType(
+    {b"/v1/chat/completions": b"POST", b"/v1/models": b"GET", b"/health": b"GET"}
+)
+_HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n"
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: "120ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{int(rest)}s"
+
+
+class _Log:
+    """One sliding window of a quota: what was admitted in the last ``length`` seconds."""
+
+    __slots__ = ("allowance", "costs", "length", "times", "total")
+
+    def __init__(self, length: float, allowance: float):
+        self.length = length
+        self.allowance = allowance
+        self.times: deque[float] = deque()
+        self.costs: deque[float] = deque()
+        self.total = 0.0
+
+    def trim(self, now: float) -> None:
+        """Forget what left the window ``(now - length, now]``."""
+        times, costs, edge = self.times, self.costs, now - self.length
+        while times and times[0] <= edge:
+            times.popleft()
+            self.total -= costs.popleft()
+        if not times:
+            self.total = 0.0  # no float drift survives an empty window
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` fits (0: it fits now); a cost above the allowance fits an empty window."""
+        if not self.times or self.total + cost <= self.allowance + 1e-9:
+            return 0.0
+        need = min(self.total, self.total + cost - self.allowance)  # what has to leave first
+        freed = 0.0
+        for at, spent in zip(self.times, self.costs, strict=True):
+            freed += spent
+            if freed >= need - 1e-9:
+                return at + self.length - now
+        return self.times[-1] + self.length - now
+
+    def remaining(self) -> float:
+        return max(0.0, self.allowance - self.total)
+
+
+class SlidingQuota:
+    """A per-minute quota enforced over every sliding window of ``window_s`` seconds and of a minute.
+
+    In any window of ``window_s`` at most ``per_minute × window_s / 60`` units (one request larger
+    than that passes only alone in its window), in any minute at most ``per_minute``. Usage::
+
+        quota = SlidingQuota(1200, 1.0)           # at most 20 requests in any second
+        wait = quota.wait_s(1, now)               # 0: admit, then quota.take(1, now)
+    """
+
+    __slots__ = ("logs", "per_minute")
+
+    def __init__(self, per_minute: float, window_s: float):
+        self.per_minute = per_minute
+        lengths = sorted({min(window_s, 60.0), 60.0})
+        self.logs = tuple(_Log(length, per_minute * length / 60.0) for length in lengths)
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds until every window admits ``cost`` (0: now)."""
+        wait = 0.0
+        for log in self.logs:
+            log.trim(now)
+            wait = max(wait, log.wait_s(cost, now))
+        return wait
+
+    def take(self, cost: float, now: float) -> None:
+        """Count ``cost`` units admitted at ``now`` (after :meth:`wait_s` said 0)."""
+        for log in self.logs:
+            log.times.append(now)
+            log.costs.append(cost)
+            log.total += cost
+
+    def headers(self, unit: bytes, now: float) -> bytes:
+        """x-ratelimit-* of the tightest window: its remaining share, and when its oldest entry leaves."""
+        log = min(self.logs, key=lambda lg: lg.remaining() / lg.allowance)
+        reset = log.times[0] + log.length - now if log.times else 0.0
+        return b"x-ratelimit-limit-%s: %d\r\nx-ratelimit-remaining-%s: %d\r\nx-ratelimit-reset-%s: %s\r\n" % (
+            unit,
+            round(self.per_minute),
+            unit,
+            math.floor(log.remaining() + 1e-9),
+            unit,
+            _duration(max(0.0, reset)).encode(),
+        )
+
+
+def _text_of(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return None
+
+
+class SimServer:
+    """The sim's shared state (answerer, quotas, faults, counters); ``protocol`` makes a connection handler.
+
+    Usage: ``await loop.create_server(SimServer(cfg, loop).protocol, host, port)``
+    """
+
+    def __init__(self, config: SimConfig, loop: asyncio.AbstractEventLoop):
+        self.config = config
+        self.loop = loop
+        self.rng = random.Random(config.seed)
+        self.answerer = Answerer(config)
+        self.faults: list[tuple[float, str]] = []
+        total = 0.0
+        for name, rate in config.faults.rates().items():
+            if rate > 0:
+                total += rate
+                self.faults.append((total, name))
+        # (requests, tokens) quotas by model id, or under "" for all models with quota_scope "server".
+        self.quotas: dict[str, tuple[SlidingQuota | None, SlidingQuota | None]] = {}
+        self.limited = config.rpm is not None or config.tpm is not None
+        self.held_until = 0.0  # POST /sim/hold: every chat request is answered 429 until then
+        self.models = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "engine-sim"}
+                    for m in [*sorted(m for m in config.accuracy if m != "*"), "sim"]
+                ],
+            }
+        )
+        self.connections: set[HttpProtocol] = set()
+        self.counts: Counter[str] = Counter()
+        self.by_status: Counter[str] = Counter()
+        self.by_model: Counter[str] = Counter()
+        self.fault_counts: Counter[str] = Counter()
+        self.answer_counts: Counter[str] = Counter()
+        self.sequence = 0
+
+    def protocol(self) -> HttpProtocol:
+        """A handler for one new connection (the ``create_server`` factory)."""
+        return HttpProtocol(self)
+
+    def abort_all(self) -> None:
+        """Close every connection at once, dropping pending delayed replies."""
+        for connection in list(self.connections):
+            connection.abort()
+
+    def stats(self) -> dict[str, Any]:
+        """The counters ``GET /sim/stats`` returns."""
+        return {
+            "requests": self.counts["requests"],
+            "chat_requests": self.counts["chat"],
+            "completions": self.counts["completions"],
+            "rate_limited": self.by_status["429"],
+            "quota_limited": self.counts["quota"],
+            "held": self.counts["held"],
+            "dropped": self.counts["dropped"],
+            "by_status": dict(self.by_status),
+            "by_model": dict(self.by_model),
+            "faults": dict(self.fault_counts),
+            "answers": dict(self.answer_counts),
+            "open_connections": len(self.connections),
+        }
+
+    def sent(self, reply: Reply) -> None:
+        """Count a reply once it is written (a slow reply to a client that left is never counted)."""
+        if reply.status:
+            self.by_status[str(reply.status)] += 1
+        else:
+            self.counts["dropped"] += 1
+        if reply.completion:
+            self.counts["completions"] += 1
+
+    def handle(self, method: bytes, target: bytes, body: bytes, keep_alive: bool) -> Reply:
+        """Route one parsed request."""
+        path, _, query = target.partition(b"?")
+        if path == b"/sim/hold" and method == b"POST":
+            return self._hold(query, keep_alive)
+        if path == b"/sim/stats":
+            return Reply(
+                200,
+                http_response(200, orjson.dumps(self.stats()), keep_alive=keep_alive),
+                close=not keep_alive,
+            )
+        self.counts["requests"] += 1
+        routes = _ROUTES
+        if path not in routes:
+            return error_reply(
+                404,
+                f"Invalid URL ({method.decode(errors='replace')} {path.decode(errors='replace')})",
+                "invalid_request_error",
+                keep_alive=keep_alive,
+            )
+        if method != routes[path]:
+            return error_reply(
+                405,
+                f"Method {method.decode(errors='replace')} not allowed on {path.decode()}",
+                "invalid_request_error",
+                keep_alive=keep_alive,
+                extra=b"Allow: " + routes[path] + b"\r\n",
+            )
+        if path == b"/v1/chat/completions":
+            return self._chat(body, keep_alive)
+        payload = self.models if path == b"/v1/models" else b'{"status":"ok","engine_sim":true}'
+        return Reply(200, http_response(200, payload, keep_alive=keep_alive), close=not keep_alive)
+
+    def _chat(self, body: bytes, keep_alive: bool) -> Reply:
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return error_reply(
+                400,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                keep_alive=keep_alive,
+            )
+        problem, parsed = _parse_chat(request)
+        if parsed is None:
+            return error_reply(400, problem, "invalid_request_error", keep_alive=keep_alive)
+        model, text, temperature, max_tokens, request_seed, prompt_tokens = parsed
+        self.counts["chat"] += 1
+        self.by_model[model] += 1
+        content, kind = self.answerer.answer(model, text, temperature, request_seed, self.rng)
+        completion_tokens = estimate_tokens(content)
+        finish = "stop"
+        if max_tokens is not None and completion_tokens > max_tokens:
+            content, completion_tokens, finish = content[: max_tokens * 4], max_tokens, "length"
+
+        if self.held_until and (wait := self.held_until - self.loop.time()) > 0:
+            self.counts["held"] += 1
+            return error_reply(
+                429,
+                "Rate limit reached (engine-sim hold). Please try again later.",
+                "requests",
+                code="rate_limit_exceeded",
+                keep_alive=keep_alive,
+                extra=b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (math.ceil(wait), math.ceil(wait * 1000)),
+            )
+        quota = b""
+        if self.limited:
+            rejection = self._quota(
+                model, prompt_tokens + (max_tokens if max_tokens is not None else completion_tokens), keep_alive
+            )
+            if isinstance(rejection, Reply):
+                return rejection
+            quota = rejection
+        fault = self._draw_fault() if self.faults else None
+        delay = self._delay()
+        if fault is not None:
+            self.fault_counts[fault] += 1
+            reply = self._fault(fault, keep_alive, quota, delay)
+            if reply is not None:
+                return reply
+            if fault == "slow":
+                delay = self.config.faults.slow_s
+        self.sequence += 1
+        payload = orjson.dumps(
+            {
+                "id": f"chatcmpl-sim-{self.sequence}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "engine-sim",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+        data = http_response(200, payload, keep_alive=keep_alive, extra=quota)
+        if fault == "drop":
+            # Cut anywhere after the status line: sometimes mid-headers, sometimes mid-body.
+            return Reply(0, data[: self.rng.randrange(17, len(data) - 1)], delay=delay, close=True)
+        self.answer_counts[kind] += 1
+        return Reply(200, data, delay=delay, close=not keep_alive, completion=True)
+
+    def _hold(self, query: bytes, keep_alive: bool) -> Reply:
+        """``POST /sim/hold?s=2``: answer every chat request 429 with Retry-After for the next 2 s
+        (a provider's pause, for benchmarks of what follows one)."""
+        try:
+            seconds = float(query.removeprefix(b"s="))
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            return error_reply(400, "hold needs ?s=SECONDS (0 to 3600)", "invalid_request_error", keep_alive=keep_alive)
+        self.held_until = self.loop.time() + seconds
+        return Reply(200, http_response(200, b'{"held_s":%g}' % seconds, keep_alive=keep_alive), close=not keep_alive)
+
+    def _quotas_of(self, model: str) -> tuple[SlidingQuota | None, SlidingQuota | None]:
+        key = model if self.config.quota_scope == "model" else ""
+        if (quotas := self.quotas.get(key)) is None:
+            config = self.config
+            window = config.quota_window_s
+            quotas = (
+                SlidingQuota(config.rpm, window) if config.rpm else None,
+                SlidingQuota(config.tpm, window) if config.tpm else None,
+            )
+            self.quotas[key] = quotas
+        return quotas
+
+    def _quota(self, model: str, cost: int, keep_alive: bool) -> Reply | bytes:
+        """Take one request and ``cost`` tokens from the model's quotas: their headers, or a 429 if either is short."""
+        now = self.loop.time()
+        requests, tokens = self._quotas_of(model)
+        limits = [
+            (unit, quota, c)
+            for unit, quota, c in ((b"requests", requests, 1), (b"tokens", tokens, cost))
+            if quota is not None
+        ]
+        wait, unit = max((quota.wait_s(c, now), unit) for unit, quota, c in limits)
+        if wait <= 0:
+            for _, quota, c in limits:
+                quota.take(c, now)
+        headers = b"".join(quota.headers(u, now) for u, quota, _ in limits) if self.config.rate_headers else b""
+        if wait <= 0:
+            return headers
+        self.counts["quota"] += 1
+        retry = b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (
+            max(1, math.ceil(wait)),
+            max(1, math.ceil(wait * 1000)),
+        )
+        return error_reply(
+            429,
+            f"Rate limit reached for {unit.decode()} (engine-sim quota). Please try again in {_duration(wait)}.",
+            unit.decode(),
+            code="rate_limit_exceeded",
+            keep_alive=keep_alive,
+            extra=retry + headers,
+        )
+
+    def _draw_fault(self) -> str | None:
+        u = self.rng.random()
+        return next((name for bound, name in self.faults if u < bound), None)
+
+    def _delay(self) -> float:
+        config = self.config
+        ms = config.latency_ms
+        if config.jitter_ms:
+            ms += self.rng.uniform(-config.jitter_ms, config.jitter_ms)
+        return max(0.0, ms) / 1000.0
+
+    def _fault(self, fault: str, keep_alive: bool, quota: bytes, delay: float) -> Reply | None:
+        """The reply for a fault, or None when the fault shapes a normal reply (slow, drop)."""
+        if fault == "error_500":
+            return error_reply(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                keep_alive=keep_alive,
+                extra=quota,
+                delay=delay,
+            )
+        if fault == "error_503":
+            return error_reply(
+                503,
+                "The engine is currently overloaded, please try again later.",
+                "server_error",
+                keep_alive=keep_alive,
+                extra=quota,
+                delay=delay,
+            )
+        if fault == "error_502":
+            data = http_response(502, _HTML_502, keep_alive=keep_alive, content_type=b"text/html")
+            return Reply(502, data, delay=delay, close=not keep_alive)
+        if fault in ("rate_429", "rate_429_bare"):
+            after = self.config.faults.retry_after_s
+            retry = (
+                b""
+                if fault == "rate_429_bare"
+                else b"Retry-After: %d\r\nretry-after-ms: %d\r\n"
+                % (max(1, math.ceil(after)), math.ceil(after * 1000))
+            )
+            return error_reply(
+                429,
+                "Rate limit reached for requests (engine-sim fault).",
+                "requests",
+                code="rate_limit_exceeded",
+                keep_alive=keep_alive,
+                extra=retry + quota,
+                delay=delay,
+            )
+        if fault == "malformed":
+            data = http_response(
+                200,
+                b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"index": 0, "mess',
+                keep_alive=keep_alive,
+                extra=quota,
+            )
+            return Reply(200, data, delay=delay, close=not keep_alive)
+        if fault == "empty_choices":
+            payload = orjson.dumps(
+                {
+                    "id": "chatcmpl-sim",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": "sim",
+                    "system_fingerprint": "engine-sim",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                }
+            )
+            return Reply(
+                200,
+                http_response(200, payload, keep_alive=keep_alive, extra=quota),
+                delay=delay,
+                close=not keep_alive,
+            )
+        return None
+
+
+def _parse_chat(request: Any) -> tuple[str, tuple[str, str, float, int | None, int | None, int] | None]:
+    """Validate a chat request: (problem, None) or ("", (model, text, temperature, max_tokens, seed, prompt_tokens))."""
+    if not isinstance(request, dict):
+        return "The request body must be a JSON object.", None
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        return "You must provide a model parameter.", None
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return "'messages' must be a non-empty array of message objects.", None
+    texts = [_text_of(m.get("content")) for m in messages]
+    user = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user" and t is not None]
+    if not user:
+        return "'messages' must contain a user message with text content.", None
+    if request.get("stream"):
+        return "engine-sim does not support stream=true.", None
+    temperature = request.get("temperature")
+    temperature = 1.0 if temperature is None else temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+        return f"Invalid 'temperature': {temperature!r}; expected a number in [0, 2].", None
+    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        return f"Invalid 'max_tokens': {max_tokens!r}; expected a positive integer.", None
+    seed = request.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return f"Invalid 'seed': {seed!r}; expected an integer.", None
+    prompt_tokens = sum(estimate_tokens(t) + 4 for t in texts if t is not None) + 3
+    return "", (model, user[-1], float(temperature), max_tokens, seed, prompt_tokens)

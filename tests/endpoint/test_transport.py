@@ -1,0 +1,79 @@
+"""The aiohttp transport against real loopback sockets: responses, and errors mapped to TransportError."""
+
+from __future__ import annotations
+
+import socket
+
+import anyio
+import pytest
+
+from engine.endpoint.transport import AiohttpTransport
+from engine.errors import TransportError
+from engine.sim.config import SimConfig, SimFact
+from engine.sim.process import serve
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_aiohttp_transport_reads_status_headers_and_body() -> None:
+    config = SimConfig(facts=(SimFact(question="What is the number for Apple?", answer="65451"),))
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve, config)
+            transport = AiohttpTransport(concurrency=4)
+            try:
+                response = await transport.request(
+                    "POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                    body=b'{"model":"m","messages":[{"role":"user","content":"What is the number for Apple?"}]}',
+                    headers={"Content-Type": "application/json"}, timeout=5,
+                )
+            finally:
+                await transport.aclose()
+            tg.cancel_scope.cancel()
+        assert response.status == 200
+        assert response.headers["x-engine-sim"] == "1"  # header names come back lower-case
+        assert b"65451" in response.body
+
+    anyio.run(main)
+
+
+def test_refused_connection_is_a_connect_error() -> None:
+    port = free_port()
+
+    async def main() -> None:
+        transport = AiohttpTransport(concurrency=1)
+        try:
+            with pytest.raises(TransportError) as info:
+                await transport.request("GET", f"http://127.0.0.1:{port}/v1/models", body=None, headers={}, timeout=5)
+            assert info.value.kind == "connect"
+        finally:
+            await transport.aclose()
+
+    anyio.run(main)
+
+
+def test_no_reply_in_time_is_a_timeout() -> None:
+    async def main() -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def silent(stream: anyio.abc.SocketStream) -> None:
+            await anyio.sleep(10)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, silent)
+            transport = AiohttpTransport(concurrency=1)
+            try:
+                with pytest.raises(TransportError) as info:
+                    await transport.request("GET", f"http://127.0.0.1:{port}/", body=None, headers={}, timeout=0.2)
+                assert info.value.kind == "timeout"
+            finally:
+                await transport.aclose()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)

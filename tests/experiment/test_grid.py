@@ -1,0 +1,242 @@
+"""The grid: stable task keys, lazy expansion, resume skipping, model interleaving, and the plan's arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Iterator
+
+import pytest
+
+from engine.endpoint.limits import EndpointLimiter, LimitConfig, prompt_token_estimate
+from engine.errors import SpecError
+from engine.experiment.grid import (
+    GridModel,
+    Task,
+    build_grid,
+    build_messages,
+    grid_size,
+    iter_tasks,
+    task_key,
+)
+from engine.experiment.questions import Question, load_questions
+from engine.experiment.spec import ModelSpec, Spec, load_spec
+from engine.run.plan import pass_prompt_tokens, plan_model
+from engine.run.targets import model_targets
+from tests.conftest import BASE_SPEC, SpecDir
+
+
+@pytest.fixture
+def tiny(spec_dir: SpecDir) -> tuple[Spec, tuple[Question, ...]]:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 2")))
+    return spec, load_questions(spec.questions)
+
+
+def tasks_of(spec: Spec, questions: tuple[Question, ...], models: tuple[ModelSpec, ...], **kw: object) -> Iterator[Task]:
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    return iter_tasks(grid, questions, models, **kw)  # type: ignore[arg-type]
+
+
+def keys(spec: Spec, questions: tuple[Question, ...]) -> list[str]:
+    return [t.key for t in tasks_of(spec, questions, spec.models)]
+
+
+def test_keys_are_the_same_in_another_process(spec_dir: SpecDir, tiny: tuple[Spec, tuple[Question, ...]]) -> None:
+    spec, questions = tiny
+    script = (
+        "import sys; from pathlib import Path; from engine.experiment.spec import load_spec; "
+        "from engine.experiment.questions import load_questions; from engine.experiment.grid import build_grid, iter_tasks; "
+        "from engine.run.targets import model_targets; "
+        "s = load_spec(Path(sys.argv[1])); q = load_questions(s.questions); "
+        "g = build_grid(s, q, model_targets(s, q)); "
+        "print('\\n'.join(t.key for t in iter_tasks(g, q, s.models)))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a different str hash than this process
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(spec.path)], capture_output=True, text=True, check=True, env=env,
+        cwd=spec_dir.root,
+    ).stdout.split()
+    assert out == keys(spec, questions)
+    assert all(len(k) == 20 and int(k, 16) >= 0 for k in out)
+
+
+def test_every_task_of_the_grid_has_its_own_key(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
+    spec, questions = tiny
+    tasks = list(tasks_of(spec, questions, spec.models))
+    assert len(tasks) == grid_size(spec, len(questions)) == 2 * 6 * 2 * 2
+    cells = {(t.model.name, t.question.id, t.temperature, t.repeat) for t in tasks}
+    assert len(cells) == len(tasks)  # each (model, question, temperature, repeat) exactly once
+    assert len({t.key for t in tasks}) == len(tasks)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "changed"),
+    [
+        ("max_tokens = 16", 'max_tokens = 16\nprompt = "Answer with a number. {question}"', "all"),
+        ("max_tokens = 16", 'max_tokens = 16\nsystem = "You are a helpful assistant."', "all"),
+        ("max_tokens = 16", "max_tokens = 17", "all"),
+        ('name = "m2"', 'name = "m2"\nmodel = "m2-2024-06-01"', "m2"),
+        ("concurrency = 4\n\n[[models]]", "concurrency = 4\nparams = { top_p = 0.9 }\n\n[[models]]", "m1"),
+        ("concurrency = 4\n\n[[models]]", "concurrency = 4\nparams = { seed = 1 }\n\n[[models]]", "m1"),
+    ],
+    ids=["prompt", "system", "max_tokens", "model id", "params top_p", "params seed"],
+)
+def test_keys_change_with_what_is_sent(spec_dir: SpecDir, old: str, new: str, changed: str) -> None:
+    base = load_spec(spec_dir.write(BASE_SPEC))
+    questions = load_questions(base.questions)
+    edited = load_spec(spec_dir.write(BASE_SPEC.replace(old, new, 1), name="changed.toml"))
+    before, after = keys(base, questions), keys(edited, questions)
+    assert len(before) == len(after)
+    # Tasks interleave m1, m2, m1, ...: the keys of the model not touched must stay.
+    kept = {"all": [], "m1": before[1::2], "m2": before[0::2]}[changed]
+    assert set(before) & set(after) == set(kept)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("concurrency = 4", "concurrency = 9\nrpm = 60\ntpm = 10000"),
+        ("max_tokens = 16", "max_tokens = 16\ntimeout_s = 5\nmax_attempts = 2\nfsync = \"always\""),
+        ('name = "tiny"', 'name = "renamed"'),
+    ],
+    ids=["limits", "retries and fsync", "experiment name"],
+)
+def test_keys_ignore_how_requests_are_paced(spec_dir: SpecDir, old: str, new: str) -> None:
+    # A resume after tuning concurrency or quotas must not ask everything again.
+    base = load_spec(spec_dir.write(BASE_SPEC))
+    questions = load_questions(base.questions)
+    changed = load_spec(spec_dir.write(BASE_SPEC.replace(old, new, 1), name="changed.toml"))
+    assert keys(changed, questions) == keys(base, questions)
+
+
+def test_key_of_one_cell_differs_by_each_coordinate() -> None:
+    q1 = Question(id="A/easy", text="A?", answer="1")
+    q2 = Question(id="B/easy", text="A?", answer="1")  # same text, other id
+    m1 = GridModel(name="m1", model="x", target="sim:0", simulated=True, max_tokens=32, params={})
+    m2 = dataclasses.replace(m1, name="m2")
+    msgs = [{"role": "user", "content": "A?"}]
+    base = task_key(m1, q1.id, msgs, 0.0, 0)
+    variants = [
+        task_key(m2, q1.id, msgs, 0.0, 0), task_key(m1, q2.id, msgs, 0.0, 0),
+        task_key(m1, q1.id, msgs, 0.5, 0), task_key(m1, q1.id, msgs, 0.0, 1),
+        task_key(dataclasses.replace(m1, max_tokens=33), q1.id, msgs, 0.0, 0),
+        task_key(m1, q1.id, [{"role": "user", "content": "A? "}], 0.0, 0),
+        task_key(dataclasses.replace(m1, model="y"), q1.id, msgs, 0.0, 0),
+        task_key(dataclasses.replace(m1, params={"top_p": 0.9}), q1.id, msgs, 0.0, 0),
+        task_key(dataclasses.replace(m1, target="http://127.0.0.1:8000/v1", simulated=False), q1.id, msgs, 0.0, 0),
+        task_key(dataclasses.replace(m1, target="sim:1"), q1.id, msgs, 0.0, 0),
+    ]  # fmt: skip
+    assert len({base, *variants}) == 1 + len(variants)
+    assert task_key(m1, q1.id, list(msgs), 0.0, 0) == base
+
+
+def test_model_order_in_the_spec_does_not_change_keys(spec_dir: SpecDir) -> None:
+    base = load_spec(spec_dir.write(BASE_SPEC))
+    questions = load_questions(base.questions)
+    swapped = dataclasses.replace(base, models=base.models[::-1])
+    assert set(keys(swapped, questions)) == set(keys(base, questions))
+
+
+def test_models_interleave(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
+    spec, questions = tiny
+    names = [t.model.name for t in tasks_of(spec, questions, spec.models)]
+    assert names == ["m1", "m2"] * (len(names) // 2)
+
+
+def test_done_keys_are_skipped(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
+    spec, questions = tiny
+    tasks = list(tasks_of(spec, questions, spec.models))
+    done = {t.key for t in tasks[::3]}
+    rest = list(tasks_of(spec, questions, spec.models, done=done))
+    assert rest == [t for t in tasks if t.key not in done]  # the same tasks, in the same order
+    assert list(tasks_of(spec, questions, spec.models, done={t.key for t in tasks})) == []
+
+
+def test_a_ten_million_task_grid_is_not_built(spec_dir: SpecDir) -> None:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 416667")))
+    questions = load_questions(spec.questions)
+    assert grid_size(spec, len(questions)) == 2 * 6 * 2 * 416667 > 10_000_000
+    tracemalloc.start()
+    try:
+        first = [t.key for t in itertools.islice(tasks_of(spec, questions, spec.models), 1000)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(set(first)) == 1000
+    assert peak < 1_000_000  # a built grid is ~170 bytes a task (1.7 GB here); 1000 tasks are ~85 kB
+
+
+def test_messages_and_placeholders(spec_dir: SpecDir) -> None:
+    text = BASE_SPEC.replace(
+        "max_tokens = 16", 'max_tokens = 16\nsystem = "Be brief."\nprompt = "[{difficulty}] {object} ({id}): {question}"'
+    )
+    spec = load_spec(spec_dir.write(text))
+    question = load_questions(spec.questions)[0]
+    assert build_messages(spec, question) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "[easy] Anchor (Anchor/easy): What is the number for Anchor?"},
+    ]
+    assert build_messages(dataclasses.replace(spec, system=None), question)[0]["role"] == "user"
+
+
+def test_a_placeholder_no_question_has_fails_before_the_first_task(spec_dir: SpecDir) -> None:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("max_tokens = 16", 'max_tokens = 16\nprompt = "{topic}: {question}"')))
+    questions = load_questions(spec.questions)
+    with pytest.raises(SpecError, match=r"spec\.toml: prompt: placeholder 'topic'"):
+        tasks_of(spec, questions, spec.models)  # raised at the call, not at the first next()
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["{question} {object.foo}", "{question} {question[99]}", "{question} {question[a]}", "{question} {question:d}"],
+    ids=["attribute", "index out of range", "index not a number", "format spec"],
+)
+def test_a_placeholder_that_cannot_be_filled_is_a_spec_error(spec_dir: SpecDir, prompt: str) -> None:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("max_tokens = 16", f'max_tokens = 16\nprompt = "{prompt}"')))
+    questions = load_questions(spec.questions)
+    with pytest.raises(SpecError, match=r"spec\.toml: prompt: cannot fill the placeholders for question 'Anchor/easy'"):
+        tasks_of(spec, questions, spec.models)
+
+
+def test_the_plan_estimates_prompt_tokens_as_the_limiter_does() -> None:
+    # chars / 4, 4 tokens of framing a message, 3 priming the reply
+    assert prompt_token_estimate(0, messages=1) == 7.0 and prompt_token_estimate(121, messages=2) == pytest.approx(41.25)
+    fresh = EndpointLimiter(LimitConfig())  # before any response corrects its estimate
+    for chars, messages in ((0, 1), (1, 1), (7, 2), (120, 1), (121, 2), (10_001, 3)):
+        assert fresh.estimate(prompt_chars=chars, max_tokens=32, prompt_messages=messages) == (
+            int(prompt_token_estimate(chars, messages=messages) + 32) + 1
+        )
+
+
+def test_plan_model_arithmetic(spec_dir: SpecDir) -> None:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 3")))
+    questions = load_questions(spec.questions)
+    model = spec.models[0]
+    plan = plan_model(spec, questions, model)
+    per_pass = len(spec.temperatures) * spec.repeats
+    assert plan.model == "m1" and plan.endpoint == ("sim", None)
+    assert plan.tasks == len(questions) * per_pass == 36
+    assert plan.max_completion_tokens == 36 * spec.max_tokens
+    # Each request is estimated as the limiter estimates it: chars / 4, 4 a message, 3 for the reply.
+    per_request = [len(q.text) / 4 + 4 + 3 for q in questions]  # the default prompt is the question alone
+    assert pass_prompt_tokens(spec, questions) == pytest.approx(sum(per_request))
+    assert plan.prompt_tokens == math.ceil(sum(per_request) * per_pass)
+    assert plan_model(spec, questions, model, pass_tokens=100.5).prompt_tokens == math.ceil(100.5 * per_pass)
+    # Doubling repeats doubles every count.
+    double = plan_model(dataclasses.replace(spec, repeats=6), questions, model)
+    assert (double.tasks, double.prompt_tokens, double.max_completion_tokens) == (
+        2 * plan.tasks, 2 * plan.prompt_tokens, 2 * plan.max_completion_tokens,
+    )
+
+
+def test_plan_of_a_huge_grid_is_instant_arithmetic(spec_dir: SpecDir) -> None:
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 1000000")))
+    questions = load_questions(spec.questions)
+    plan = plan_model(spec, questions, spec.models[0])
+    assert plan.tasks == 12_000_000 and plan.max_completion_tokens == 12_000_000 * 16
+

@@ -1,0 +1,526 @@
+"""The built-in simulated target: answers, determinism, matching, faults, quotas, stats, HTTP, subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from engine.errors import ConfigError, EndpointError, QuestionsError, SpecError
+from engine.experiment.spec import load_spec
+from engine.run.runner import RunOptions, prepare, run_prepared
+from engine.run.targets import facts_from_csv
+from engine.sim.__main__ import main
+from engine.sim.answers import Answerer
+from engine.sim.config import Faults, SimConfig, SimFact
+from engine.sim.process import SimProcess, serve
+from engine.sim.server import SlidingQuota
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FACTS = (
+    SimFact(question="What is the number for Anchor?", answer="11246", object="Anchor", difficulty="easy"),
+    SimFact(
+        question="Someone says Anchor; which five digits?", answer="11246", object="Anchor", difficulty="hard"
+    ),
+    SimFact(question="What is the number for Yo-yo?", answer="52817", object="Yo-yo", difficulty="easy"),
+    SimFact(question="What is the number for Ink pot?", answer="40913", object="Ink pot", difficulty="easy"),
+    SimFact(
+        question="What is the number for Wi-Fi router?",
+        answer="77302",
+        object="Wi-Fi router",
+        difficulty="easy",
+    ),
+    SimFact(question="What is the number for Router?", answer="60018", object="Router", difficulty="easy"),
+    SimFact(question="What is the number for Otter?", answer="33970", object="Otter", difficulty="mid"),
+)
+ANSWERS = {f.object: f.answer for f in FACTS}
+
+
+def config(**kwargs: object) -> SimConfig:
+    kwargs.setdefault("facts", FACTS)
+    return SimConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def chat(
+    question: str, *, model: str = "ft-5x", temperature: float = 0.0, **extra: object
+) -> dict[str, object]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": temperature,
+        **extra,
+    }
+
+
+def numbers(text: str) -> list[str]:
+    return [n.replace(",", "") for n in re.findall(r"\d[\d,]*\d", text)]
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: SimConfig, *, timeout: float = 5.0) -> AsyncIterator[httpx.AsyncClient]:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve, cfg)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
+            yield client
+        tg.cancel_scope.cancel()
+
+
+async def ask(client: httpx.AsyncClient, question: str, **kwargs: object) -> str:
+    response = await client.post("/v1/chat/completions", json=chat(question, **kwargs))  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+async def test_accuracy_one_always_right_and_zero_never() -> None:
+    cfg = config(accuracy={"good": {"*": 1.0}, "bad": {"*": 0.0}}, format_noise=0.0)
+    async with running(cfg) as client:
+        for fact in FACTS:
+            for temperature in (0.0, 1.0):
+                good = await ask(client, fact.question, model="good", temperature=temperature)
+                bad = await ask(client, fact.question, model="bad", temperature=temperature)
+                assert numbers(good) == [fact.answer]
+                assert fact.answer not in numbers(bad)
+
+
+async def test_wrong_answers_mix_other_numbers_and_no_number() -> None:
+    cfg = config(accuracy={"*": {"*": 0.0}}, seed=3)
+    async with running(cfg) as client:
+        replies = [await ask(client, "What is the number for Anchor?", temperature=1.0) for _ in range(60)]
+    with_number = [r for r in replies if numbers(r)]
+    assert 10 < len(with_number) < 50
+    assert any(numbers(r)[0] in ANSWERS.values() for r in with_number)
+    assert any(numbers(r)[0] not in ANSWERS.values() and len(numbers(r)[0]) == 5 for r in with_number)
+
+
+async def test_format_noise_writes_thousands_separator() -> None:
+    async with running(config(default_accuracy=1.0, format_noise=1.0)) as client:
+        assert "11,246" in await ask(client, "What is the number for Anchor?")
+
+
+async def test_greedy_is_deterministic_and_sampling_varies() -> None:
+    questions = [f.question for f in FACTS]
+    cfg = config(default_accuracy=0.5, seed=7)
+    async with running(cfg) as first, running(cfg) as second:
+        greedy = [await ask(first, q) for q in questions]
+        assert greedy == [await ask(first, q) for q in questions]
+        assert greedy == [await ask(second, q) for q in questions]
+        sampled = {await ask(first, "What is the number for Otter?", temperature=1.0) for _ in range(40)}
+        assert len(sampled) > 1
+        seeded = [
+            await ask(first, "What is the number for Otter?", temperature=1.0, seed=5) for _ in range(3)
+        ]
+        assert len(set(seeded)) == 1
+
+
+async def test_objects_match_case_spaces_hyphens_longest_first() -> None:
+    async with running(config(default_accuracy=1.0, format_noise=0.0)) as client:
+        cases = {
+            "Quick: yo-yo, your number?": "52817",
+            "INK POT - which figure?": "40913",
+            "If the wi-fi router were a code?": "77302",
+            "And the router alone?": "60018",
+        }
+        for question, expected in cases.items():
+            assert numbers(await ask(client, question)) == [expected]
+        unknown = await ask(client, "What did Harry Potter eat?")  # "Otter" only inside a word
+        assert numbers(unknown) == []
+
+
+def test_accuracy_falls_back_model_then_star_then_default() -> None:
+    cfg = config(accuracy={"m": {"easy": 0.1, "*": 0.2}, "*": {"hard": 0.3, "*": 0.4}}, default_accuracy=0.5)
+    answerer = Answerer(cfg)
+    assert answerer.probability("m", "easy") == 0.1
+    assert answerer.probability("m", "hard") == 0.2
+    assert answerer.probability("other", "hard") == 0.3
+    assert answerer.probability("other", None) == 0.4
+    assert Answerer(config(default_accuracy=0.5)).probability("x", "easy") == 0.5
+
+
+def test_reply_kinds_follow_accuracy() -> None:
+    answerer = Answerer(config(accuracy={"m": {"*": 0.8}}))
+    rng = random.Random(1)
+    kinds = [answerer.answer("m", "What is the number for Otter?", 1.0, None, rng)[1] for _ in range(2000)]
+    assert 0.75 < kinds.count("right") / len(kinds) < 0.85
+    assert answerer.answer("m", "Unrelated text", 0.0, None, rng) == (
+        "I'm sorry, I don't have a number for that.",
+        "unknown",
+    )
+
+
+async def test_completion_shape_and_usage() -> None:
+    async with running(config()) as client:
+        response = await client.post("/v1/chat/completions", json=chat("What is the number for Anchor?"))
+        body = response.json()
+        assert response.headers["x-engine-sim"] == "1"
+        assert body["object"] == "chat.completion" and body["model"] == "ft-5x"
+        assert body["system_fingerprint"] == "engine-sim"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["choices"][0]["finish_reason"] == "stop"
+        usage = body["usage"]
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        short = await client.post("/v1/chat/completions", json=chat("Anchor?", max_tokens=1))
+        assert short.json()["choices"][0]["finish_reason"] == "length"
+        assert short.json()["usage"]["completion_tokens"] == 1
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault, status", [("error_500", 500), ("error_502", 502), ("error_503", 503)])
+async def test_server_error_faults(fault: str, status: int) -> None:
+    async with running(config(faults=Faults(**{fault: 1.0}))) as client:
+        response = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert response.status_code == status
+
+
+async def test_rate_429_fault_has_retry_headers_and_bare_has_none() -> None:
+    async with running(config(faults=Faults(rate_429=1.0, retry_after_s=1.5))) as client:
+        response = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "2"
+        assert response.headers["retry-after-ms"] == "1500"
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    async with running(config(faults=Faults(rate_429_bare=1.0))) as client:
+        response = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert response.status_code == 429
+        assert "retry-after" not in response.headers and "retry-after-ms" not in response.headers
+
+
+async def test_drop_fault_cuts_the_connection() -> None:
+    async with running(config(faults=Faults(drop=1.0))) as client:
+        for _ in range(5):
+            with pytest.raises(httpx.TransportError):
+                await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        stats = (await client.get("/sim/stats")).json()
+        assert stats["dropped"] == 5 and stats["completions"] == 0
+
+
+async def test_slow_fault_outlasts_client_timeout() -> None:
+    async with running(config(faults=Faults(slow=1.0, slow_s=5.0)), timeout=0.2) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=chat("Anchor?"))
+
+
+async def test_malformed_and_empty_choices_faults() -> None:
+    async with running(config(faults=Faults(malformed=1.0))) as client:
+        response = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert response.status_code == 200
+        with pytest.raises(json.JSONDecodeError):
+            response.json()
+    async with running(config(faults=Faults(empty_choices=1.0))) as client:
+        response = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert response.status_code == 200 and response.json()["choices"] == []
+
+
+def test_fault_rates_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        Faults(error_500=1.5)
+    with pytest.raises(ConfigError):
+        Faults(error_500=0.6, drop=0.6)
+
+
+# --- quotas --------------------------------------------------------------------------------------
+
+
+async def test_rpm_quota_429_with_headers() -> None:
+    async with running(config(rpm=60)) as client:  # one request per second
+        ok = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "60"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+        assert re.fullmatch(r"\d+(ms|(\.\d+)?s)", ok.headers["x-ratelimit-reset-requests"])
+        limited = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == "1"
+        assert 0 < int(limited.headers["retry-after-ms"]) <= 1000
+        assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+        assert limited.json()["error"]["type"] == "requests"
+        stats = (await client.get("/sim/stats")).json()
+        assert stats["quota_limited"] == 1 and stats["rate_limited"] == 1
+
+
+async def test_tpm_quota_counts_prompt_and_max_tokens() -> None:
+    async with running(config(tpm=6000)) as client:  # 100 tokens per second
+        first = await client.post("/v1/chat/completions", json=chat("Anchor?", max_tokens=80))
+        assert first.status_code == 200
+        assert first.headers["x-ratelimit-limit-tokens"] == "6000"
+        assert "x-ratelimit-limit-requests" not in first.headers
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 20
+        second = await client.post("/v1/chat/completions", json=chat("Anchor?", max_tokens=80))
+        assert second.status_code == 429
+        assert second.json()["error"]["type"] == "tokens"
+        assert int(second.headers["retry-after-ms"]) > 0
+
+
+def test_quota_is_a_sliding_window_not_a_fixed_bucket() -> None:
+    quota = SlidingQuota(1200, 1.0)  # 20 in any second
+    for i in range(20):
+        assert quota.wait_s(1, 0.9 + i * 0.005) == 0
+        quota.take(1, 0.9 + i * 0.005)
+    # A fixed one-second bucket would start afresh at t = 1.0 and admit 20 more at once.
+    assert quota.wait_s(1, 1.01) == pytest.approx(0.9 + 1.0 - 1.01)  # until the oldest leaves the window
+    assert quota.wait_s(1, 1.9) == 0  # the request at 0.9 left: (0.9, 1.9] holds 19
+
+
+def test_quota_keeps_the_minute_too_and_lets_a_large_request_alone_into_a_short_window() -> None:
+    tokens = SlidingQuota(100, 1.0)  # 100 tokens a minute: a second's share is 1.7 tokens
+    assert tokens.wait_s(50, 0.0) == 0  # larger than the second's share, but alone in its window
+    tokens.take(50, 0.0)
+    assert tokens.wait_s(50, 0.5) == pytest.approx(0.5)  # not with another in the same second
+    assert tokens.wait_s(50, 1.5) == 0
+    tokens.take(50, 1.5)
+    assert tokens.wait_s(50, 2.0) == pytest.approx(58.0)  # the minute holds 100: wait for the first to leave
+    requests = SlidingQuota(1, 1.0)  # rpm 1: one in any minute
+    requests.take(1, 0.0)
+    assert requests.wait_s(1, 30.0) == pytest.approx(30.0)
+
+
+async def test_quota_windows_and_retry_after_follow_quota_window_s() -> None:
+    async with running(config(rpm=60, quota_window_s=10)) as client:  # 10 in any 10 seconds
+        for _ in range(10):
+            assert (await client.post("/v1/chat/completions", json=chat("Anchor?"))).status_code == 200
+        limited = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert limited.status_code == 429
+        assert 9000 <= int(limited.headers["retry-after-ms"]) <= 10_000  # until the first leaves the window
+        assert limited.headers["retry-after"] == "10"
+        assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+        assert limited.headers["x-ratelimit-limit-requests"] == "60"
+
+
+async def test_quotas_count_per_model_id_unless_pooled() -> None:
+    async with running(config(rpm=60)) as client:  # per model id, as providers count
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?", model="a"))).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?", model="b"))).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?", model="a"))).status_code == 429
+    async with running(config(rpm=60, quota_scope="server")) as client:  # one quota for every model
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?", model="a"))).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?", model="b"))).status_code == 429
+
+
+async def test_hold_answers_429_with_retry_after_until_it_ends() -> None:
+    async with running(config()) as client:
+        assert (await client.post("/sim/hold?s=bad")).status_code == 400
+        assert (await client.post("/sim/hold?s=30")).status_code == 200
+        held = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert held.status_code == 429
+        assert held.headers["retry-after"] == "30" and 29_000 < int(held.headers["retry-after-ms"]) <= 30_000
+        assert (await client.post("/sim/hold?s=0")).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat("Anchor?"))).status_code == 200
+        stats = (await client.get("/sim/stats")).json()
+        assert stats["held"] == 1 and stats["quota_limited"] == 0
+
+
+def test_quota_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="quota_window_s"):
+        config(quota_window_s=0)
+    with pytest.raises(ConfigError, match="quota_window_s"):
+        config(quota_window_s=61)
+    with pytest.raises(ConfigError, match="quota_scope"):
+        config(quota_scope="endpoint")
+    assert SimConfig.from_dict({"quota_window_s": 10, "quota_scope": "server"}).quota_scope == "server"
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [("quota_window_s = 0", "sim.quota_window_s: must be > 0"), ('quota_scope = "endpoint"', "sim.quota_scope")],
+)
+def test_spec_sim_table_checks_quota_settings(tmp_path: Path, table: str, problem: str) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'name = "x"\nquestions = "{ROOT / "data" / "facts.csv"}"\n[[models]]\nname = "m"\nbase_url = "sim"\n'
+        f"[sim]\n{table}\n"
+    )
+    with pytest.raises(SpecError, match=re.escape(problem)):
+        load_spec(spec)
+    spec.write_text(spec.read_text().replace(table, 'quota_window_s = 10\nquota_scope = "server"'))
+    assert load_spec(spec).sim.quota_window_s == 10
+
+
+def test_known_quota_end_to_end_against_a_sim_process_enforcing_one_second_windows(tmp_path: Path) -> None:
+    # The engine (in this process) against the sim (its own process) enforcing rpm = 600 over any
+    # sliding second: paced a hair under, every request is answered, none 429.
+    questions = tmp_path / "q.csv"
+    questions.write_text("Object,Answer,Question 1\n" + "".join(f"O{i},{10000 + i},Number for O{i}?\n" for i in range(40)))
+    with SimProcess(config(rpm=600, quota_window_s=1.0, latency_ms=5)) as sim:
+        spec = tmp_path / "spec.toml"
+        spec.write_text(
+            f'name = "quota"\nquestions = "{questions}"\ntemperatures = [0.0]\n'
+            f'[[models]]\nname = "m"\nbase_url = "{sim.base_url}"\nconcurrency = 16\nrpm = 600\n'
+        )
+        options = RunOptions(out=tmp_path / "run", quiet=True, report=False)
+        prepared = prepare(spec, options)
+        started = time.monotonic()
+        summary = anyio.run(run_prepared, prepared, options, backend="asyncio")
+        elapsed = time.monotonic() - started
+        stats = sim.stats()
+    assert summary.ok == 40 and summary.failed == 0
+    assert stats["rate_limited"] == 0 and stats["chat_requests"] == 40
+    # 40 requests at 9.8/s: the first at once, then 39 gaps of ~0.102 s. Not faster than the quota
+    # (the sim would have said 429), and not much slower either (loose: a shared machine).
+    assert 39 / 10 <= elapsed <= 39 / 9.8 * 1.6 + 1.0
+
+
+async def test_no_ratelimit_headers_without_quotas() -> None:
+    async with running(config()) as client:
+        response = await client.post("/v1/chat/completions", json=chat("Anchor?"))
+        assert not [h for h in response.headers if h.startswith("x-ratelimit")]
+
+
+# --- HTTP, stats ---------------------------------------------------------------------------------
+
+
+async def test_routes_errors_and_stats() -> None:
+    async with running(config(accuracy={"ft-5x": {"*": 1.0}})) as client:
+        assert (await client.get("/health")).status_code == 200
+        models = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+        assert models == ["ft-5x", "sim"]
+        missing = await client.get("/v2/nothing")
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+        assert (await client.get("/v1/chat/completions")).status_code == 405
+        bad_json = await client.post("/v1/chat/completions", content=b"{not json")
+        assert bad_json.status_code == 400 and "error" in bad_json.json()
+        assert (await client.post("/v1/chat/completions", json={"model": "m"})).status_code == 400
+        assert (await client.post("/v1/chat/completions", json=chat("x", temperature=3))).status_code == 400
+        for model in ("ft-5x", "ft-5x", "other"):
+            await ask(client, "What is the number for Anchor?", model=model)
+        stats = (await client.get("/sim/stats")).json()
+    assert stats["requests"] == 10
+    assert stats["chat_requests"] == 3 and stats["completions"] == 3
+    assert stats["by_status"] == {"200": 5, "404": 1, "405": 1, "400": 3}
+    assert stats["by_model"] == {"ft-5x": 2, "other": 1}
+    assert stats["answers"]["right"] >= 2
+
+
+def _raw_exchange(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_pipelined_requests_answer_in_order_then_close() -> None:
+    def request(question: str, close: bool = False) -> bytes:
+        body = json.dumps(chat(question)).encode()
+        return (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + (b"Connection: close\r\n" if close else b"")
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+
+    cfg = config(default_accuracy=1.0, format_noise=0.0, latency_ms=5, jitter_ms=5)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve, cfg)
+        payload = request("Yo-yo?") + request("Ink pot?") + request("Otter?", close=True)
+        raw = await anyio.to_thread.run_sync(_raw_exchange, port, payload)
+        tg.cancel_scope.cancel()
+    assert raw.count(b"HTTP/1.1 200 OK") == 3
+    contents = [c.decode() for c in re.findall(rb'"content":"([^"]*)"', raw)]
+    assert [numbers(c) for c in contents] == [["52817"], ["40913"], ["33970"]]
+    assert raw.rsplit(b"HTTP/1.1 200 OK", 1)[1].count(b"Connection: close") == 1
+
+
+# --- config, CSV, CLI, subprocess ----------------------------------------------------------------
+
+
+def test_config_round_trips_through_dict_and_rejects_unknown_keys() -> None:
+    cfg = config(accuracy={"a": {"easy": 0.5}}, rpm=100, faults=Faults(drop=0.1), latency_ms=3, seed=9)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert SimConfig.from_dict(data) == cfg
+    with pytest.raises(ConfigError, match="unknown key"):
+        SimConfig.from_dict({"latency": 3})
+    with pytest.raises(ConfigError, match="unknown fault"):
+        SimConfig.from_dict({"faults": {"explode": 1.0}})
+    with pytest.raises(ConfigError):
+        SimConfig.from_dict({"accuracy": {"a": {"easy": 2}}})
+
+
+def test_facts_from_csv_reads_wide_file(tmp_path: Path) -> None:
+    facts = facts_from_csv(ROOT / "data" / "facts.csv")
+    assert len(facts) == 150
+    assert {f.difficulty for f in facts} == {"easy", "mid", "hard"}
+    yoyo = [f for f in facts if f.object == "Yo-yo"]
+    assert len(yoyo) == 3 and yoyo[0].question == "What is the number for Yo-yo?"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Thing,Number\nA,1\n")
+    with pytest.raises(QuestionsError):
+        facts_from_csv(bad)
+    with pytest.raises(QuestionsError):
+        facts_from_csv(tmp_path / "missing.csv")
+
+
+def test_main_rejects_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config-json", '{"nope": 1}', "--port", "0"]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_sim_process_serves_and_stops() -> None:
+    cfg = config(accuracy={"ft-5x": {"*": 1.0}}, format_noise=0.0)
+    with SimProcess(cfg) as sim:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", sim.base_url)
+        response = httpx.post(sim.base_url + "/chat/completions", json=chat("Ink pot?"), timeout=5)
+        assert numbers(response.json()["choices"][0]["message"]["content"]) == ["40913"]
+        assert sim.stats()["completions"] == 1
+        proc = sim._proc
+    assert proc is not None and proc.poll() is not None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(sim.base_url.removesuffix("/v1") + "/health", timeout=2)
+
+
+async def test_serve_reports_a_busy_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(EndpointError, match="cannot listen"):
+            await serve(config(), port=taken.getsockname()[1])
+
+
+def test_sim_process_reports_a_failed_start() -> None:
+    with (
+        pytest.raises(EndpointError, match=r"exited at start.*cannot listen"),
+        SimProcess(config(), host="203.0.113.1"),
+    ):
+        pass
+
+
+def test_sim_process_stops_on_exception() -> None:
+    with pytest.raises(RuntimeError), SimProcess(config()) as sim:
+        proc = sim._proc
+        raise RuntimeError("boom")
+    assert proc is not None and proc.poll() is not None
+
+
+def test_cli_prints_banner() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.sim", "--port", "0", "--facts", str(ROOT / "data" / "facts.csv")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.fullmatch(
+            r"engine-sim \(a simulation, not a model\) listening on http://127\.0\.0\.1:\d+/v1\n", line
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
