@@ -29,7 +29,7 @@ def _numbers(text: str, kind: type) -> list:  # type: ignore[type-arg]
 
 
 def goals(tables: list[BenchTable]) -> list[str]:
-    """The issue's goals, each with the figure that meets or misses it."""
+    """The throughput goals, each with the figure that meets or misses it."""
     lines = []
 
     def mark(ok: bool) -> str:
@@ -78,7 +78,7 @@ def main() -> int:
                                      repeats=args.repeats, slow_repeats=args.slow_repeats)
                 tables.append(table := run_bench(config, target=target))
                 print(table.render() + "\n", flush=True)
-    print("Goals (issue 5):\n")
+    print("Goals:\n")
     print("\n".join(goals(tables)))
     print(f"\nload average at the end {machine()['loadavg']}")
     if args.json:
