@@ -155,20 +155,6 @@ def import_seed(
     return out
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SeedExport:
-    """What :func:`export_seed_csv` wrote. Usage: ``print(f"{res.rows} rows to {res.path}")``"""
-
-    path: Path
-    rows: int
-    layout: str
-    skipped_failed: int
-
-    def __str__(self) -> str:
-        failed = f"; {self.skipped_failed} failed tasks left out" if self.skipped_failed else ""
-        return f"{self.path} ({self.rows} rows, {self.layout} layout{failed})"
-
-
 
 def _seed_record(
     source: Path, line: int, row: Mapping[str, Any], score: Scorer | None, labels: dict[str, str]
@@ -230,6 +216,21 @@ class SeedCsv:
         return f"{self.rows} rows, {self.layout} layout{failed}"
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SeedExport:
+    """What :func:`export_seed_csv` wrote: where, and the table's counts. Usage: ``print(export_seed_csv("runs/x"))``"""
+
+    path: Path
+    table: SeedCsv
+
+    @property
+    def rows(self) -> int:
+        return self.table.rows
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.table.describe()})"
+
+
 def export_seed_csv(
     run_dir: str | Path,
     out_path: str | Path | None = None,
@@ -245,7 +246,7 @@ def export_seed_csv(
     target = Path(out_path) if out_path is not None else (run if run.is_dir() else run.parent) / "results.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(table.text, encoding="utf-8", newline="")
-    return SeedExport(path=target, rows=table.rows, layout=table.layout, skipped_failed=table.skipped_failed)
+    return SeedExport(path=target, table=table)
 
 
 def render_seed_csv(run_dir: str | Path, *, layout: Literal["auto", "results", "all"] = "auto") -> SeedCsv:

@@ -18,23 +18,16 @@ import pytest
 from engine.errors import EndpointError, LogError
 from engine.results.lock import HOLDER_FILE, RunLock
 from engine.run.runner import RunOptions, run_experiment
+from tests.support import specs
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTS = ROOT / "data" / "facts.csv"
+FACTS = specs.FACTS
 ANSWERED = re.compile(r"built-in target \(a simulation\) answered ([\d,]+) chat requests")
 
 
 def write_spec(tmp_path: Path, *, base_url: str = "sim", latency_ms: float = 50, concurrency: int = 8) -> Path:
     """Two models × 150 questions × 2 temperatures = 600 tasks on one endpoint."""
-    tables = "".join(
-        f'[[models]]\nname = "m{i}"\nbase_url = "{base_url}"\nconcurrency = {concurrency}\n' for i in range(2)
-    )
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        f'name = "lock"\nquestions = "{FACTS}"\ntemperatures = [0.0, 1.0]\nrepeats = 1\n{tables}'
-        f"[sim]\nlatency_ms = {latency_ms}\n"
-    )
-    return spec
+    return specs.write_spec(tmp_path, name="lock", base_url=base_url, latency_ms=latency_ms, concurrency=concurrency)
 
 
 def engine_run(spec: Path, out: Path, *extra: str) -> list[str]:

@@ -26,9 +26,10 @@ from engine.run.interrupts import SIGNALS
 from engine.run.targets import facts_from_csv
 from engine.sim.config import SimConfig
 from engine.sim.process import SimProcess
+from tests.support import specs
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTS = ROOT / "data" / "facts.csv"
+FACTS = specs.FACTS
 ANSWERED = re.compile(r"built-in target \(a simulation\) answered ([\d,]+) chat requests")
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
@@ -36,13 +37,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "killpg"), reason="process group
 
 def write_spec(tmp_path: Path, *, latency_ms: float, concurrency: int = 8, models: int = 2, repeats: int = 1) -> Path:
     """``models`` models on the built-in target (one endpoint), 150 questions × 2 temperatures × ``repeats``."""
-    tables = "".join(f'[[models]]\nname = "m{i}"\nbase_url = "sim"\nconcurrency = {concurrency}\n' for i in range(models))
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        f'name = "signals"\nquestions = "{FACTS}"\ntemperatures = [0.0, 1.0]\nrepeats = {repeats}\n{tables}'
-        f"[sim]\nlatency_ms = {latency_ms}\n"
-    )
-    return spec
+    return specs.write_spec(tmp_path, name="signals", latency_ms=latency_ms, concurrency=concurrency, models=models,
+                            repeats=repeats)
 
 
 def engine_command(spec: Path, out: Path, *extra: str) -> list[str]:

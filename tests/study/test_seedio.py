@@ -112,7 +112,7 @@ def test_export_all_layout_round_trips_the_import(tmp_path: Path) -> None:
     source = small_csv(tmp_path)
     run = import_seed(source, tmp_path / "seed")
     result = export_seed_csv(run, tmp_path / "back.csv", layout="all")
-    assert (result.rows, result.layout, result.skipped_failed) == (4, "all", 0)
+    assert (result.rows, result.table.layout, result.table.skipped_failed) == (4, "all", 0)
     assert result.path.read_bytes() == SMALL.encode() + b"\r\n"
 
 
@@ -123,8 +123,8 @@ def test_export_results_layout_for_one_model_and_failures_left_out(tmp_path: Pat
     failed = dict(base[1], key="f" * 20, status="failed", outcome=None, correct=None, reply=None, extracted=None)
     (run / "results.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [*base, failed]))
     result = export_seed_csv(run)  # auto: one model, one repeat -> the original's results.csv
-    assert result.layout == "results" and result.path == run / "results.csv"
-    assert (result.rows, result.skipped_failed) == (2, 1)
+    assert result.table.layout == "results" and result.path == run / "results.csv"
+    assert (result.rows, result.table.skipped_failed) == (2, 1)
     df = pl.read_csv(result.path, infer_schema=False)
     assert tuple(df.columns) == RESULTS_COLUMNS
     assert df.row(0) == ("Apple", "Q1", "What is the number for Apple?", "65451",
@@ -134,7 +134,7 @@ def test_export_results_layout_for_one_model_and_failures_left_out(tmp_path: Pat
 
 def test_export_auto_picks_all_for_several_models(tmp_path: Path) -> None:
     run = import_seed(small_csv(tmp_path), tmp_path / "seed")
-    assert export_seed_csv(run, tmp_path / "x.csv").layout == "all"
+    assert export_seed_csv(run, tmp_path / "x.csv").table.layout == "all"
 
 
 needs_seed = pytest.mark.skipif(
