@@ -104,6 +104,7 @@ class RunSummary:
     in_flight_at_last_stop: int | None = None  # from the previous run's write-ahead journal, if it kept one
     by_model: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # label -> (ok, errors, failed)
     stop_signal: int | None = None  # the signal that interrupted the run
+    simulated: frozenset[str] = frozenset()  # labels answered by the built-in simulation, marked as such
 
     @property
     def exit_code(self) -> int:
@@ -131,7 +132,8 @@ class RunSummary:
             lines.append(f"built-in target (a simulation) answered {self.target_requests:,} chat requests")
         for label, (ok, errors, failed) in self.by_model.items():
             rate_text = f"{errors / ok:.2%}" if ok else "n/a"
-            lines.append(f"  {label}: error rate {rate_text} ({errors}/{ok} answered, {failed} failed) this run")
+            mark = " [simulation]" if label in self.simulated else ""
+            lines.append(f"  {label}{mark}: error rate {rate_text} ({errors}/{ok} answered, {failed} failed) this run")
         lines.append(f"log: {self.run_dir / 'results.jsonl'}")
         return "\n".join(lines)
 
@@ -299,6 +301,7 @@ async def run_prepared(
         stop_signal=interrupts.first,
         target_requests=target_requests, in_flight_at_last_stop=in_flight,
         by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
+        simulated=frozenset(m.name for m in prepared.grid.models if m.simulated),
     )
 
 

@@ -272,6 +272,8 @@ def test_engine_run_memorisation_says_simulation_in_the_first_lines(tmp_path: Pa
         capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    per_model = [line for line in done.stdout.splitlines() if ": error rate " in line]
+    assert len(per_model) == 4 and all("[simulation]: error rate" in line for line in per_model), done.stdout
     first = (out / "report.md").read_text().splitlines()[0]
     assert first.startswith("> **Simulation** — every answer below came from engine's built-in simulated target")
     meta_lines = (out / "run.json").read_text().splitlines()
