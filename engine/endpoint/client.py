@@ -23,6 +23,7 @@ Usage::
                         transport=AiohttpTransport(concurrency=64),
                         limiter=EndpointLimiter(LimitConfig()), policy=RetryPolicy())
     result = await client.complete(model="sim", messages=[...], temperature=0.0, max_tokens=32)
+    result = await client.complete(model="claude-x", messages=[...], temperature=0.0, max_tokens=32, api="anthropic")
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Completion:
 
 
 class ChatClient:
-    """Sends chat completions to one OpenAI-compatible endpoint. Usage: see the module docstring."""
+    """Asks one endpoint, each task through its model's API (chat by default). Usage: see the module docstring."""
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class ChatClient:
         rng: random.Random | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.url = f"{self.base_url}/chat/completions"
+        self.url = f"{self.base_url}/chat/completions"  # the chat URL, as named in messages and tests
         self.label = label or base_url
         self.transport = transport
         self.limiter = limiter
@@ -107,7 +108,6 @@ class ChatClient:
                    {"Content-Type": "application/json", **api.headers, **(api.auth(api_key) if api_key else {})})
             for name, api in API.items()
         }
-        self._headers = self._routes["chat"][1]
 
     async def complete(
         self,
