@@ -7,6 +7,10 @@ ratios within the run (see engine/bench/throughput.py). Prints Markdown for benc
 
     python benchmarks/bench_throughput.py                    # the README's table, about 5 minutes
     python benchmarks/bench_throughput.py --tasks 2000 --repeats 1 --latency 0   # a quick look
+
+Besides chat, the engine runs over the Responses and Anthropic Messages APIs in the same rounds
+(rows "engine end to end, ... API"; ``--no-apis`` leaves them out), and the goals compare each
+with the engine over chat.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ import orjson
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from engine.bench.throughput import BenchConfig, BenchTable, bench_target, machine, run_bench
+from engine.bench.throughput import (
+    API_CONTESTANTS,
+    CONTESTANTS,
+    BenchConfig,
+    BenchTable,
+    bench_target,
+    machine,
+    run_bench,
+)
 
 
 def _numbers(text: str, kind: type) -> list:  # type: ignore[type-arg]
@@ -48,6 +60,13 @@ def goals(tables: list[BenchTable]) -> list[str]:
             share = engine.rate / t.ideal_rate
             lines.append(f"- {mark(share >= 0.9)} engine ≥ 0.9 × concurrency ÷ latency ({where}): "
                          f"{engine.rate:,.0f} of {t.ideal_rate:,.0f} req/s = {share:.2f}")
+        for api in API_CONTESTANTS:
+            # Each API's adapter against chat in the same rounds: both as multiples of the bare loop, per round.
+            if api in names and engine.ratio and t.row(api).ratio is not None:
+                share = t.row(api).ratio / engine.ratio
+                lines.append(f"- {mark(share >= 0.85)} {api} within 15 % of engine over chat ({where}): "
+                             f"{share:.2f} ({t.row(api).rate:,.0f} vs {engine.rate:,.0f} req/s, "
+                             f"{t.row(api).cpu_us:,.0f} vs {engine.cpu_us:,.0f} µs CPU/request)")
         for peer, goal in (("openai", 10), ("httpx", 20)):
             # At a fixed latency no client beats concurrency ÷ latency, so "N× a peer" is a CPU race: latency 0.
             if peer in names and c.latency_ms == 0:
@@ -64,6 +83,8 @@ def main() -> int:
     parser.add_argument("--concurrency", default="64,256", help="comma-separated concurrencies (default 64,256)")
     parser.add_argument("--latency", default="0,50", help="target latencies in ms")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--no-apis", action="store_true",
+                        help="leave out the engine's Responses and Anthropic rows (asked over chat only)")
     args = parser.parse_args()
 
     m = machine()
@@ -75,7 +96,8 @@ def main() -> int:
         with bench_target(latency_ms=latency) as target:
             for concurrency in _numbers(args.concurrency, int):
                 config = BenchConfig(tasks=args.tasks, concurrency=concurrency, latency_ms=latency,
-                                     repeats=args.repeats, slow_repeats=args.slow_repeats)
+                                     repeats=args.repeats, slow_repeats=args.slow_repeats,
+                                     contestants=CONTESTANTS + (() if args.no_apis else API_CONTESTANTS))
                 tables.append(table := run_bench(config, target=target))
                 print(table.render() + "\n", flush=True)
     print("Goals:\n")

@@ -44,8 +44,8 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     name, n, concurrency = job["contestant"], job["requests"], job["concurrency"]
     questions = bench_questions(job["questions"])
     log: Path | None = None
-    if name == "engine":
-        run, log = _prepare_engine(job, questions)
+    if name.startswith("engine"):  # "engine" asks over chat; "engine-responses", "engine-anthropic" over those APIs
+        run, log = _prepare_engine(job, questions, api=name.partition("-")[2] or "chat")
     else:
         loop = {"aiohttp": _aiohttp_loop, "httpx": _httpx_loop, "openai": _openai_loop}[name]
         bodies = [request_body(q) for _, q, _ in questions]
@@ -70,7 +70,7 @@ def _pct(ordered: list[float], p: float) -> float | None:
 
 
 def _prepare_engine(
-    job: dict[str, Any], questions: list[tuple[str, str, str]]
+    job: dict[str, Any], questions: list[tuple[str, str, str]], *, api: str = "chat"
 ) -> tuple[Callable[[], tuple[int, list[float]]], Path]:
     """Write and check the spec (outside the measured window); return the run and its log's path."""
     import anyio
@@ -85,7 +85,7 @@ def _prepare_engine(
         f'name = "bench"\nquestions = "questions.csv"\ntemperatures = [0.0]\n'
         f'repeats = {job["requests"] // len(questions)}\nsystem = "{SYSTEM}"\nmax_tokens = {MAX_TOKENS}\n'
         f'scorer = "number"\n\n[[models]]\nname = "{MODEL}"\nbase_url = "{job["base_url"]}"\n'
-        f'concurrency = {job["concurrency"]}\n'
+        f'concurrency = {job["concurrency"]}\napi = "{api}"\n'
     )
     options = RunOptions(out=workdir / "run", quiet=True, report=False)
     prepared = prepare(workdir / "spec.toml", options)

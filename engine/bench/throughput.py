@@ -48,12 +48,14 @@ from engine.bench.contestants import MAX_TOKENS, MODEL, SYSTEM, bench_questions,
 from engine.errors import ConfigError, EndpointError
 
 __all__ = [
-    "BASELINE", "CONTESTANTS", "MAX_TOKENS", "MODEL", "SLOW", "SYSTEM", "BenchConfig", "BenchRow", "BenchTable",
+    "API_CONTESTANTS", "BASELINE", "CONTESTANTS", "MAX_TOKENS", "MODEL", "SLOW", "SYSTEM", "BenchConfig", "BenchRow", "BenchTable",
     "BenchTarget", "Measurement", "bench_questions", "bench_target", "machine", "main_bench", "measure_ceiling",
     "parse_wrk", "request_body", "run_bench", "tabulate",
 ]
 
 CONTESTANTS = ("aiohttp", "engine", "httpx", "openai")
+# The engine asking through the other APIs (the sim answers each): opt-in rows, compared with "engine" (chat).
+API_CONTESTANTS = ("engine-responses", "engine-anthropic")
 BASELINE = "aiohttp"
 SLOW = ("httpx", "openai")
 
@@ -84,9 +86,10 @@ class BenchConfig:
             raise ConfigError("bench: tasks, concurrency, repeats, slow_repeats and questions must be at least 1")
         if self.latency_ms < 0:
             raise ConfigError(f"bench: latency_ms must be >= 0, got {self.latency_ms!r}")
-        unknown = sorted(set(self.contestants) - set(CONTESTANTS))
+        unknown = sorted(set(self.contestants) - set(CONTESTANTS) - set(API_CONTESTANTS))
         if unknown:
-            raise ConfigError(f"bench: unknown contestant {unknown[0]!r} (known: {', '.join(CONTESTANTS)})")
+            known = ", ".join((*CONTESTANTS, *API_CONTESTANTS))
+            raise ConfigError(f"bench: unknown contestant {unknown[0]!r} (known: {known})")
 
     def requests_for(self, contestant: str) -> int:
         """How many requests ``contestant`` sends: the engine's grid is whole passes over the questions."""
@@ -194,6 +197,8 @@ _NAMES = {
     "wrk": "target ceiling (wrk, native)",
     "aiohttp": "bare aiohttp loop",
     "engine": "**engine end to end**",
+    "engine-responses": "engine end to end, Responses API",
+    "engine-anthropic": "engine end to end, Anthropic Messages API",
     "httpx": "plain httpx.AsyncClient",
     "openai": "openai AsyncOpenAI + semaphore",
 }

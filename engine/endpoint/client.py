@@ -1,4 +1,8 @@
-"""The chat-completions client: one request per task, paced, retried, never silently dropped.
+"""The client: one request per task, paced, retried, never silently dropped, in any of three APIs.
+
+Each task is asked through its model's API (``api="chat" | "responses" | "anthropic"``, see
+:mod:`engine.endpoint.apis`): the adapter builds the body and reads the reply; everything below
+holds for all three. Anthropic's 529 ``overloaded_error`` is a 5xx, retried like 503.
 
 Retried: 429 (waiting as long as ``Retry-After``/``retry-after-ms`` asks), 408, 409,
 5xx, connection errors, timeouts, and a 200 whose body is not a valid completion.
@@ -6,8 +10,9 @@ Waits are jittered exponential backoff, capped. A task that runs out of attempts
 comes back as failed with its reason; it is logged, not lost.
 
 Not retried, because retrying cannot help: 400/422 fail the task, and so does a 200
-whose message has no text (``content: null``: a content filter, a tool call, a refusal;
-the reason names the finish_reason; an empty string is a reply); 401/403 (bad key),
+whose message has no text (``content: null``, no text blocks or output_text parts, a refusal:
+a content filter, a tool call; the reason names the finish or stop reason; an empty string
+is a reply); 401/403 (bad key),
 404 (not an OpenAI-compatible endpoint, or unknown model) stop the run with an
 EndpointError; a 429 saying the quota is spent (``insufficient_quota``) stops it
 with QuotaExhausted.
@@ -18,6 +23,7 @@ Usage::
                         transport=AiohttpTransport(concurrency=64),
                         limiter=EndpointLimiter(LimitConfig()), policy=RetryPolicy())
     result = await client.complete(model="sim", messages=[...], temperature=0.0, max_tokens=32)
+    result = await client.complete(model="claude-x", messages=[...], temperature=0.0, max_tokens=32, api="anthropic")
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from urllib.parse import urlsplit
 import anyio
 import orjson
 
+from engine.endpoint.apis import API, Api, NoText
 from engine.endpoint.limits import EndpointLimiter, Slot
 from engine.endpoint.retry import RetryPolicy, retry_after
 from engine.endpoint.transport import Response, Transport
@@ -73,7 +80,7 @@ class Completion:
 
 
 class ChatClient:
-    """Sends chat completions to one OpenAI-compatible endpoint. Usage: see the module docstring."""
+    """Asks one endpoint, each task through its model's API (chat by default). Usage: see the module docstring."""
 
     def __init__(
         self,
@@ -87,17 +94,20 @@ class ChatClient:
         rng: random.Random | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.url = f"{self.base_url}/chat/completions"
+        self.url = f"{self.base_url}/chat/completions"  # the chat URL, as named in messages and tests
         self.label = label or base_url
         self.transport = transport
         self.limiter = limiter
         self.policy = policy
         self.stats = EndpointStats()
         self._rng = rng or random.Random()
-        self._headers = {"Content-Type": "application/json"}
         self._api_key = api_key
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        # (url, headers) per API, made once: a task picks its model's by name.
+        self._routes = {
+            name: (f"{self.base_url}{api.path}",
+                   {"Content-Type": "application/json", **api.headers, **(api.auth(api_key) if api_key else {})})
+            for name, api in API.items()
+        }
 
     async def complete(
         self,
@@ -108,6 +118,7 @@ class ChatClient:
         max_tokens: int,
         params: Mapping[str, Any] | None = None,
         on_send: Callable[[], None] | None = None,
+        api: str = "chat",
     ) -> Completion:
         """Ask once, retrying as the policy allows; never raises for a per-task failure.
 
@@ -115,10 +126,9 @@ class ChatClient:
         it: once per request really sent, never for one still waiting out a pause (the
         write-ahead journal hangs here).
         """
-        body = orjson.dumps(
-            {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens,
-             **(params or {})}
-        )
+        adapter = API[api]
+        url, headers = self._routes[api]
+        body = adapter.body(model, messages, temperature, max_tokens, params)
         prompt_chars = sum(len(m["content"]) for m in messages)
         statuses: list[int] = []
         error = "no attempt made"
@@ -134,7 +144,7 @@ class ChatClient:
                     if on_send is not None:
                         on_send()
                     response = await self.transport.request(
-                        "POST", self.url, body=body, headers=self._headers, timeout=self.policy.timeout_s
+                        "POST", url, body=body, headers=headers, timeout=self.policy.timeout_s
                     )
                 except TransportError as exc:
                     error = str(exc)
@@ -142,7 +152,7 @@ class ChatClient:
                 else:
                     latency_ms = (time.perf_counter() - started) * 1000
                     statuses.append(response.status)
-                    outcome = self._handle(response, slot, model, attempt)
+                    outcome = self._handle(response, slot, model, attempt, adapter, url)
                     if isinstance(outcome, Completion):
                         outcome.attempts, outcome.http, outcome.latency_ms = attempt, statuses, latency_ms
                         return outcome
@@ -156,12 +166,15 @@ class ChatClient:
         return Completion(reply=None, error=f"{error} (after {attempt} attempt{'s' * (attempt > 1)})",
                           attempts=attempt, http=statuses)
 
-    def _handle(self, response: Response, slot: Slot, model: str, attempt: int) -> Completion | tuple[str, float | None]:
+    def _handle(self, response: Response, slot: Slot, model: str, attempt: int, api: Api,
+                url: str) -> Completion | tuple[str, float | None]:
         """A Completion when done; else (reason, wait before retrying or None for no retry)."""
         status = response.status
+        # The provider's rate-limit headers in the one shape the limiter reads (OpenAI's: as they come).
+        rate_headers = response.headers if api.rate_headers is None else api.rate_headers(response.headers)
         if status == 200:
-            parsed = _parse_completion(response.body)
-            slot.observe(status, response.headers, parsed[1] if isinstance(parsed, tuple) else None)
+            parsed = api.parse(response.body)
+            slot.observe(status, rate_headers, parsed[1] if isinstance(parsed, tuple) else None)
             if isinstance(parsed, NoText):
                 return parsed.reason, None  # the model chose not to write text: asking again gives the same
             if isinstance(parsed, str):
@@ -170,7 +183,7 @@ class ChatClient:
             prompt_tokens, completion_tokens = tokens if tokens is not None else (None, None)
             return Completion(reply=reply, error=None, attempts=0, prompt_tokens=prompt_tokens,
                               completion_tokens=completion_tokens)
-        slot.observe(status, response.headers)
+        slot.observe(status, rate_headers)
         detail = _error_detail(response.body)
         if self._api_key and self._api_key in detail:
             detail = detail.replace(self._api_key, "[api key]")  # a provider or proxy echoing it
@@ -178,60 +191,15 @@ class ChatClient:
             self.stats.rate_limited += 1
             if "insufficient_quota" in detail:
                 raise QuotaExhausted(f"{self.label}: the provider says the quota is spent ({detail}); retrying cannot help")
-            asked = retry_after(response.headers)
+            asked = retry_after(rate_headers)
             return f"http 429 {detail}".strip(), asked if asked is not None else self.policy.backoff(attempt, self._rng)
         if status in FATAL_STATUSES:
-            raise EndpointError(_fatal_message(self.label, self.base_url, self.url, model, status, detail))
-        if status in RETRY_STATUSES or status >= 500:
-            asked = retry_after(response.headers)
+            raise EndpointError(_fatal_message(self.label, self.base_url, url, model, status, detail, api.name))
+        if status in RETRY_STATUSES or status >= 500:  # Anthropic's 529 overloaded_error among them
+            asked = retry_after(rate_headers)
             wait = self.policy.backoff(attempt, self._rng) if asked is None else asked
             return f"http {status} {detail}".strip(), wait
         return f"http {status} {detail}".strip(), None
-
-
-@dataclass(frozen=True, slots=True)
-class NoText:
-    """A well-formed completion with no text in it (content filter, tool call, refusal): the task fails."""
-
-    reason: str
-
-
-def _parse_completion(body: bytes) -> tuple[str, tuple[int, int] | None] | NoText | str:
-    """(reply, (prompt_tokens, completion_tokens)) from a completion body; NoText; or why it is not one.
-
-    An empty string is a reply (the model said nothing, scored as no answer); a null or
-    absent content is no reply at all, and the reason names the finish_reason.
-    """
-    try:
-        data = orjson.loads(body)
-        choice = data["choices"][0]
-        message = choice["message"]
-        content = message.get("content")
-    except orjson.JSONDecodeError:
-        return "malformed completion: body is not JSON"
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return "malformed completion: no choices[0].message"
-    if content is None:
-        return NoText(_no_text_reason(choice, message))
-    if not isinstance(content, str):
-        return "malformed completion: message content is not text"
-    usage = data.get("usage")
-    try:
-        tokens = (int(usage["prompt_tokens"]), int(usage["completion_tokens"])) if usage else None
-    except (KeyError, TypeError, ValueError):
-        tokens = None
-    return content, tokens
-
-
-def _no_text_reason(choice: Mapping[str, Any], message: Mapping[str, Any]) -> str:
-    """Why a completion holds no text, for the log: the finish_reason, and a refusal or tool call if any."""
-    finish = choice.get("finish_reason")
-    parts = [f"finish_reason={finish}" if finish else "no finish_reason given"]
-    if message.get("tool_calls") or message.get("function_call"):
-        parts.append("a tool call instead of text")
-    if refusal := message.get("refusal"):
-        parts.append(f"refusal: {str(refusal)[:80]}")
-    return f"no text in reply ({', '.join(parts)})"
 
 
 def path_hint(base_url: str) -> str:
@@ -258,13 +226,16 @@ def _error_detail(body: bytes) -> str:
     return str(error)[:120] if error else ""
 
 
-def _fatal_message(label: str, base_url: str, url: str, model: str, status: int, detail: str) -> str:
+_KIND = {"chat": "an OpenAI-compatible", "responses": "an OpenAI Responses", "anthropic": "an Anthropic Messages"}
+
+
+def _fatal_message(label: str, base_url: str, url: str, model: str, status: int, detail: str, api: str) -> str:
     if status in (401, 403):
         return f"{label}: {url} refused the API key (HTTP {status}); check the key's variable"
     hint = path_hint(base_url) if status == 404 else ""
     if detail == "(not JSON)" or not detail:
         text = f"{label}: {url} answered HTTP {status} {detail}".rstrip()
-        return f"{text}; is base_url an OpenAI-compatible /v1 endpoint?{' ' + hint if hint else ''}"
+        return f"{text}; is base_url {_KIND[api]} /v1 endpoint?{' ' + hint if hint else ''}"
     # Even a JSON 404 naming the model may come from a server whose API sits under /v1.
     return (f"{label}: {url} answered HTTP {status} ({detail}); is the model {model!r} served there?"
             f"{f' (base_url has no /v1: {hint})' if hint else ''}")

@@ -20,6 +20,7 @@ from string import Formatter
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.endpoint.apis import API, API_NAMES
 from engine.endpoint.limits import LimitConfig
 from engine.endpoint.retry import RetryPolicy
 from engine.errors import ConfigError, ScorerError, SpecError
@@ -36,10 +37,11 @@ _LIMITS = LimitConfig()
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelSpec:
-    """One model to evaluate, and the OpenAI-compatible endpoint that serves it."""
+    """One model to evaluate, the endpoint that serves it and the API it is asked through."""
 
     name: str
     model: str
+    api: str = "chat"  # "chat" (Chat Completions), "responses" (OpenAI Responses), "anthropic" (Messages)
     base_url: str | None = None  # "sim" for the built-in target; None when gguf is set
     gguf: str | None = None  # a local GGUF file (relative to the spec) or "smollm2"
     api_key_env: str | None = None
@@ -202,6 +204,8 @@ class _Checker:
         if replication is not None and not isinstance(replication, dict):
             raise self.fail("replication", "must be a table")
         defaults = Spec(path=self.path, name=name, questions=Path(questions), models=checked)
+        max_tokens = _or(self.number(raw, "max_tokens", "", low=1, integer=True), defaults.max_tokens)
+        self.api_limits(checked, temps, max_tokens)
         return Spec(
             path=self.path,
             name=name,
@@ -211,7 +215,7 @@ class _Checker:
             repeats=_or(self.number(raw, "repeats", "", low=1, integer=True), defaults.repeats),
             system=self.string(raw, "system", ""),
             prompt=prompt,
-            max_tokens=_or(self.number(raw, "max_tokens", "", low=1, integer=True), defaults.max_tokens),
+            max_tokens=max_tokens,
             scorer=scorer,
             scorer_pattern=scorer_pattern,
             timeout_s=_or(self.number(raw, "timeout_s", "", low=0, low_open=True), defaults.timeout_s),
@@ -224,6 +228,16 @@ class _Checker:
             quotas=quotas,
             replication=replication,
         )
+
+    def api_limits(self, models: tuple[ModelSpec, ...], temperatures: tuple[float, ...], max_tokens: int) -> None:
+        """What an API refuses, found before a run rather than as a 400 on every task."""
+        for index, model in enumerate(models):
+            if model.api == "anthropic" and max(temperatures) > 1:
+                raise self.fail(f"models[{index}] ({model.name})", f"api 'anthropic' takes temperatures from 0 to 1, "
+                                f"the spec has {max(temperatures):g}")
+            if model.api == "responses" and max_tokens < 16:
+                raise self.fail(f"models[{index}] ({model.name})", "api 'responses' needs max_tokens >= 16 "
+                                f"(its max_output_tokens), the spec has {max_tokens}")
 
     def check_prompt(self, prompt: str) -> None:
         # Parsed, not searched for "{question}": "{{question}}" is a literal and "{question" is broken.
@@ -270,10 +284,15 @@ class _Checker:
         if base_url is not None and _carries_secrets(base_url):
             # The URL is shown in progress and errors: a key in it would be shown too.
             raise self.fail(f"{where}base_url", "must not hold credentials or a query; put the key in api_key_env")
+        api = self.string(raw, "api", where) or "chat"
+        if api not in API_NAMES:
+            raise self.fail(f"{where}api", f"must be one of {', '.join(API_NAMES)}, got {api!r}")
+        if api != "chat" and gguf is not None:
+            raise self.fail(f"{where}api", f"a gguf model is served over Chat Completions only, not {api!r}")
         params = raw.get("params", {})
         if not isinstance(params, dict):
             raise self.fail(f"{where}params", "must be a table of extra request fields")
-        reserved = {"model", "messages", "temperature", "max_tokens", "stream"} & set(params)
+        reserved = API[api].reserved & set(params)
         if reserved:
             raise self.fail(f"{where}params", f"cannot set {', '.join(sorted(reserved))} (the spec sets them)")
         quota = self.string(raw, "quota", where)
@@ -289,6 +308,7 @@ class _Checker:
         return ModelSpec(
             name=name,
             model=self.model_name(raw, "model", where, required=False) or name,
+            api=api,
             base_url=base_url.rstrip("/") if base_url else None,
             gguf=gguf,
             api_key_env=self.string(raw, "api_key_env", where),

@@ -32,6 +32,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
+from engine.endpoint.apis import API
 from engine.endpoint.client import ChatClient, path_hint
 from engine.endpoint.limits import EndpointLimiter
 from engine.endpoint.retry import RetryPolicy
@@ -232,11 +233,18 @@ def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
     return dataclasses.replace(spec.sim, facts=facts)
 
 
-async def preflight(transport: Transport, base_url: str, headers: dict[str, str], names: str) -> None:
+async def preflight(
+    transport: Transport, base_url: str, headers: dict[str, str], names: str, *, api: str = "chat"
+) -> None:
     """Check the endpoint answers HTTP at all, before anything is written. Costs no tokens.
 
+    ``GET {base_url}/models`` with the API's own headers (Anthropic's key goes in ``x-api-key``,
+    with ``anthropic-version``); only reachability, a refused key and a non-JSON 404 are judged,
+    because the model lists of the providers differ in shape and an OpenAI-compatible server
+    may have none.
     Usage: ``await preflight(transport, "http://127.0.0.1:8000/v1", {}, "'m1'")``
     """
+    kind = "Anthropic Messages" if api == "anthropic" else "OpenAI-compatible"
     for attempt in range(3):
         try:
             response = await transport.request("GET", f"{base_url}/models", body=None, headers=headers, timeout=10)
@@ -250,10 +258,19 @@ async def preflight(transport: Transport, base_url: str, headers: dict[str, str]
         if response.status == 404 and not response.body.lstrip().startswith(b"{"):
             hint = path_hint(base_url)
             raise EndpointError(
-                f"model {names}: {base_url} does not look OpenAI-compatible (GET /models answered 404, not JSON)"
+                f"model {names}: {base_url} does not look {kind} (GET /models answered 404, not JSON)"
                 + (f"; {hint}" if hint else "")
             )
         return
+
+
+def api_headers(api: str, key: str | None) -> dict[str, str]:
+    """The headers one API's requests carry besides the body's type: its version, the key where it wants it.
+
+    Usage: ``api_headers("anthropic", key)  # {'anthropic-version': '2023-06-01', 'x-api-key': ...}``
+    """
+    adapter = API[api]
+    return {**adapter.headers, **(adapter.auth(key) if key else {})}
 
 
 async def run_prepared(
@@ -332,9 +349,10 @@ async def _open_pools(
         transports.append(transport)
         key_env = endpoint_limiters[0].endpoint[1]
         key = os.environ.get(key_env) if key_env else None
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        names = ", ".join(repr(m.name) for g in endpoint_limiters for m in g.models)
-        await preflight(transport, base_url, headers, names)
+        models = [m for g in endpoint_limiters for m in g.models]
+        for api in dict.fromkeys(m.api for m in models):  # each API once, with its own headers
+            names = ", ".join(repr(m.name) for m in models if m.api == api)
+            await preflight(transport, base_url, api_headers(api, key), names, api=api)
         for group in endpoint_limiters:
             client = ChatClient(
                 base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),

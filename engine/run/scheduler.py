@@ -183,7 +183,7 @@ async def _work(
             # for the limiter (a pause after 429s, say) has cost nothing yet.
             completion = await client.complete(
                 model=task.model.model, messages=task.messages, temperature=task.temperature,
-                max_tokens=pool.max_tokens, params=task.model.params,
+                max_tokens=pool.max_tokens, params=task.model.params, api=task.model.api,
                 on_send=None if journal is None else partial(journal, task.key),
             )
             record = make_record(task, completion, scorer, t_start, time.time())

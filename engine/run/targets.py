@@ -13,6 +13,10 @@ as a retrained one's). So every model of a run gets a target id:
 - a GGUF model: ``gguf:sha256:`` and a prefix of the file's content digest (for
   ``gguf = "smollm2"``, of the packaged file), hashed once per run.
 
+A model asked through another API than Chat Completions (``api = "responses"`` or
+``"anthropic"``) has `` api=NAME`` after that id: the request it gets is another one, so
+switching a model's API asks everything again. Chat models keep the ids (and keys) they had.
+
 Usage::
 
     targets = model_targets(spec, questions)
@@ -111,6 +115,13 @@ def _sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
 
 
 def _target(spec: Spec, model: ModelSpec, sim: SimConfig | None, hashed: dict[Path, str]) -> Target:
+    target = _answerer(spec, model, sim, hashed)
+    if model.api == "chat":
+        return target
+    return Target(id=f"{target.id} api={model.api}", simulated=target.simulated)
+
+
+def _answerer(spec: Spec, model: ModelSpec, sim: SimConfig | None, hashed: dict[Path, str]) -> Target:
     if model.gguf is not None:
         local = model.gguf if model.gguf.strip().lower() == "smollm2" else spec.path.parent / model.gguf
         path = resolve_model(local).resolve()

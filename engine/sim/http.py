@@ -33,6 +33,7 @@ _REASONS = types.MappingProxyType(
         501: b"Not Implemented",
         502: b"Bad Gateway",
         503: b"Service Unavailable",
+        529: b"Site Overloaded",  # not in the HTTP registry: Anthropic's "overloaded"
     }
 )
 

@@ -9,9 +9,7 @@ Usage (what :func:`engine.sim.process.serve` does)::
 from __future__ import annotations
 
 import asyncio
-import math
 import random
-import time
 import types
 from collections import Counter, deque
 from typing import Any
@@ -19,23 +17,14 @@ from typing import Any
 import orjson
 
 from engine.sim.answers import Answerer, estimate_tokens
+from engine.sim.apis import SIM_APIS, SimApi, duration
 from engine.sim.config import SimConfig
 from engine.sim.http import HttpProtocol, Reply, error_reply, http_response
 
 _ROUTES = types.MappingProxyType(
-    {b"/v1/chat/completions": b"POST", b"/v1/models": b"GET", b"/health": b"GET"}
+    {**dict.fromkeys(SIM_APIS, b"POST"), b"/v1/models": b"GET", b"/health": b"GET"}
 )
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n"
-
-
-def _duration(seconds: float) -> str:
-    """OpenAI's reset format: "120ms", "1.5s", "6m0s"."""
-    if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{int(rest)}s"
 
 
 class _Log:
@@ -107,26 +96,11 @@ class SlidingQuota:
             log.costs.append(cost)
             log.total += cost
 
-    def headers(self, unit: bytes, now: float) -> bytes:
-        """x-ratelimit-* of the tightest window: its remaining share, and when its oldest entry leaves."""
+    def headers(self, unit: bytes, now: float, api: SimApi = SIM_APIS[b"/v1/chat/completions"]) -> bytes:
+        """The API's rate-limit headers of the tightest window: its remaining share, and when its oldest entry leaves."""
         log = min(self.logs, key=lambda lg: lg.remaining() / lg.allowance)
         reset = log.times[0] + log.length - now if log.times else 0.0
-        return b"x-ratelimit-limit-%s: %d\r\nx-ratelimit-remaining-%s: %d\r\nx-ratelimit-reset-%s: %s\r\n" % (
-            unit,
-            round(self.per_minute),
-            unit,
-            math.floor(log.remaining() + 1e-9),
-            unit,
-            _duration(max(0.0, reset)).encode(),
-        )
-
-
-def _text_of(content: Any) -> str | None:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return None
+        return api.rate_lines(self.per_minute, log.remaining(), max(0.0, reset), unit)
 
 
 class SimServer:
@@ -163,6 +137,7 @@ class SimServer:
         self.counts: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
         self.by_model: Counter[str] = Counter()
+        self.by_api: Counter[str] = Counter()
         self.fault_counts: Counter[str] = Counter()
         self.answer_counts: Counter[str] = Counter()
         self.sequence = 0
@@ -188,6 +163,7 @@ class SimServer:
             "dropped": self.counts["dropped"],
             "by_status": dict(self.by_status),
             "by_model": dict(self.by_model),
+            "by_api": dict(self.by_api),
             "faults": dict(self.fault_counts),
             "answers": dict(self.answer_counts),
             "open_connections": len(self.connections),
@@ -222,55 +198,49 @@ class SimServer:
                 "invalid_request_error",
                 keep_alive=keep_alive,
             )
+        api = SIM_APIS.get(path)
         if method != routes[path]:
-            return error_reply(
+            return (error_reply if api is None else api.error)(
                 405,
                 f"Method {method.decode(errors='replace')} not allowed on {path.decode()}",
                 "invalid_request_error",
                 keep_alive=keep_alive,
                 extra=b"Allow: " + routes[path] + b"\r\n",
             )
-        if path == b"/v1/chat/completions":
-            return self._chat(body, keep_alive)
+        if api is not None:
+            return self._ask(api, body, keep_alive)
         payload = self.models if path == b"/v1/models" else b'{"status":"ok","engine_sim":true}'
         return Reply(200, http_response(200, payload, keep_alive=keep_alive), close=not keep_alive)
 
-    def _chat(self, body: bytes, keep_alive: bool) -> Reply:
+    def _ask(self, api: SimApi, body: bytes, keep_alive: bool) -> Reply:
+        """One question in any of the three APIs: parsed, answered, held, quota'd, faulted, replied."""
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return error_reply(
-                400,
-                "We could not parse the JSON body of your request.",
-                "invalid_request_error",
-                keep_alive=keep_alive,
-            )
-        problem, parsed = _parse_chat(request)
+            return api.error(400, "We could not parse the JSON body of your request.", "invalid_request_error",
+                             keep_alive=keep_alive)
+        problem, parsed = api.parse(request)
         if parsed is None:
-            return error_reply(400, problem, "invalid_request_error", keep_alive=keep_alive)
+            return api.error(400, problem, "invalid_request_error", keep_alive=keep_alive)
         model, text, temperature, max_tokens, request_seed, prompt_tokens = parsed
         self.counts["chat"] += 1
         self.by_model[model] += 1
+        self.by_api[api.name] += 1
         content, kind = self.answerer.answer(model, text, temperature, request_seed, self.rng)
         completion_tokens = estimate_tokens(content)
-        finish = "stop"
-        if max_tokens is not None and completion_tokens > max_tokens:
-            content, completion_tokens, finish = content[: max_tokens * 4], max_tokens, "length"
+        cut = max_tokens is not None and completion_tokens > max_tokens
+        if cut:
+            assert max_tokens is not None
+            content, completion_tokens = content[: max_tokens * 4], max_tokens
 
         if self.held_until and (wait := self.held_until - self.loop.time()) > 0:
             self.counts["held"] += 1
-            return error_reply(
-                429,
-                "Rate limit reached (engine-sim hold). Please try again later.",
-                "requests",
-                code="rate_limit_exceeded",
-                keep_alive=keep_alive,
-                extra=b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (math.ceil(wait), math.ceil(wait * 1000)),
-            )
+            return api.error(429, "Rate limit reached (engine-sim hold). Please try again later.", "requests",
+                             code="rate_limit_exceeded", keep_alive=keep_alive, extra=api.retry(wait))
         quota = b""
         if self.limited:
             rejection = self._quota(
-                model, prompt_tokens + (max_tokens if max_tokens is not None else completion_tokens), keep_alive
+                api, model, prompt_tokens + (max_tokens if max_tokens is not None else completion_tokens), keep_alive
             )
             if isinstance(rejection, Reply):
                 return rejection
@@ -279,34 +249,13 @@ class SimServer:
         delay = self._delay()
         if fault is not None:
             self.fault_counts[fault] += 1
-            reply = self._fault(fault, keep_alive, quota, delay)
+            reply = self._fault(api, model, fault, keep_alive, quota, delay)
             if reply is not None:
                 return reply
             if fault == "slow":
                 delay = self.config.faults.slow_s
         self.sequence += 1
-        payload = orjson.dumps(
-            {
-                "id": f"chatcmpl-sim-{self.sequence}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "system_fingerprint": "engine-sim",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
-        )
+        payload = api.reply(self.sequence, model, content, cut, prompt_tokens, completion_tokens)
         data = http_response(200, payload, keep_alive=keep_alive, extra=quota)
         if fault == "drop":
             # Cut anywhere after the status line: sometimes mid-headers, sometimes mid-body.
@@ -338,7 +287,7 @@ class SimServer:
             self.quotas[key] = quotas
         return quotas
 
-    def _quota(self, model: str, cost: int, keep_alive: bool) -> Reply | bytes:
+    def _quota(self, api: SimApi, model: str, cost: int, keep_alive: bool) -> Reply | bytes:
         """Take one request and ``cost`` tokens from the model's quotas: their headers, or a 429 if either is short."""
         now = self.loop.time()
         requests, tokens = self._quotas_of(model)
@@ -351,21 +300,17 @@ class SimServer:
         if wait <= 0:
             for _, quota, c in limits:
                 quota.take(c, now)
-        headers = b"".join(quota.headers(u, now) for u, quota, _ in limits) if self.config.rate_headers else b""
+        headers = b"".join(quota.headers(u, now, api) for u, quota, _ in limits) if self.config.rate_headers else b""
         if wait <= 0:
             return headers
         self.counts["quota"] += 1
-        retry = b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (
-            max(1, math.ceil(wait)),
-            max(1, math.ceil(wait * 1000)),
-        )
-        return error_reply(
+        return api.error(
             429,
-            f"Rate limit reached for {unit.decode()} (engine-sim quota). Please try again in {_duration(wait)}.",
+            f"Rate limit reached for {unit.decode()} (engine-sim quota). Please try again in {duration(wait)}.",
             unit.decode(),
             code="rate_limit_exceeded",
             keep_alive=keep_alive,
-            extra=retry + headers,
+            extra=api.retry(wait) + headers,
         )
 
     def _draw_fault(self) -> str | None:
@@ -379,102 +324,25 @@ class SimServer:
             ms += self.rng.uniform(-config.jitter_ms, config.jitter_ms)
         return max(0.0, ms) / 1000.0
 
-    def _fault(self, fault: str, keep_alive: bool, quota: bytes, delay: float) -> Reply | None:
-        """The reply for a fault, or None when the fault shapes a normal reply (slow, drop)."""
+    def _fault(self, api: SimApi, model: str, fault: str, keep_alive: bool, quota: bytes, delay: float) -> Reply | None:
+        """The reply for a fault in the API's own shape, or None when the fault shapes a normal reply (slow, drop)."""
         if fault == "error_500":
-            return error_reply(
-                500,
-                "The server had an error while processing your request. Sorry about that!",
-                "server_error",
-                keep_alive=keep_alive,
-                extra=quota,
-                delay=delay,
-            )
-        if fault == "error_503":
-            return error_reply(
-                503,
-                "The engine is currently overloaded, please try again later.",
-                "server_error",
-                keep_alive=keep_alive,
-                extra=quota,
-                delay=delay,
-            )
+            return api.error(500, "The server had an error while processing your request. Sorry about that!",
+                             "server_error", keep_alive=keep_alive, extra=quota, delay=delay)
+        if fault == "error_503":  # Anthropic says it with 529 overloaded_error
+            return api.error(api.overloaded, "The engine is currently overloaded, please try again later.",
+                             "server_error", keep_alive=keep_alive, extra=quota, delay=delay)
         if fault == "error_502":
             data = http_response(502, _HTML_502, keep_alive=keep_alive, content_type=b"text/html")
             return Reply(502, data, delay=delay, close=not keep_alive)
         if fault in ("rate_429", "rate_429_bare"):
-            after = self.config.faults.retry_after_s
-            retry = (
-                b""
-                if fault == "rate_429_bare"
-                else b"Retry-After: %d\r\nretry-after-ms: %d\r\n"
-                % (max(1, math.ceil(after)), math.ceil(after * 1000))
-            )
-            return error_reply(
-                429,
-                "Rate limit reached for requests (engine-sim fault).",
-                "requests",
-                code="rate_limit_exceeded",
-                keep_alive=keep_alive,
-                extra=retry + quota,
-                delay=delay,
-            )
+            retry = b"" if fault == "rate_429_bare" else api.retry(self.config.faults.retry_after_s)
+            return api.error(429, "Rate limit reached for requests (engine-sim fault).", "requests",
+                             code="rate_limit_exceeded", keep_alive=keep_alive, extra=retry + quota, delay=delay)
         if fault == "malformed":
-            data = http_response(
-                200,
-                b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"index": 0, "mess',
-                keep_alive=keep_alive,
-                extra=quota,
-            )
+            data = http_response(200, api.truncated, keep_alive=keep_alive, extra=quota)
             return Reply(200, data, delay=delay, close=not keep_alive)
         if fault == "empty_choices":
-            payload = orjson.dumps(
-                {
-                    "id": "chatcmpl-sim",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": "sim",
-                    "system_fingerprint": "engine-sim",
-                    "choices": [],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                }
-            )
-            return Reply(
-                200,
-                http_response(200, payload, keep_alive=keep_alive, extra=quota),
-                delay=delay,
-                close=not keep_alive,
-            )
+            data = http_response(200, api.empty(model), keep_alive=keep_alive, extra=quota)
+            return Reply(200, data, delay=delay, close=not keep_alive)
         return None
-
-
-def _parse_chat(request: Any) -> tuple[str, tuple[str, str, float, int | None, int | None, int] | None]:
-    """Validate a chat request: (problem, None) or ("", (model, text, temperature, max_tokens, seed, prompt_tokens))."""
-    if not isinstance(request, dict):
-        return "The request body must be a JSON object.", None
-    model = request.get("model")
-    if not isinstance(model, str) or not model:
-        return "You must provide a model parameter.", None
-    messages = request.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        return "'messages' must be a non-empty array of message objects.", None
-    texts = [_text_of(m.get("content")) for m in messages]
-    user = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user" and t is not None]
-    if not user:
-        return "'messages' must contain a user message with text content.", None
-    if request.get("stream"):
-        return "engine-sim does not support stream=true.", None
-    temperature = request.get("temperature")
-    temperature = 1.0 if temperature is None else temperature
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-        return f"Invalid 'temperature': {temperature!r}; expected a number in [0, 2].", None
-    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        return f"Invalid 'max_tokens': {max_tokens!r}; expected a positive integer.", None
-    seed = request.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        return f"Invalid 'seed': {seed!r}; expected an integer.", None
-    prompt_tokens = sum(estimate_tokens(t) + 4 for t in texts if t is not None) + 3
-    return "", (model, user[-1], float(temperature), max_tokens, seed, prompt_tokens)
