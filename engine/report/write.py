@@ -140,7 +140,7 @@ def main_report(
         note = "engine: note: report.md left as it is (only the default report, without --by or --all, writes it)"
     if fmt == "html":
         if paths:
-            console.print(f"wrote {paths[1]}", highlight=False)
+            console.file.write(f"wrote {paths[1]}\n")  # one line, never wrapped: scripts read the path
     elif fmt == "md":
         console.file.write(render_markdown(report, charts=paths[2:], page=HTML_FILE if paths else None))
     else:
