@@ -197,6 +197,27 @@ def _distributions(report: Report, models: Sequence[str], chart: _Charts) -> str
             + "".join(parts) + "</section>")  # fmt: skip
 
 
+def _escaped(column: str) -> pl.Expr:
+    return pl.col(column).cast(pl.String).fill_null("").str.replace_many(
+        ["&", "<", ">", '"'], ["&amp;", "&lt;", "&gt;", "&quot;"]
+    )
+
+
+def _reply_rows(rows: pl.DataFrame, has_difficulty: bool) -> str:
+    """The replies' <tr> rows, built column-wise by Polars: thousands of rows in milliseconds."""
+    temperature = pl.col("temperature").cast(pl.String).fill_null("").str.replace(r"\.0$", "")
+    frame = rows.with_columns(temperature.alias("temperature"))
+    cells = ["model", *(["difficulty"] if has_difficulty else []), "temperature", "outcome", "qid", "expected",
+             "extracted", "reply"]  # fmt: skip
+    parts: list[pl.Expr | str] = []
+    for name in ("model", "difficulty", "temperature", "outcome"):
+        parts += [pl.lit(f' data-{name}="'), _escaped(name), pl.lit('"')]
+    row = pl.concat_str([pl.lit("<tr"), *parts, pl.lit(">"),
+                         *(e for c in cells for e in (pl.lit("<td class=k>"), _escaped(c), pl.lit("</td>"))),
+                         pl.lit("</tr>")])  # fmt: skip
+    return "".join(frame.select(row.alias("row")).get_column("row").to_list())
+
+
 def _replies(report: Report) -> str:
     replies = report.replies
     if replies is None:
@@ -209,18 +230,11 @@ def _replies(report: Report) -> str:
     form = f'<form class="filters" id="filters" hidden>{selects} <span id="shown" class="note"></span></form>'
     headers = ["model", *(["difficulty"] if has_difficulty else []), "temperature", "outcome", "question id",
                "expected", "extracted", "reply (or error)"]  # fmt: skip
-    body = []
-    for r in replies.rows.iter_rows(named=True):
-        temp = f"{r['temperature']:g}" if r["temperature"] is not None else ""
-        data = (f' data-model="{_e(r["model"])}" data-difficulty="{_e(r["difficulty"])}" '
-                f'data-temperature="{temp}" data-outcome="{_e(r["outcome"])}"')  # fmt: skip
-        cells = [r["model"], *([r["difficulty"]] if has_difficulty else []), temp, r["outcome"], r["qid"],
-                 r["expected"], r["extracted"], r["reply"]]  # fmt: skip
-        body.append(f"<tr{data}>" + "".join(f"<td class=k>{_e(c)}</td>" for c in cells) + "</tr>")
+    body = _reply_rows(replies.rows, has_difficulty)
     head = "".join(f'<th scope="col" class=k>{_e(h)}</th>' for h in headers)
     return (f'<section id="replies-section"><h2>Replies</h2><p class="note">{_e(replies.note)}</p>{form}'
             f'<div class="scroll"><table id="replies"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div></section>')  # fmt: skip
+            f'<tbody>{body}</tbody></table></div></section>')  # fmt: skip
 
 
 def _section_chart(title: str, report: Report, models: Sequence[str], chart: _Charts) -> str:
