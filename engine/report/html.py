@@ -133,11 +133,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], keys: int, 
 class _Charts:
     """Numbers each chart and keeps its spec as inline JSON beside the element it is drawn into."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, simulated: bool) -> None:
         self.count = 0
+        self.simulated = simulated  # a chart copied out of the page still says it shows a simulation
 
     def __call__(self, spec: dict[str, Any], label: str) -> str:
         self.count += 1
+        if self.simulated:
+            spec = {"title": {"text": f"[simulation] {label}", "anchor": "start", "fontSize": 12}, **spec}
         data = orjson.dumps(spec).replace(b"</", b"<\\/").decode()
         return (f'<div class="chart" id="chart-{self.count}" data-spec="spec-{self.count}" role="img" '
                 f'aria-label="{_e(label)}"></div>'
@@ -256,8 +259,8 @@ def render_html(report: Report, *, script: str, info: RunInfo) -> str:
     """
     models = model_order(report.targets.get_column("model").to_list()) if report.targets.height else []
     models = [m for m in report.overall.get_column("model").to_list() if m is not None] or models
-    chart = _Charts()
     banner = simulation_banner(report)
+    chart = _Charts(simulated=banner is not None)
     parts = [
         *([f'<p class="banner" id="simulation">{_e(banner[0])} — {_e(banner[1])}</p>'] if banner else []),
         f"<h1>Report: {_e(info.name)}</h1>", _headline(report, info),

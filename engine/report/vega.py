@@ -41,7 +41,9 @@ Spec = dict[str, Any]
 _DARK = "#7f2704"  # the darkest orange: the point estimate
 _LIGHT = "#fdae6b"  # the cluster bootstrap interval
 _WILSON = "#252525"
-_SCHEME = "oranges"  # sequential, one hue: lightness alone carries the value
+# Sequential, one hue (ColorBrewer's Oranges): lightness alone carries the value, so it reads in grey;
+# it starts at near-white, where Vega's own "oranges" starts at a tint, so a cell with no error looks empty.
+_RAMP = ["#fff5eb", "#fdbe85", "#fd8d3c", "#d94701", "#7f2704"]
 _WIDTH = 520
 
 
@@ -185,7 +187,7 @@ def heatmap_spec(cells: pl.DataFrame, order: Sequence[str], models: Sequence[str
                   "axis": {"orient": "top", "labelAngle": 0}},
             "y": {"field": "cluster", "type": "nominal", "sort": list(order), "title": cluster},
             "color": {"field": "error_rate", "type": "quantitative", "title": "error rate",
-                      "scale": {"scheme": _SCHEME, "domain": [0, peak]}, "legend": {"format": ".0%"}},
+                      "scale": {"range": _RAMP, "domain": [0, peak]}, "legend": {"format": ".0%"}},
             "tooltip": [{"field": "cluster", "title": cluster}, {"field": "model"},
                         {"field": "errors", "type": "quantitative"}, {"field": "n", "type": "quantitative",
                                                                       "title": "answered"},

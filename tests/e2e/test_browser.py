@@ -53,6 +53,9 @@ def test_example_report_renders_every_section_and_the_heat_map(example_run: Path
         rows = sorted((y, text) for text, y in labels if text in top)
         assert [text for _, text in rows] == top[:HEATMAP_ROWS]  # top to bottom: most errors first
         assert "Simulation" in page.locator("#simulation").inner_text()
+        titles = page.evaluate("Array.from(document.querySelectorAll('div.chart svg g.role-title text'))"
+                               ".map(t => t.textContent)")
+        assert len([t for t in titles if t.startswith("[simulation] ")]) == charts.count()  # facet headers besides
         # Filtering the replies by outcome shows exactly the wrong ones.
         wrong = int(report.overall["wrong"].sum())
         page.select_option("#filters select[name=outcome]", "wrong")
