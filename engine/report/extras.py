@@ -85,7 +85,7 @@ def traffic_query(flags: pl.LazyFrame) -> pl.LazyFrame:
     return flags.select(
         requests=attempts.sum().cast(pl.Int64),
         retries=(attempts - 1).sum().cast(pl.Int64),
-        rate_limited=pl.col("http").list.eval(pl.element() == 429).list.sum().sum().cast(pl.Int64),
+        rate_limited=pl.col("http").list.count_matches(429).sum().cast(pl.Int64),
         tokens=pl.when(pl.col("prompt_tokens").count() > 0).then(tokens).cast(pl.Int64),
     )
 
