@@ -11,6 +11,13 @@ Usage::
     python benchmarks/bench_report.py                 # 1,000,000 records
     python benchmarks/bench_report.py --records 200000 --charts
     python benchmarks/bench_report.py --grid          # with a grid.json: the report scopes to it
+    python benchmarks/bench_report.py --html          # `engine report --format html`: time, memory, page
+                                                      # size, and time to interactive in headless Chromium
+
+With ``--html`` the child runs what ``engine report RUN --format html`` runs (the report with the
+page's extras, report.md and report.html; the chart script read from its cache, which is warmed
+first), and the page is then opened in the system's Chromium (Playwright, no browser download) three
+times: the median time from navigation until every chart is drawn and the filters are live.
 """
 
 from __future__ import annotations
@@ -49,6 +56,73 @@ usage = resource.getrusage(resource.RUSAGE_SELF)
 cpu = usage.ru_utime + usage.ru_stime
 print(f"{t1 - t0:.3f} {t2 - t1:.3f} {charts:.3f} {usage.ru_maxrss / 1024:.1f} {cpu:.3f} {report.tasks} {report.duplicates}")
 """
+
+
+HTML_CHILD = """
+import io, resource, sys, time
+from rich.console import Console
+t0 = time.perf_counter()
+from engine.report.write import main_report
+t1 = time.perf_counter()
+main_report(sys.argv[1], fmt="html", console=Console(file=io.StringIO()))
+t2 = time.perf_counter()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {usage.ru_maxrss / 1024:.1f} {usage.ru_utime + usage.ru_stime:.3f}")
+"""
+
+CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
+
+
+def time_to_interactive(page_file: Path, runs: int = 3) -> tuple[float, int]:
+    """Median seconds from navigation until the page's charts are drawn and its script done; console errors."""
+    import shutil
+    import statistics
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("no chromium on PATH (apt-get install chromium)")
+    times: list[float] = []
+    errors = 0
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        context = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
+                                                        args=list(CHROMIUM_FLAGS))  # fmt: skip
+        for _ in range(runs):
+            page = context.new_page()
+            page.on("console", lambda m: None if m.type != "error" else print("console error:", m.text))
+            t = time.perf_counter()
+            page.goto(page_file.as_uri())
+            page.wait_for_selector("body[data-charts=done]", timeout=60_000)
+            times.append(time.perf_counter() - t)
+            errors += page.evaluate("document.body.dataset.charts") != "done"
+            page.close()
+        context.close()
+    return statistics.median(times), errors
+
+
+def bench_html(run_dir: Path, records: int, size: int) -> int:
+    """`engine report --format html` in a fresh process, then the page in Chromium; prints one line."""
+    from engine.report.vega import vega_bundle
+
+    vega_bundle()  # the first report on a machine bundles the chart script (~2 s); later ones read the cache
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", HTML_CHILD, str(run_dir)], capture_output=True, text=True,
+                          check=False, cwd=repo)  # fmt: skip
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        return 1
+    imports, report_s, peak_mb, cpu_s = done.stdout.split()
+    page = run_dir / "report.html"
+    ready_s, failed = time_to_interactive(page)
+    print(
+        f"report --format html over {records:,} records ({size / 2**20:,.0f} MB log): {float(report_s):.2f} s "
+        f"(+{float(imports):.2f} s imports; process CPU {float(cpu_s):.2f} s), peak RSS {float(peak_mb):,.0f} MB; "
+        f"report.html {page.stat().st_size / 2**20:.2f} MB; interactive in Chromium in {ready_s:.2f} s "
+        f"(median of 3{', FAILED to draw' if failed else ''})"
+    )
+    return 0
 
 
 def write_grid(run_dir: Path, records: int) -> list[str]:
@@ -119,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic log (default 1000000)")
     parser.add_argument("--charts", action="store_true", help="also draw the PNG charts (timed apart)")
     parser.add_argument("--grid", action="store_true", help="write a grid.json (90%% of the tasks) the report scopes to")
+    parser.add_argument("--html", action="store_true", help="time `engine report --format html` and the page in Chromium")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         log = Path(tmp) / "results.jsonl"
@@ -126,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         grid_keys = write_grid(Path(tmp), args.records) if args.grid else None
         size = write_log(log, args.records, grid_keys=grid_keys)
         built = time.perf_counter() - t
+        if args.html:
+            return bench_html(Path(tmp), args.records, size)
         repo = Path(__file__).resolve().parents[1]
         done = subprocess.run(
             [sys.executable, "-c", CHILD, str(log), "1" if args.charts else "0", tmp],

@@ -200,8 +200,8 @@ def _add_experiment_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     report = sub.add_parser("report", help="error rates with confidence intervals, tables and charts")
     report.add_argument("run_dir", type=Path, help="the run directory (or its results.jsonl)")
     report.add_argument("--by", help="comma-separated fields or tags to group by, e.g. model,difficulty")
-    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv"),
-                        help="output format (default table; json and csv only print)")
+    report.add_argument("--format", default="table", choices=("table", "md", "json", "csv", "html"),
+                        help="output format (default table; json and csv only print; html writes report.html)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.add_argument("--all", action="store_true",
                         help="include records outside the run's current grid (printed only; report.md is not rewritten)")

@@ -45,6 +45,15 @@ import polars as pl
 
 from engine.errors import ReportError
 from engine.report import stats
+from engine.report.extras import (
+    REPLY_FIELDS,
+    ReplyLimits,
+    cluster_cells,
+    histogram_query,
+    replies_sample,
+    traffic_of,
+    traffic_query,
+)
 from engine.report.model import GROUPABLE_FIELDS, Report
 from engine.report.scope import SCOPE_FIELDS, load_grid, split_scope
 from engine.report.tables import RATE_SUMS, comparisons, model_order, rate_table, sorted_by_model
@@ -80,6 +89,8 @@ def build_report(
     bootstrap: int = stats.DEFAULT_REPS,
     confidence: float = stats.DEFAULT_CONFIDENCE,
     all_records: bool = False,
+    extras: bool = False,
+    reply_limits: ReplyLimits | None = None,
 ) -> Report:
     """Aggregate a run directory or ``results.jsonl`` into a :class:`Report`.
 
@@ -88,19 +99,23 @@ def build_report(
     them; a directory without ``grid.json`` is reported whole. ``by`` adds a custom table grouped by exactly those fields (record fields or tag
     names, e.g. ``["model", "object"]`` or ``"model,repeat"``); an unknown name raises
     :class:`ReportError`. ``seed`` and ``bootstrap`` (replicates) make the bootstrap
-    intervals reproducible. Usage: ``build_report("runs/seed-v2").overall``
+    intervals reproducible. ``extras`` adds what the HTML page shows besides (the heat map's
+    cells, distributions, request counts and a table of replies, ``reply_limits`` long); it
+    reads the replies too. Usage: ``build_report("runs/seed-v2").overall``
     """
     if bootstrap < 1:
         raise ReportError(f"bootstrap replicates must be at least 1, got {bootstrap}")
     file = log_file(path)
     grid = load_grid(file)
     cols = _columns(log_tags(file), by, has_grid=grid is not None)
-    raw = load_raw(file, cols.read, compact=True)
+    read = [*cols.read, *(f for f in REPLY_FIELDS if f not in cols.read)] if extras else cols.read
+    raw = load_raw(file, read, compact=True)
     lines = raw.height
     scope = split_scope(dedupe(raw), grid, include_all=all_records)
     flags = _task_flags(scope.inside)
     del raw
-    cells, latency, span, unknown, targets = pl.collect_all(_aggregates(flags, cols.cells))
+    more = [histogram_query(flags), traffic_query(flags)] if extras else []
+    cells, latency, span, unknown, targets, *extra = pl.collect_all([*_aggregates(flags, cols.cells), *more])
     cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
     latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
     firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
@@ -126,6 +141,10 @@ def build_report(
         custom=table(list(by_cols), cols.custom_cluster) if by_cols else None,
         comparisons=comparisons(cells, cluster, models, seed=seed, reps=bootstrap, confidence=confidence),
         latency=sorted_by_model(latency, ["model"], models),
+        by_cluster=cluster_cells(cells, cluster, models) if extras else None,
+        histograms=extra[0] if extras else None,
+        traffic=traffic_of(extra[1]) if extras else None,
+        replies=replies_sample(flags, cols.has_difficulty, reply_limits or ReplyLimits()) if extras else None,
     )  # fmt: skip
 
 

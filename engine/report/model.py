@@ -22,6 +22,28 @@ GROUPABLE_FIELDS: tuple[str, ...] = (
 """Record fields a report may group by (``--by``); tag names are allowed too."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Traffic:
+    """What the log says about the requests behind its tasks (attempts and HTTP statuses)."""
+
+    requests: int  # every attempt, the retried ones included
+    retries: int
+    rate_limited: int  # HTTP 429 answers
+    tokens: int | None  # prompt + completion tokens of answered tasks, None when the log has no counts
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Replies:
+    """A table of replies for the HTML page: every wrong and failed task (up to a cap) and a sample of the rest.
+
+    ``rows`` has ``model, difficulty, temperature, outcome, qid, expected, extracted, reply`` (reply
+    cut short, failures show their error). Usage: ``report.replies.note  # 'all 3,600 replies'``
+    """
+
+    rows: pl.DataFrame
+    total: int  # tasks in the report
+    note: str  # what the table holds, said on the page
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Report:
@@ -58,6 +80,11 @@ class Report:
     custom: pl.DataFrame | None
     comparisons: pl.DataFrame
     latency: pl.DataFrame
+    # What the HTML page adds (engine.report.extras); None when the report was built without them.
+    by_cluster: pl.DataFrame | None = None  # model, cluster, n, errors, error_rate: the heat map's cells
+    histograms: pl.DataFrame | None = None  # measure, model, lo, hi, count: latency and token distributions
+    traffic: Traffic | None = None
+    replies: Replies | None = None
 
     @property
     def duplicates(self) -> int:

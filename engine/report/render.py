@@ -23,7 +23,10 @@ from rich.table import Table
 
 from engine.report.model import Report
 
-__all__ = ["render_markdown", "render_terminal", "report_to_csv", "report_to_json", "simulation_banner"]
+__all__ = [
+    "render_markdown", "render_terminal", "report_sections", "report_to_csv", "report_to_json", "simulation_banner",
+    "summary_lines",
+]  # fmt: skip
 
 _RATE_HEADERS = ("errors / n", "error rate", "Wilson 95%", "cluster bootstrap 95%", "wrong", "no answer", "failed")
 
@@ -91,7 +94,8 @@ def _target_rows(df: pl.DataFrame) -> _Rows:
     return ["model", "target (who answered)", "simulated"], rows, 3
 
 
-def _sections(report: Report) -> list[tuple[str, _Rows]]:
+def report_sections(report: Report) -> list[tuple[str, _Rows]]:
+    """(title, (headers, rows, label columns)) of every table, as text. Usage: ``for title, (h, rows, k) in ...``"""
     out = [("Error rate per model", _rate_rows(report.overall, ["model"]))]
     if report.targets.height:
         out.append(("Targets", _target_rows(report.targets)))
@@ -128,7 +132,8 @@ def simulation_banner(report: Report) -> tuple[str, str] | None:
                                 f"{', '.join(others)}: real targets (see Targets).")  # fmt: skip
 
 
-def _summary(report: Report) -> list[str]:
+def summary_lines(report: Report) -> list[str]:
+    """The paragraphs opening a report (Markdown backticks for names). Usage: ``summary_lines(report)[0]``"""
     cluster = "objects (tag `object`)" if report.cluster == "object" else "question ids (no `object` tag)"
     span = f" over {report.span_s:,.1f} s" if report.span_s else ""
     scope = report.scope
@@ -192,10 +197,10 @@ def render_terminal(report: Report, console: Console) -> None:
     """
     if (banner := simulation_banner(report)) is not None:
         console.print(f"{banner[0]} — {banner[1]}", style="bold", highlight=False)
-    for line in _summary(report):
+    for line in summary_lines(report):
         console.print(line.replace("`", ""), highlight=False)
     unbounded = console.options.update_width(1 << 16)  # measured against the console, a table never exceeds it
-    for title, (headers, rows, keys) in _sections(report):
+    for title, (headers, rows, keys) in report_sections(report):
         for names, gap in _LAYOUTS:
             table = _terminal_table(title, headers, rows, keys, names, gap)
             if console.measure(table, options=unbounded).maximum <= console.width:
@@ -215,18 +220,23 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], keys: int) 
             *(line(r) for r in rows)]  # fmt: skip
 
 
-def render_markdown(report: Report, *, charts: Sequence[Path] = ()) -> str:
-    """The report as Markdown; ``charts`` are linked by file name (they sit beside report.md).
+def render_markdown(report: Report, *, charts: Sequence[Path] = (), page: str | None = None) -> str:
+    """The report as Markdown; ``charts`` are linked by file name (they sit beside report.md), as is
+    ``page``, the HTML report with the interactive charts, heat map and replies.
 
     Usage: ``Path("report.md").write_text(render_markdown(report))``
     """
     banner = simulation_banner(report)
     lines = [*([f"> **{banner[0]}** — {banner[1]}", ""] if banner else []), f"# Report: {report.source.parent.name}", "",
-             *(f"{s}\n" for s in _summary(report))]  # fmt: skip
-    for title, (headers, rows, keys) in _sections(report):
+             *(f"{s}\n" for s in summary_lines(report))]  # fmt: skip
+    for title, (headers, rows, keys) in report_sections(report):
         lines += [f"## {title}", "", *_md_table(headers, rows, keys), ""]
+    if charts or page:
+        lines += ["## Charts", ""]
+    if page:
+        lines += [f"Charts, the heat map of errors per {report.cluster} and model, and the replies: [{page}]({page}).", ""]
     if charts:
-        lines += ["## Charts", ""] + [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in charts]
+        lines += [f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in charts]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -42,7 +42,7 @@ from engine.experiment.grid import Grid, Skipped, build_grid, iter_tasks
 from engine.experiment.questions import Question, load_questions
 from engine.experiment.scoring import Scorer, get_scorer
 from engine.experiment.spec import SIM_URL, Spec, load_spec
-from engine.report.write import write_report
+from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
 from engine.results.paths import RunPaths, check_owner, prepare_run_dir
 from engine.results.read import LogScan, scan_log
@@ -294,6 +294,14 @@ async def run_prepared(
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
+    if _nothing_to_send(prepared, done):
+        # Every task is in the log: no built-in target, no local model server, no connection.
+        in_flight = _prepare_log(prepared, options)
+        return RunSummary(
+            run_dir=paths.root, total=prepared.grid.size, already_done=prepared.grid.size, finished=0, ok=0,
+            failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
+            interrupted=False, in_flight_at_last_stop=in_flight,
+        )  # fmt: skip
     with local_targets(spec, prepared.questions) as (urls, sim):
         transports: list[Transport] = []
         try:
@@ -320,6 +328,12 @@ async def run_prepared(
         by_model={m.name: _counts(counters, m.name) for m in spec.models if m.name in counters.by_model},
         simulated=frozenset(m.name for m in prepared.grid.models if m.simulated),
     )
+
+
+def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
+    """True when every task of the grid is in ``done`` (lazily: stops at the first one left)."""
+    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done)
+    return next(tasks, None) is None
 
 
 def retry_policy(spec: Spec) -> RetryPolicy:
@@ -460,8 +474,14 @@ def run_dir_of(spec: Spec, out: Path | None) -> Path:
 
 
 def write_run_report(run_dir: Path) -> list[Path]:
-    """Write report.md and charts into the run directory (the report module does the work).
+    """Write report.md and report.html into the run directory, unless the log is as the last report saw it.
 
-    Usage: ``write_run_report(Path("runs/memorisation"))``
+    Returns the files written (none when the saved report is current). Usage: ``write_run_report(Path("runs/x"))``
     """
-    return write_report(run_dir)
+    if report_is_current(run_dir, ["report.md", "report.html"]):
+        return []
+    # Late: building a report pulls in the bootstrap and the page's renderers; a rerun with nothing
+    # new (the check above, a few stat calls) does not pay for importing them.
+    from engine.report.write import write_report
+
+    return write_report(run_dir, charts=False)

@@ -260,10 +260,11 @@ def test_json_has_null_where_an_interval_cannot_exist(tmp_path: Path) -> None:
 def test_write_report_and_main_report(tmp_path: Path) -> None:
     run = write_log(tmp_path / "run", grid())
     paths = write_report(run)
-    assert [p.name for p in paths] == ["report.md", "chart_error_rate.png", "chart_error_rate_by_difficulty.png",
-                                       "chart_error_rate_by_temperature.png"]  # fmt: skip
+    assert [p.name for p in paths] == ["report.md", "report.html", "chart_error_rate.png",
+                                       "chart_error_rate_by_difficulty.png", "chart_error_rate_by_temperature.png"]  # fmt: skip
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert "![chart error rate](chart_error_rate.png)" in (run / "report.md").read_text()
+    assert "[report.html](report.html)" in (run / "report.md").read_text()
     out = io.StringIO()
     assert main_report(run, fmt="json", console=Console(file=out)) == 0
     assert orjson.loads(out.getvalue())["overall"][1]["model"] == "10x"

@@ -347,8 +347,11 @@ def small_run(tmp_path: Path) -> Path:
 
 
 def test_by_and_all_print_but_never_rewrite_report_md(small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The run saves report.md without the PNG charts (they are `engine report`'s): draw them first.
+    assert main_report(small_run, console=Console(file=io.StringIO())) == 0
     before = (small_run / "report.md").read_bytes()
     charts = {p: p.read_bytes() for p in small_run.glob("*.png")}
+    assert len(charts) == 3  # error rate, by difficulty, by temperature
     options: tuple[dict[str, Any], ...] = ({"by": "model,repeat"}, {"all_records": True}, {"by": "difficulty", "fmt": "md"})
     for kwargs in options:
         out = io.StringIO()

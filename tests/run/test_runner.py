@@ -40,7 +40,7 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (run_dir / "results.jsonl").read_bytes().splitlines()]
 
 
-def test_run_completes_the_grid_and_a_rerun_sends_nothing(tmp_path: Path) -> None:
+def test_run_completes_the_grid_and_a_rerun_sends_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = write_spec(tmp_path)
     out = tmp_path / "run"
     first = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False))
@@ -51,9 +51,13 @@ def test_run_completes_the_grid_and_a_rerun_sends_nothing(tmp_path: Path) -> Non
     assert first.target_requests == first.total
     before = hashlib.sha256((out / "results.jsonl").read_bytes()).hexdigest()
 
+    def no_target(*_args: object) -> None:
+        raise AssertionError("the built-in target was started with nothing left to send")
+
+    monkeypatch.setattr(SimProcess, "__enter__", no_target)
     second = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False))
     assert second.finished == 0 and second.already_done == first.total
-    assert second.target_requests == 0  # the target's own count: nothing was asked again
+    assert second.requests == 0 and second.target_requests is None  # no target started, nothing asked again
     assert hashlib.sha256((out / "results.jsonl").read_bytes()).hexdigest() == before
 
 

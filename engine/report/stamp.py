@@ -1,0 +1,78 @@
+"""Whether a run's saved report still describes its log: a stamp of the log written beside the report.
+
+``engine run`` with nothing new to send must not rebuild the report (reading the log, the bootstrap,
+the page): the stamp records the log's and the grid's size, modification time and inode when the
+report was built, and which files it wrote. Any append, repair, ``--fresh`` or new grid changes one
+of them. Imports nothing heavy, so checking costs a few ``stat`` calls.
+
+Usage::
+
+    if not report_is_current(run_dir, ["report.md", "report.html"]):
+        write_report(run_dir)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+__all__ = ["STAMP_FILE", "Fingerprint", "log_fingerprint", "report_is_current", "write_stamp"]
+
+STAMP_FILE = "report.stamp.json"
+_FORMAT = 1  # bump when the saved report's content changes, so old reports are rebuilt once
+
+
+Fingerprint = dict[str, list[int] | str | None]
+
+
+def log_fingerprint(run_dir: Path) -> Fingerprint:
+    """The log's (size, mtime ns, inode) and the grid's digest; None for a missing file.
+
+    Usage: ``log_fingerprint(Path("runs/memorisation"))["results.jsonl"]``
+    """
+    out: Fingerprint = {}
+    try:
+        st = (run_dir / "results.jsonl").stat()
+        out["results.jsonl"] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    except OSError:
+        out["results.jsonl"] = None
+    try:
+        out["grid.json"] = hashlib.blake2b((run_dir / "grid.json").read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        out["grid.json"] = None
+    return out
+
+
+def report_is_current(run_dir: Path, needed: Sequence[str]) -> bool:
+    """True when the stamp matches the log and grid as they are now and every ``needed`` file was written.
+
+    Usage: ``report_is_current(Path("runs/memorisation"), ["report.md", "report.html"])``
+    """
+    try:
+        stamp = orjson.loads((run_dir / STAMP_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    if not isinstance(stamp, dict) or stamp.get("format") != _FORMAT or stamp.get("log") != log_fingerprint(run_dir):
+        return False
+    written = stamp.get("files")
+    return isinstance(written, list) and all(n in written and (run_dir / n).is_file() for n in needed)
+
+
+def write_stamp(run_dir: Path, fingerprint: Fingerprint, files: Sequence[str]) -> None:
+    """Record that ``files`` describe the log as ``fingerprint`` saw it (taken before the log was read).
+
+    A stamp that cannot be written only means the next run builds the report again.
+    Usage: ``write_stamp(run, log_fingerprint(run), ["report.md", "report.html"])``
+    """
+    doc = {"format": _FORMAT, "log": fingerprint, "files": list(files)}
+    target = run_dir / STAMP_FILE
+    try:
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(orjson.dumps(doc))
+        os.replace(partial, target)
+    except OSError:
+        return
