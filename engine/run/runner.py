@@ -36,7 +36,7 @@ from engine.endpoint.apis import API
 from engine.endpoint.client import ChatClient, path_hint
 from engine.endpoint.limits import EndpointLimiter
 from engine.endpoint.retry import RetryPolicy
-from engine.endpoint.transport import AiohttpTransport, Transport
+from engine.endpoint.transport import Transport
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.experiment.grid import Grid, Skipped, build_grid, iter_tasks
 from engine.experiment.questions import Question, load_questions
@@ -290,7 +290,7 @@ async def run_prepared(
                 prepared, options, transport_factory=transport_factory, console=console, interrupts=own
             )
     spec, paths = prepared.spec, prepared.paths
-    make_transport = transport_factory or (lambda concurrency: AiohttpTransport(concurrency=concurrency))
+    make_transport = transport_factory or _aiohttp_transport
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
@@ -334,6 +334,14 @@ def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
     """True when every task of the grid is in ``done`` (lazily: stops at the first one left)."""
     tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done)
     return next(tasks, None) is None
+
+
+def _aiohttp_transport(concurrency: int) -> Transport:
+    """The default transport. Imported here, late, for start-up cost only (aiohttp takes a quarter
+    second to import): a rerun with nothing left to send never loads it."""
+    from engine.endpoint.aiohttp_transport import AiohttpTransport
+
+    return AiohttpTransport(concurrency=concurrency)
 
 
 def retry_policy(spec: Spec) -> RetryPolicy:

@@ -14,9 +14,9 @@ import pytest
 
 from engine.endpoint.apis import API, NoText
 from engine.endpoint.client import ChatClient, Completion
+from engine.endpoint.httpx_transport import HttpxTransport
 from engine.endpoint.limits import EndpointLimiter, LimitConfig
 from engine.endpoint.retry import RetryPolicy
-from engine.endpoint.transport import HttpxTransport
 from engine.errors import EndpointError
 from tests.support.vtime import run_virtual
 

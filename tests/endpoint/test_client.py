@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from engine.endpoint.client import ChatClient, Completion
+from engine.endpoint.httpx_transport import HttpxTransport
 from engine.endpoint.limits import EndpointLimiter, LimitConfig
 from engine.endpoint.retry import RetryPolicy
-from engine.endpoint.transport import HttpxTransport
 from engine.errors import EndpointError, QuotaExhausted
 from tests.support.vtime import run_virtual
 

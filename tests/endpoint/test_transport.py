@@ -7,7 +7,7 @@ import socket
 import anyio
 import pytest
 
-from engine.endpoint.transport import AiohttpTransport
+from engine.endpoint.aiohttp_transport import AiohttpTransport
 from engine.errors import TransportError
 from engine.sim.config import SimConfig, SimFact
 from engine.sim.process import serve

@@ -18,7 +18,8 @@ import orjson
 import pytest
 from rich.console import Console
 
-from engine.endpoint.transport import HttpxTransport, Transport
+from engine.endpoint.httpx_transport import HttpxTransport
+from engine.endpoint.transport import Transport
 from engine.errors import ConfigError, LogError
 from engine.experiment.grid import build_grid
 from engine.experiment.questions import load_questions
@@ -302,7 +303,7 @@ def test_a_mixed_report_says_which_model_is_simulated(tmp_path: Path) -> None:
     prepared = prepare(spec, options)
     server = RealServer()
     real = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(server)))
-    from engine.endpoint.transport import AiohttpTransport
+    from engine.endpoint.aiohttp_transport import AiohttpTransport
 
     # The sim's endpoint is created first (models in spec order): a real transport for it, the mock for m2.
     made: Iterator[Callable[[int], Transport]] = iter([lambda n: AiohttpTransport(concurrency=n), lambda _n: real])

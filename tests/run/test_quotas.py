@@ -17,7 +17,8 @@ import anyio
 import httpx
 import orjson
 
-from engine.endpoint.transport import HttpxTransport, Transport
+from engine.endpoint.httpx_transport import HttpxTransport
+from engine.endpoint.transport import Transport
 from engine.experiment.spec import load_spec
 from engine.run.quotas import quota_groups
 from engine.run.runner import RunOptions, RunSummary, prepare, run_prepared

@@ -11,9 +11,9 @@ import httpx
 import orjson
 
 from engine.endpoint.client import ChatClient
+from engine.endpoint.httpx_transport import HttpxTransport
 from engine.endpoint.limits import EndpointLimiter, LimitConfig
 from engine.endpoint.retry import RetryPolicy
-from engine.endpoint.transport import HttpxTransport
 from engine.experiment.grid import Task, build_grid, iter_tasks
 from engine.experiment.questions import Question
 from engine.experiment.scoring import get_scorer
