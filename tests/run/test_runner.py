@@ -18,22 +18,16 @@ from engine.run.runner import RunOptions, run_experiment
 from engine.run.targets import facts_from_csv
 from engine.sim.config import SimConfig
 from engine.sim.process import SimProcess
+from tests.support import specs
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTS = ROOT / "data" / "facts.csv"
+FACTS = specs.FACTS
 
 
 def write_spec(tmp_path: Path, *, base_url: str = "sim", models: int = 2, temps: str = "[0.0, 1.0]",
                repeats: int = 2, extra: str = "", concurrency: int = 8, sim: str = "") -> Path:
-    model_tables = "\n".join(
-        f'[[models]]\nname = "m{i}"\nbase_url = "{base_url}"\nconcurrency = {concurrency}\n' for i in range(models)
-    )
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        f'name = "t"\nquestions = "{FACTS}"\ntemperatures = {temps}\nrepeats = {repeats}\n{extra}\n'
-        f"{model_tables}\n{sim}\n"
-    )
-    return spec
+    return specs.write_spec(tmp_path, name="t", base_url=base_url, models=models, temps=temps, repeats=repeats,
+                            extra=extra, concurrency=concurrency, sim=sim)
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:

@@ -12,17 +12,19 @@ FACTS = ROOT / "data" / "facts.csv"
 
 
 def write_spec(
-    tmp_path: Path, *, name: str, latency_ms: float, base_url: str = "sim", concurrency: int = 8, models: int = 2,
-    repeats: int = 1,
+    tmp_path: Path, *, name: str, latency_ms: float | None = None, base_url: str = "sim", concurrency: int = 8,
+    models: int = 2, repeats: int = 1, temps: str = "[0.0, 1.0]", extra: str = "", sim: str = "",
 ) -> Path:
-    """``models`` models at ``base_url`` × 150 questions × 2 temperatures × ``repeats``, the target answering in
-    ``latency_ms``; returns the spec's path."""
+    """``models`` models at ``base_url`` × 150 questions × ``temps`` × ``repeats``; ``extra`` adds top-level
+    lines, ``sim`` a ``[sim]`` table (or ``latency_ms`` alone, the target's answer time). Returns the spec's path."""
     tables = "".join(
         f'[[models]]\nname = "m{i}"\nbase_url = "{base_url}"\nconcurrency = {concurrency}\n' for i in range(models)
     )
+    if latency_ms is not None:
+        sim = f"[sim]\nlatency_ms = {latency_ms}\n"
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        f'name = "{name}"\nquestions = "{FACTS}"\ntemperatures = [0.0, 1.0]\nrepeats = {repeats}\n{tables}'
-        f"[sim]\nlatency_ms = {latency_ms}\n"
+        f'name = "{name}"\nquestions = "{FACTS}"\ntemperatures = {temps}\nrepeats = {repeats}\n{extra}\n'
+        f"{tables}\n{sim}\n"
     )
     return spec
