@@ -248,18 +248,6 @@ class EndpointLimiter:
 
     # -- feedback ----------------------------------------------------------------------------
 
-    async def observe(
-        self,
-        *,
-        status: int,
-        headers: Mapping[str, str],
-        usage: tuple[int, int] | None = None,
-        prompt_chars: int | None = None,
-        prompt_messages: int = 1,
-    ) -> None:
-        """Learn from one response: token usage (for a prompt of ``prompt_chars``), rate-limit headers, 429s."""
-        self.learn(status=status, headers=headers, usage=usage, prompt_chars=prompt_chars, prompt_messages=prompt_messages)
-
     def learn(
         self,
         *,
@@ -269,7 +257,10 @@ class EndpointLimiter:
         prompt_chars: int | None = None,
         prompt_messages: int = 1,
     ) -> None:
-        """:meth:`observe` without the await (it never waits): what :meth:`Slot.observe` calls."""
+        """Learn from one response: token usage (for a prompt of ``prompt_chars``), rate-limit headers, 429s.
+
+        Never waits, so it is a plain call; :meth:`Slot.observe` is the client's way to it.
+        """
         now = anyio.current_time()
         if usage is not None:
             prompt_tokens, completion_tokens = usage

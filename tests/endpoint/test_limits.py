@@ -80,7 +80,7 @@ def drive(
                         status, headers = server(now - start, tokens)
                         run.sends.append((now - start, status, tokens))
                         await anyio.sleep(latency)
-                        await limiter.observe(status=status, headers=headers)
+                        limiter.learn(status=status, headers=headers)
                     finally:
                         limiter.release()
                     if status != 429:
@@ -225,7 +225,7 @@ def test_429_with_retry_after_pauses_the_whole_endpoint_as_long_as_asked() -> No
     limiter = EndpointLimiter(LimitConfig(rpm=6000, concurrency=8))
 
     async def main() -> float:
-        await limiter.observe(status=429, headers={"retry-after": "3"})
+        limiter.learn(status=429, headers={"retry-after": "3"})
         start = anyio.current_time()
         await limiter.acquire(1)
         limiter.release()
@@ -239,7 +239,7 @@ def test_remaining_zero_pauses_until_reset_when_no_pace_is_known() -> None:
     limiter = EndpointLimiter(LimitConfig())
 
     async def main() -> float:
-        await limiter.observe(
+        limiter.learn(
             status=200, headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
         )
         start = anyio.current_time()
@@ -255,7 +255,7 @@ def test_remaining_zero_under_a_known_pace_does_not_stop_the_pace() -> None:
     limiter = EndpointLimiter(LimitConfig(rpm=6000))
 
     async def main() -> float:
-        await limiter.observe(
+        limiter.learn(
             status=200, headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
         )
         start = anyio.current_time()
@@ -282,7 +282,7 @@ def test_a_pause_also_holds_requests_already_queued_in_the_pacer() -> None:
             for _ in range(3):
                 tg.start_soon(one)
             await anyio.sleep(0.01)  # the first is sent, the other two wait in the pacer
-            await limiter.observe(status=429, headers={"retry-after": "5"})
+            limiter.learn(status=429, headers={"retry-after": "5"})
         return [t - start for t in sent]
 
     times = run_virtual(main)
@@ -302,16 +302,16 @@ def test_unknown_quota_starts_unpaced_then_cuts_on_429_and_grows_back() -> None:
         for _ in range(40):  # 40 quick sends over 2 s
             await limiter.acquire(1)
             limiter.release()
-            await limiter.observe(status=200, headers={})
+            limiter.learn(status=200, headers={})
             await anyio.sleep(0.05)
-        await limiter.observe(status=429, headers={})
+        limiter.learn(status=429, headers={})
         cut = limiter.rate
         assert cut is not None
         window_after_cut = limiter.window
         for _ in range(100):
             await limiter.acquire(1)
             limiter.release()
-            await limiter.observe(status=200, headers={})
+            limiter.learn(status=200, headers={})
         return cut, limiter.rate or 0.0, window_after_cut
 
     cut, grown, window = run_virtual(main)
@@ -324,7 +324,7 @@ def test_adaptive_adopts_the_limit_header_as_its_pace() -> None:
     limiter = EndpointLimiter(LimitConfig())
 
     async def main() -> None:
-        await limiter.observe(status=200, headers={"x-ratelimit-limit-requests": "120"})
+        limiter.learn(status=200, headers={"x-ratelimit-limit-requests": "120"})
 
     run_virtual(main)
     assert limiter.rate == pytest.approx(2.0 * 0.98)  # a hair under the named quota
@@ -356,7 +356,7 @@ def test_adaptive_reaches_its_floor() -> None:
                 await limiter.acquire(1)
                 sent.append(anyio.current_time() - start)
                 status, headers = always_429(0, 1)
-                await limiter.observe(status=status, headers=headers)
+                limiter.learn(status=status, headers=headers)
                 limiter.release()
         return sent
 
@@ -415,7 +415,7 @@ def test_token_estimate_learns_from_usage() -> None:
 
     async def learn() -> None:
         for _ in range(50):
-            await limiter.observe(status=200, headers={}, usage=(50, 5), prompt_chars=400)
+            limiter.learn(status=200, headers={}, usage=(50, 5), prompt_chars=400)
 
     run_virtual(learn)
     learnt = limiter.estimate(prompt_chars=400, max_tokens=256)
@@ -429,7 +429,7 @@ def test_token_estimate_settles_when_the_endpoint_counts_more_than_estimated() -
 
     async def learn() -> None:
         for _ in range(30_000):
-            await limiter.observe(status=200, headers={}, usage=(26, 9), prompt_chars=60)
+            limiter.learn(status=200, headers={}, usage=(26, 9), prompt_chars=60)
 
     run_virtual(learn)
     assert limiter.estimate(prompt_chars=60, max_tokens=32) == pytest.approx(26 + 9, abs=2)
