@@ -51,8 +51,7 @@ from engine.run.interrupts import Interrupts, exit_code_of, signal_name
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
 from engine.run.scheduler import Counters, Pool, StopSignal, run_grid
-from engine.run.targets import model_targets
-from engine.sim.config import SimConfig
+from engine.run.targets import model_targets, sim_config
 from engine.sim.process import SimProcess
 
 FAILED_EXIT = 1  # some tasks of this run failed (the others are in the log)
@@ -222,17 +221,6 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
         yield urls, sim
 
 
-def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
-    """The built-in target's configuration for this spec: the [sim] table, with the spec's questions as facts.
-
-    Usage: ``SimProcess(sim_config(spec, questions))``
-    """
-    from engine.run.targets import facts_from_questions
-
-    facts = facts_from_questions(questions)
-    return dataclasses.replace(spec.sim, facts=facts)
-
-
 async def preflight(
     transport: Transport, base_url: str, headers: dict[str, str], names: str, *, api: str = "chat"
 ) -> None:
@@ -331,7 +319,13 @@ async def run_prepared(
 
 
 def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
-    """True when every task of the grid is in ``done`` (lazily: stops at the first one left)."""
+    """True when every task of the grid is in ``done`` (lazily: stops at the first one left).
+
+    Fewer finished keys than grid tasks settles it without walking the grid: a resume of a large,
+    half-done grid would otherwise hash the whole done part twice (here, then in the pools).
+    """
+    if len(done) < prepared.grid.size:
+        return False
     tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done)
     return next(tasks, None) is None
 

@@ -68,7 +68,7 @@ def normalise_url(url: str) -> str:
 def sim_target(config: SimConfig, model_id: str) -> str:
     """The built-in target's id for one model id: a digest of what decides its answers.
 
-    ``config`` is the run's sim config with its facts (see ``engine.run.runner.sim_config``).
+    ``config`` is the run's sim config with its facts (see :func:`sim_config`).
     Usage: ``sim_target(config, "ft-5x")  # 'sim:3f2a9c01d4e5'``
     """
     rows = {m: dict(config.accuracy[m]) for m in (model_id, "*") if m in config.accuracy}
@@ -105,12 +105,17 @@ def model_targets(
     Usage: ``model_targets(spec, questions)["ft-5x"].simulated``
     """
     if sim is None and any(m.base_url == SIM_URL for m in spec.models):
-        sim = _sim_config(spec, questions)
+        sim = sim_config(spec, questions)
     hashed: dict[Path, str] = {}
     return {m.name: _target(spec, m, sim, hashed) for m in spec.models}
 
 
-def _sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
+def sim_config(spec: Spec, questions: Sequence[Question]) -> SimConfig:
+    """The built-in target's configuration for this spec: the [sim] table, with the spec's questions as facts.
+
+    The run starts the target with it and the targets' ids digest it: one definition for both.
+    Usage: ``SimProcess(sim_config(spec, questions))``
+    """
     return replace(spec.sim, facts=facts_from_questions(questions))
 
 

@@ -16,7 +16,7 @@ from engine.experiment.questions import Question, load_questions
 from engine.experiment.spec import Spec, load_spec
 from engine.run.plan import make_plan, pass_prompt_tokens, plan_limiters, plan_model
 from engine.run.quotas import quota_groups
-from engine.run.runner import sim_config
+from engine.run.targets import sim_config
 from engine.sim.process import SimProcess
 from tests.conftest import BASE_SPEC, REPO, SpecDir
 
