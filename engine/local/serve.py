@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from engine.errors import ConfigError, EndpointError
 
@@ -89,20 +90,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _get(url: str, timeout: float) -> Any:
+    """GET a loopback URL; a proxy from the environment is never used (it could not reach our port)."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=timeout)
+
+
 def _wait_healthy(base: str, deadline: float) -> None:
     last = "no answer"
-    with httpx.Client(timeout=2.0) as client:
-        while True:
-            try:
-                response = client.get(f"{base}/health")
-                if response.status_code == 200:
+    while True:
+        try:
+            with _get(f"{base}/health", 2.0) as response:
+                if response.status == 200:
                     return
-                last = f"http {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            if time.monotonic() > deadline:
-                raise EndpointError(f"local llama.cpp server at {base} not healthy in time ({last})")
-            time.sleep(0.05)
+                last = f"http {response.status}"
+        except urllib.error.HTTPError as exc:  # 503 while the model loads
+            last = f"http {exc.code}"
+        except OSError as exc:
+            last = type(exc).__name__
+        if time.monotonic() > deadline:
+            raise EndpointError(f"local llama.cpp server at {base} not healthy in time ({last})")
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -184,9 +191,10 @@ def server_info(base_url: str, *, timeout: float = 10.0) -> ServerInfo:
     Usage: ``server_info("http://127.0.0.1:8080/v1").model_id``
     """
     try:
-        data = httpx.get(f"{base_url.rstrip('/')}/models", timeout=timeout).json()
+        with _get(f"{base_url.rstrip('/')}/models", timeout) as response:
+            data = json.loads(response.read())
         entry = data["data"][0]
         meta = entry.get("meta") or {}
         return ServerInfo(model_id=str(entry["id"]), n_ctx=meta.get("n_ctx_train"))
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise EndpointError(f"no model list at {base_url}/models ({type(exc).__name__})") from exc

@@ -13,12 +13,10 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
+from engine.results.stamps import file_fingerprint, grid_digest, read_json, write_json_atomic
 
 __all__ = ["STAMP_FILE", "Fingerprint", "log_fingerprint", "report_is_current", "write_stamp"]
 
@@ -34,17 +32,11 @@ def log_fingerprint(run_dir: Path) -> Fingerprint:
 
     Usage: ``log_fingerprint(Path("runs/memorisation"))["results.jsonl"]``
     """
-    out: Fingerprint = {}
     try:
-        st = (run_dir / "results.jsonl").stat()
-        out["results.jsonl"] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        grid: str | None = grid_digest((run_dir / "grid.json").read_bytes())
     except OSError:
-        out["results.jsonl"] = None
-    try:
-        out["grid.json"] = hashlib.blake2b((run_dir / "grid.json").read_bytes(), digest_size=16).hexdigest()
-    except OSError:
-        out["grid.json"] = None
-    return out
+        grid = None
+    return {"results.jsonl": file_fingerprint(run_dir / "results.jsonl"), "grid.json": grid}
 
 
 def report_is_current(run_dir: Path, needed: Sequence[str]) -> bool:
@@ -52,10 +44,7 @@ def report_is_current(run_dir: Path, needed: Sequence[str]) -> bool:
 
     Usage: ``report_is_current(Path("runs/memorisation"), ["report.md", "report.html"])``
     """
-    try:
-        stamp = orjson.loads((run_dir / STAMP_FILE).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return False
+    stamp = read_json(run_dir / STAMP_FILE)
     if not isinstance(stamp, dict) or stamp.get("format") != _FORMAT or stamp.get("log") != log_fingerprint(run_dir):
         return False
     written = stamp.get("files")
@@ -68,11 +57,4 @@ def write_stamp(run_dir: Path, fingerprint: Fingerprint, files: Sequence[str]) -
     A stamp that cannot be written only means the next run builds the report again.
     Usage: ``write_stamp(run, log_fingerprint(run), ["report.md", "report.html"])``
     """
-    doc = {"format": _FORMAT, "log": fingerprint, "files": list(files)}
-    target = run_dir / STAMP_FILE
-    try:
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(orjson.dumps(doc))
-        os.replace(partial, target)
-    except OSError:
-        return
+    write_json_atomic(run_dir / STAMP_FILE, {"format": _FORMAT, "log": fingerprint, "files": list(files)})

@@ -52,6 +52,11 @@ class RunPaths:
         return self.root / "grid.json"
 
     @property
+    def complete(self) -> Path:
+        """The stamp saying the log holds every task of the grid (see :mod:`engine.results.stamps`)."""
+        return self.root / "complete.json"
+
+    @property
     def started(self) -> Path:
         """The write-ahead journal: one line per request about to be sent (only with write-ahead on)."""
         return self.root / "started.jsonl"

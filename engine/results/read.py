@@ -5,7 +5,6 @@ line anywhere else means the log was damaged by something other than us: a LogEr
 
 Usage::
 
-    scan = scan_log(paths.results)                     # what is done already
     frame = read_records(paths.results, ["status"])     # columns key, status
     tasks = load_log("runs/x", columns=["model", "outcome"]).collect()  # one row per task
 """
@@ -13,11 +12,10 @@ Usage::
 from __future__ import annotations
 
 import io
-import os
 import tomllib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import orjson
 import polars as pl
@@ -26,43 +24,17 @@ from engine.errors import LogError, ReportError
 from engine.results.record import READABLE_VERSIONS, RECORD_FIELDS, RECORD_SCHEMA, SCHEMA_VERSION
 
 _BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
+POLARS_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
+    name: pl.List(pl.Int64()) if kind == "List(Int64)" else getattr(pl, kind)()
+    for name, kind in RECORD_SCHEMA.items()
+})
+"""The Polars type of each record field (but ``tags``), from the record's one definition.
+
+Usage: ``POLARS_SCHEMA["latency_ms"]  # Float64``
+"""
 # Low-cardinality text columns, held as categoricals with ``compact``: a million records
 # then cost a few bytes each instead of a string apiece.
 _COMPACT = frozenset({"model", "model_id", "target", "qid", "status", "outcome", "expected", "extracted", "error"})
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LogScan:
-    """What a log already holds: keys answered, keys that failed, records read, torn tail seen."""
-
-    ok: frozenset[str]
-    failed: frozenset[str]
-    records: int
-    torn_tail: bool
-
-    def done(self, *, retry_failed: bool) -> frozenset[str]:
-        """Keys not to send again. Usage: ``scan.done(retry_failed=True)``"""
-        return self.ok if retry_failed else self.ok | self.failed
-
-
-def scan_log(path: Path) -> LogScan:
-    """Read the keys a log holds (key, version and status only; bounded memory), without changing the file.
-
-    A torn last line (a kill mid-write, even one whose JSON is whole: repair_torn_tail cuts
-    it, so counting it as done would lose the task) is left out and flagged; a bad line
-    anywhere else, or a record without key or status, is a LogError naming the line.
-    Usage: ``scan_log(Path("runs/x/results.jsonl")).ok``
-    """
-    if not path.exists() or path.stat().st_size == 0:
-        return LogScan(ok=frozenset(), failed=frozenset(), records=0, torn_tail=False)
-    torn = _torn_tail_offset(path) is not None
-    frame = read_records(path, ["status"], required=("status",))
-    ok = frame.filter(pl.col("status") == "ok")["key"]
-    failed = frame.filter(pl.col("status") != "ok")["key"]
-    ok_keys = frozenset(ok.to_list())
-    return LogScan(
-        ok=ok_keys, failed=frozenset(failed.to_list()) - ok_keys, records=frame.height, torn_tail=torn
-    )
 
 
 # --------------------------------------------------------------------------- reading
@@ -116,7 +88,7 @@ def read_records(
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
     checked = tuple(dict.fromkeys(("v", "key", *required)))
-    schema: dict[str, pl.DataType] = {f: RECORD_SCHEMA[f] for f in dict.fromkeys((*checked, *fields))}
+    schema: dict[str, pl.DataType] = {f: POLARS_SCHEMA[f] for f in dict.fromkeys((*checked, *fields))}
     tags = list(dict.fromkeys(tags))
     if tags:
         schema["tags"] = pl.Struct({t: pl.String() for t in tags})
@@ -213,27 +185,6 @@ def _count_newlines(file: Path, upto: int) -> int:
             upto -= len(chunk)
     return count
 
-
-def _torn_tail_offset(path: Path) -> int | None:
-    """Offset just past the last newline when the file does not end with one, else None."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return None
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return None
-        step = 1 << 16
-        end = size
-        while end > 0:
-            start = max(0, end - step)
-            f.seek(start)
-            chunk = f.read(end - start)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                return start + newline + 1
-            end = start
-        return 0
 
 RESULTS_FILE = "results.jsonl"
 

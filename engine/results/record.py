@@ -1,6 +1,6 @@
 """The log record: one line of ``results.jsonl``, typed once, with its schema version.
 
-:class:`Record` is the Python side, :data:`RECORD_SCHEMA` the Polars side of the same fields;
+:class:`Record` is the Python side, :data:`RECORD_SCHEMA` the column types of the same fields;
 the scheduler builds records, :mod:`engine.results.write` writes them, :mod:`engine.results.read`
 reads them (for the resume scan, the report and the seed export), :mod:`engine.study.seedio`
 makes them from the original experiment's CSVs.
@@ -14,23 +14,23 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TypedDict
 
-import polars as pl
-
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # schema 1 (before targets were recorded) is read with target and simulated null
 
-RECORD_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
-    "v": pl.Int64(), "key": pl.String(), "model": pl.String(), "model_id": pl.String(),
-    "target": pl.String(), "simulated": pl.Boolean(), "qid": pl.String(),
-    "question": pl.String(), "temperature": pl.Float64(), "repeat": pl.Int64(), "expected": pl.String(),
-    "reply": pl.String(), "extracted": pl.String(), "outcome": pl.String(), "correct": pl.Boolean(),
-    "status": pl.String(), "error": pl.String(), "attempts": pl.Int64(), "http": pl.List(pl.Int64()),
-    "latency_ms": pl.Float64(), "prompt_tokens": pl.Int64(), "completion_tokens": pl.Int64(),
-    "t_start": pl.Float64(), "t_end": pl.Float64(),
+RECORD_SCHEMA: Mapping[str, str] = MappingProxyType({
+    "v": "Int64", "key": "String", "model": "String", "model_id": "String",
+    "target": "String", "simulated": "Boolean", "qid": "String",
+    "question": "String", "temperature": "Float64", "repeat": "Int64", "expected": "String",
+    "reply": "String", "extracted": "String", "outcome": "String", "correct": "Boolean",
+    "status": "String", "error": "String", "attempts": "Int64", "http": "List(Int64)",
+    "latency_ms": "Float64", "prompt_tokens": "Int64", "completion_tokens": "Int64",
+    "t_start": "Float64", "t_end": "Float64",
 })  # fmt: skip
-"""Polars type of each field of a schema-2 record, in contract order, but ``tags`` (str→str, read apart).
+"""Type of each field of a schema-2 record (a Polars type's name), in contract order, but ``tags`` (str→str, read apart).
 
-Usage: ``RECORD_SCHEMA["latency_ms"]  # Float64``
+Named, not imported: writing a run must not pay Polars' import (about 0.2 s); the reader maps
+the names to Polars types (``engine.results.read.POLARS_SCHEMA``).
+Usage: ``RECORD_SCHEMA["latency_ms"]  # 'Float64'``
 """
 RECORD_FIELDS: tuple[str, ...] = (*RECORD_SCHEMA, "tags")
 """Every field of a schema-2 record, in contract order."""

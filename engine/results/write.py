@@ -24,8 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import LogError
 from engine.results.paths import RunPaths
-from engine.results.read import _torn_tail_offset
 from engine.results.record import Record
+from engine.results.scan import torn_tail_offset
 
 # One journal line per request, written and read only here: {"key":"<20 hex>"}\n
 _JOURNAL_LINE = b'{"key":"%s"}\n'
@@ -40,7 +40,7 @@ def repair_torn_tail(path: Path) -> int:
     """
     if not path.exists():
         return 0
-    offset = _torn_tail_offset(path)
+    offset = torn_tail_offset(path)
     if offset is None:
         return 0
     size = path.stat().st_size

@@ -45,7 +45,8 @@ from engine.experiment.spec import SIM_URL, Spec, load_spec
 from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
 from engine.results.paths import RunPaths, check_owner, prepare_run_dir
-from engine.results.read import LogScan, scan_log
+from engine.results.scan import EMPTY_SCAN, LogScan, scan_log
+from engine.results.stamps import is_complete, mark_complete
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
 from engine.run.interrupts import Interrupts, exit_code_of, signal_name
 from engine.run.progress import Progress
@@ -83,6 +84,7 @@ class Prepared:
     paths: RunPaths
     scan: LogScan
     grid: Grid  # the models with their targets: becomes the run directory's grid.json
+    complete: bool = False  # the log holds every task of the grid (its complete stamp says so; not scanned)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -179,18 +181,22 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
     check_owner(paths, spec.name)  # a log of another experiment is refused before it is read
     if hold is not None and not options.locked_by_caller:
         hold.enter_context(RunLock(paths.root))
-    scan = scan_log(paths.results) if not options.fresh else LogScan(
-        ok=frozenset(), failed=frozenset(), records=0, torn_tail=False
-    )
+    complete = not options.fresh and is_complete(paths, grid, retry_failed=options.retry_failed)
+    scan = EMPTY_SCAN if options.fresh or complete else scan_log(paths.results)
     return Prepared(
-        spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan, grid=grid
+        spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan, grid=grid,
+        complete=complete,
     )
 
 
 @contextlib.contextmanager
-def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
+def local_targets(
+    spec: Spec, questions: Sequence[Question], *, while_starting: Callable[[], object] | None = None
+) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
+    ``while_starting`` runs once the built-in target's process is spawned and before it is waited
+    for, so this process's own preparing overlaps the target's start-up on another core.
     Yields ``({model label: base_url}, sim process or None)``.
     Usage: ``with local_targets(spec, questions) as (urls, sim): ...``
     """
@@ -198,23 +204,24 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
     sim: SimProcess | None = None
     with contextlib.ExitStack() as stack:
         if any(m.base_url == SIM_URL for m in spec.models):
-            from engine.sim.process import SimProcess
-
-            sim = stack.enter_context(SimProcess(sim_config(spec, questions)))
+            sim = SimProcess(sim_config(spec, questions))
+            stack.push(sim)  # stopped on the way out, whatever happens from here on
+            sim.start()
         servers: dict[str, str] = {}
         for model in spec.models:
-            if model.gguf is not None:
-                if model.gguf not in servers:
-                    from engine.local.serve import llama_server
+            if model.gguf is not None and model.gguf not in servers:
+                from engine.local.serve import llama_server
 
-                    source = model.gguf if model.gguf == "smollm2" else spec.path.parent / model.gguf
-                    servers[model.gguf] = stack.enter_context(
-                        llama_server(source, n_parallel=min(model.concurrency, 8))
-                    )
+                source = model.gguf if model.gguf == "smollm2" else spec.path.parent / model.gguf
+                servers[model.gguf] = stack.enter_context(llama_server(source, n_parallel=min(model.concurrency, 8)))
+        if while_starting is not None:
+            while_starting()
+        for model in spec.models:
+            if model.gguf is not None:
                 urls[model.name] = servers[model.gguf]
             elif model.base_url == SIM_URL:
                 assert sim is not None
-                urls[model.name] = sim.base_url
+                urls[model.name] = sim.wait_ready()
             else:
                 assert model.base_url is not None
                 urls[model.name] = model.base_url
@@ -282,15 +289,18 @@ async def run_prepared(
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
-    if _nothing_to_send(prepared, done):
+    if prepared.complete or _nothing_to_send(prepared, done):
         # Every task is in the log: no built-in target, no local model server, no connection.
         in_flight = _prepare_log(prepared, options)
+        if not prepared.complete:  # else its stamp stands: the log is as it was
+            _mark_if_complete(prepared, options, missing=0, failed=0)
         return RunSummary(
             run_dir=paths.root, total=prepared.grid.size, already_done=prepared.grid.size, finished=0, ok=0,
             failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
             interrupted=False, in_flight_at_last_stop=in_flight,
         )  # fmt: skip
-    with local_targets(spec, prepared.questions) as (urls, sim):
+    warm = functools.partial(_load_what_follows, report=options.report)
+    with local_targets(spec, prepared.questions, while_starting=warm) as (urls, sim):
         transports: list[Transport] = []
         try:
             pools = await _open_pools(prepared, urls, make_transport, transports, done=done, skipped=skipped)
@@ -305,6 +315,9 @@ async def run_prepared(
         finally:
             for transport in transports:
                 await transport.aclose()
+    if not stop.requested:
+        _mark_if_complete(prepared, options, missing=prepared.grid.size - skipped.count - counters.done,
+                          failed=counters.failed)  # fmt: skip
     clients = [p.client for p in pools]
     return RunSummary(
         run_dir=paths.root, total=prepared.grid.size, already_done=skipped.count, finished=counters.done,
@@ -328,6 +341,30 @@ def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
         return False
     tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done)
     return next(tasks, None) is None
+
+
+def _load_what_follows(*, report: bool) -> None:
+    """Import the HTTP client and (when a report follows) the report's modules, Polars and numpy.
+
+    Late, and only here: a rerun with nothing to send never needs them, and here their import
+    (about 0.5 s) overlaps the built-in target's start-up, which runs on another core.
+    """
+    import engine.endpoint.aiohttp_transport
+
+    if report:
+        import engine.report.write  # noqa: F401
+
+
+def _mark_if_complete(prepared: Prepared, options: RunOptions, *, missing: int, failed: int) -> None:
+    """Stamp the closed log as holding every task of the grid, so the next run need not scan it.
+
+    ``missing`` tasks of the grid have no record; ``failed`` of this run's failed. Tasks skipped as
+    failed before (without ``retry_failed``) are not counted here, so such a log is never vouched
+    for as all-ok.
+    """
+    if missing == 0:
+        all_ok = failed == 0 and (options.retry_failed or not prepared.scan.failed)
+        mark_complete(prepared.paths, prepared.grid, all_ok=all_ok)
 
 
 def _aiohttp_transport(concurrency: int) -> Transport:

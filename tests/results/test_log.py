@@ -16,8 +16,8 @@ from engine.experiment.grid import Grid, build_grid
 from engine.experiment.questions import load_questions
 from engine.experiment.spec import Spec, load_spec
 from engine.results.paths import RunPaths, check_owner, prepare_run_dir
-from engine.results.read import scan_log
 from engine.results.record import Record
+from engine.results.scan import scan_log
 from engine.results.write import LogWriter, repair_torn_tail
 from engine.run.targets import model_targets
 from tests.conftest import BASE_SPEC, SpecDir

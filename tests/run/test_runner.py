@@ -48,7 +48,7 @@ def test_run_completes_the_grid_and_a_rerun_sends_nothing(tmp_path: Path, monkey
     def no_target(*_args: object) -> None:
         raise AssertionError("the built-in target was started with nothing left to send")
 
-    monkeypatch.setattr(SimProcess, "__enter__", no_target)
+    monkeypatch.setattr(SimProcess, "start", no_target)
     second = run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False))
     assert second.finished == 0 and second.already_done == first.total
     assert second.requests == 0 and second.target_requests is None  # no target started, nothing asked again

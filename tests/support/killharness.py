@@ -86,7 +86,7 @@ def _in_flight(out: Path, cut_key: str | None) -> int:
     this run's journal, so it is added here.
     """
     from engine.results.paths import RunPaths
-    from engine.results.read import scan_log
+    from engine.results.scan import scan_log
     from engine.results.write import in_flight_at_stop
 
     paths = RunPaths(out)
