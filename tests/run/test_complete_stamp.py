@@ -105,7 +105,7 @@ def test_a_run_directory_that_refuses_the_stamp_still_runs(tmp_path: Path, monke
     spec, out = write_spec(tmp_path), tmp_path / "run"
     real_replace = os.replace
 
-    def refuse(src: object, dst: object) -> None:
+    def refuse(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         if str(dst).endswith("complete.json"):
             raise OSError(errno.EROFS, "Read-only file system")
         real_replace(src, dst)
