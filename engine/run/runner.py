@@ -299,8 +299,7 @@ async def run_prepared(
             failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
             interrupted=False, in_flight_at_last_stop=in_flight,
         )  # fmt: skip
-    warm = functools.partial(_load_what_follows, report=options.report)
-    with local_targets(spec, prepared.questions, while_starting=warm) as (urls, sim):
+    with local_targets(spec, prepared.questions, while_starting=_load_http_client) as (urls, sim):
         transports: list[Transport] = []
         try:
             pools = await _open_pools(prepared, urls, make_transport, transports, done=done, skipped=skipped)
@@ -343,16 +342,21 @@ def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
     return next(tasks, None) is None
 
 
-def _load_what_follows(*, report: bool) -> None:
-    """Import the HTTP client and (when a report follows) the report's modules, Polars and numpy.
+def _load_http_client() -> None:
+    """Import the HTTP client (about 0.15 s) while the built-in target starts up on another core.
 
-    Late, and only here: a rerun with nothing to send never needs them, and here their import
-    (about 0.5 s) overlaps the built-in target's start-up, which runs on another core.
+    Late: a rerun with nothing to send never needs it.
     """
-    import engine.endpoint.aiohttp_transport
+    import engine.endpoint.aiohttp_transport  # noqa: F401
 
-    if report:
-        import engine.report.write  # noqa: F401
+
+def _load_report_modules() -> None:
+    """Import the report's modules, Polars and numpy (about 0.4 s), for the report that follows the run.
+
+    Run in a worker thread while requests are in flight: the event loop mostly waits on the
+    network then, so the import fills its idle time instead of adding to the run's end.
+    """
+    import engine.report.write  # noqa: F401
 
 
 def _mark_if_complete(prepared: Prepared, options: RunOptions, *, missing: int, failed: int) -> None:
@@ -436,6 +440,8 @@ async def _run_pools(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, interrupts, stop, tg.cancel_scope)
                 tg.start_soon(progress.run)
+                if options.report:
+                    tg.start_soon(functools.partial(anyio.to_thread.run_sync, _load_report_modules))
                 await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
                                grace_s=options.grace_s, counters=counters)
                 tg.cancel_scope.cancel()
