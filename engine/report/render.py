@@ -154,7 +154,9 @@ def summary_lines(report: Report) -> list[str]:
         f"Intervals are {100 * report.confidence:g}%. Wilson treats every answer as independent; the cluster "
         f"bootstrap resamples {cluster}, {report.bootstrap:,} replicates, seed {report.seed}, and is the one to "
         "trust when errors cluster. It is never narrower than Wilson's (widened to cover it), so a group "
-        "with no or very few errors still shows how high its rate could be.",
+        "with no or very few errors still shows how high its rate could be. A paired difference where no "
+        "replicate differed (two models that agree on every cluster) shows Newcombe's interval instead of "
+        "0 to 0.",
     ]
 
 

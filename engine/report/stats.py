@@ -18,6 +18,8 @@ Usage::
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 from collections.abc import Sequence
 from statistics import NormalDist
@@ -237,7 +239,7 @@ def pairwise_differences(
 
     ``errors`` and ``n`` have shape ``(clusters, series)``. Returns
     ``(i, j, rate_i - rate_j, lo, hi)`` for every ``i < j``; the interval is NaN with
-    fewer than two clusters. Usage: ``for i, j, d, lo, hi in pairwise_differences(E, N): ...``
+    fewer than two clusters, and Newcombe's hybrid score interval where no replicate differed. Usage: ``for i, j, d, lo, hi in pairwise_differences(E, N): ...``
     """
     e = np.asarray(errors, dtype=np.float64)
     m = np.asarray(n, dtype=np.float64)
@@ -247,12 +249,20 @@ def pairwise_differences(
         point = e.sum(axis=0) / m.sum(axis=0)
     series = e.shape[1]
     rates = bootstrap_rates(e, m, reps=reps, rng=derive_rng(seed, "pairwise", *key)) if e.shape[0] >= 2 else None
+    w_lo, w_hi = wilson_interval(e.sum(axis=0), m.sum(axis=0), confidence=confidence)
     out: list[tuple[int, int, float, float, float]] = []
     for i in range(series):
         for j in range(i + 1, series):
+            d = float(point[i] - point[j])
             if rates is None:
                 lo, hi = float("nan"), float("nan")
             else:
                 lo, hi = _percentile_interval(rates[:, i] - rates[:, j], confidence)
-            out.append((i, j, float(point[i] - point[j]), lo, hi))
+            if lo == hi:
+                # No replicate differed: the two series agree on every cluster (e.g. both answered
+                # all correctly). That shows no difference in this sample, not a difference known to
+                # be exactly zero, so the interval is Newcombe's (from both Wilson intervals).
+                lo = d - math.hypot(point[i] - w_lo[i], w_hi[j] - point[j])
+                hi = d + math.hypot(w_hi[i] - point[i], point[j] - w_lo[j])
+            out.append((i, j, d, float(lo), float(hi)))
     return out

@@ -110,11 +110,18 @@ def test_bootstrap_rates_shapes_chunking_and_empty_replicates() -> None:
         bootstrap_rates(np.ones(3), np.ones(4), rng=derive_rng(0))
 
 
-def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
+def test_two_series_that_agree_everywhere_get_newcombes_interval_not_zero_to_zero() -> None:
     errors, n = _clustered()
     diff, lo, hi = paired_bootstrap_difference(errors, n, errors, n, seed=0)
-    # Paired: both series see the same clusters in every replicate, so nothing varies.
-    assert (diff, lo, hi) == (0.0, 0.0, 0.0)
+    # Paired, every replicate is 0: the sample shows no difference, which is not a difference known
+    # to be 0. Newcombe's interval from the two Wilson intervals (symmetric here).
+    w_lo, w_hi = (float(x) for x in wilson_interval(errors.sum(), n.sum()))
+    p = errors.sum() / n.sum()
+    assert diff == 0.0 and hi == pytest.approx(np.hypot(w_hi - p, p - w_lo)) and lo == pytest.approx(-hi)
+    zero = np.zeros(50)
+    both_perfect = paired_bootstrap_difference(zero, np.full(50, 18.0), zero, np.full(50, 18.0), seed=0)
+    upper = float(wilson_interval(0, 900)[1])
+    assert both_perfect == pytest.approx((0.0, -upper, upper))  # about -0.43 to +0.43 pp
 
 
 def test_paired_difference_finds_a_real_gap_and_no_gap() -> None:
