@@ -18,9 +18,8 @@ Usage::
 
 from __future__ import annotations
 
-import math
-
 import hashlib
+import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
