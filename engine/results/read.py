@@ -23,7 +23,7 @@ import orjson
 import polars as pl
 
 from engine.errors import LogError, ReportError
-from engine.results.record import READABLE_VERSIONS, RECORD_FIELDS, RECORD_SCHEMA, SCHEMA_VERSION
+from engine.results.record import READ_SCHEMA, READABLE_VERSIONS, RECORD_FIELDS, SCHEMA_VERSION
 
 _BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
 # Low-cardinality text columns, held as categoricals with ``compact``: a million records
@@ -73,7 +73,7 @@ def tag_column(tag: str) -> str:
 
     Usage: ``tag_column("object")  # 'object'``
     """
-    return f"tags.{tag}" if tag in RECORD_SCHEMA else tag
+    return f"tags.{tag}" if tag in READ_SCHEMA else tag
 
 
 def tag_names(file: Path) -> list[str] | None:
@@ -112,11 +112,11 @@ def read_records(
     Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
     """
     file = Path(file)
-    unknown = [f for f in (*fields, *required) if f not in RECORD_SCHEMA]
+    unknown = [f for f in (*fields, *required) if f not in READ_SCHEMA]
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
     checked = tuple(dict.fromkeys(("v", "key", *required)))
-    schema: dict[str, pl.DataType] = {f: RECORD_SCHEMA[f] for f in dict.fromkeys((*checked, *fields))}
+    schema: dict[str, pl.DataType] = {f: READ_SCHEMA[f] for f in dict.fromkeys((*checked, *fields))}
     tags = list(dict.fromkeys(tags))
     if tags:
         schema["tags"] = pl.Struct({t: pl.String() for t in tags})
@@ -272,10 +272,10 @@ def load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.
     tags = log_tags(file)
     tag_cols = {tag_column(t): t for t in tags}
     wanted = list(columns) if columns is not None else list(RECORD_FIELDS)
-    unknown = [c for c in wanted if c not in RECORD_SCHEMA and c not in tag_cols and c != "tags"]
+    unknown = [c for c in wanted if c not in READ_SCHEMA and c not in tag_cols and c != "tags"]
     if unknown:
         raise ReportError(f"unknown log field {unknown[0]!r}")
-    fields = [c for c in wanted if c in RECORD_SCHEMA]
+    fields = [c for c in wanted if c in READ_SCHEMA]
     picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
     df = read_records(file, fields, picked, compact=compact)
     if df.is_empty():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import polars as pl
 
@@ -33,7 +33,13 @@ RECORD_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
 Usage: ``RECORD_SCHEMA["latency_ms"]  # Float64``
 """
 RECORD_FIELDS: tuple[str, ...] = (*RECORD_SCHEMA, "tags")
-"""Every field of a schema-2 record, in contract order."""
+"""Every field every schema-2 record has, in contract order."""
+OPTIONAL_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
+    "route": pl.String(), "batch_id": pl.String(), "requeued": pl.List(pl.String()),
+})  # fmt: skip
+"""Fields only some records have (the batch route's), read as null where absent (online records, older logs)."""
+READ_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({**RECORD_SCHEMA, **OPTIONAL_SCHEMA})
+"""Every field a reader may ask for. Usage: ``READ_SCHEMA["route"]  # String``"""
 
 
 class Record(TypedDict):
@@ -69,3 +75,8 @@ class Record(TypedDict):
     t_start: float
     t_end: float
     tags: Mapping[str, str]
+    # Written by the batch route only (engine.run.batch): "batch", the provider's batch id, and why the
+    # task went into earlier batches that did not answer it (errored, expired, ...), oldest first.
+    route: NotRequired[str]
+    batch_id: NotRequired[str | None]
+    requeued: NotRequired[list[str]]
