@@ -8,8 +8,7 @@ makes them from the original experiment's CSVs.
 Usage: ``record: Record = make_record(task, completion, scorer, t0, t1); RECORD_SCHEMA["latency_ms"]``
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict must see NotRequired at runtime (optional keys).
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NotRequired, TypedDict
