@@ -29,10 +29,53 @@ from engine.sim.config import QUOTA_SCOPES, Faults, SimConfig
 
 SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
+MODES = ("online", "batch")
+BATCH_APIS = ("chat", "anthropic")  # the APIs a provider's Batch API takes (OpenAI Batch; Message Batches)
+RESUBMIT = ("batch",)  # where errored or expired items go again: a new batch
 
 
 _RETRY = RetryPolicy()  # frozen: read for its defaults only
 _LIMITS = LimitConfig()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Price:
+    """A model's price in dollars per million tokens, as the provider lists it for its online API.
+
+    The batch route costs half of it (both providers' Batch APIs; see docs/batch.md).
+    Usage: ``Price(input=0.15, output=0.60).cost(1_000_000, 0)  # 0.15``
+    """
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """Dollars for these tokens at the online price."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
+BATCH_DISCOUNT = 0.5  # a Batch API token costs half an online one, at OpenAI and at Anthropic
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchSpec:
+    """The ``[batch]`` table: how models with ``mode = "batch"`` are chunked, polled and resubmitted.
+
+    ``max_requests``/``max_mb`` default to each provider's own limit (OpenAI 50,000 requests and
+    200 MB per file; Anthropic 100,000 and 256 MB per batch); a smaller value only makes more chunks.
+    ``enqueued_tokens`` is the provider's enqueued-token limit for one model (prompt tokens of the
+    batches in progress): a chunk is submitted only when it fits beside those still running.
+    Usage: ``load_spec(path).batch.poll_s``
+    """
+
+    max_requests: int | None = None
+    max_mb: float | None = None
+    enqueued_tokens: int | None = None
+    poll_s: float = 30.0  # first wait between polls of one batch; doubles up to poll_max_s
+    poll_max_s: float = 600.0
+    resubmit: str = "batch"  # errored/expired items go to a new batch (the one choice so far)
+    max_rounds: int = 3  # batches one task may go through before it is logged as failed
+    timeout_s: float = 600.0  # per upload, download or control request
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,6 +93,8 @@ class ModelSpec:
     concurrency: int = _LIMITS.concurrency
     quota: str | None = None  # the name of a [quotas.NAME] table this model shares with others
     params: Mapping[str, Any] = field(default_factory=dict)  # extra request fields (top_p, seed, ...)
+    mode: str = "online"  # "online": one request per task; "batch": the provider's Batch API, half price
+    price: Price | None = None  # per million tokens (online); plan and report show cost when given
 
     @property
     def endpoint(self) -> tuple[str, str | None]:
@@ -94,6 +139,7 @@ class Spec:
     fsync: str | int = "never"  # "never", "always", or every N records
     sim: SimConfig = field(default_factory=SimConfig)  # the built-in target's behaviour; its facts come later
     quotas: Mapping[str, QuotaSpec] = field(default_factory=dict)  # shared quotas, named by ModelSpec.quota
+    batch: BatchSpec = field(default_factory=BatchSpec)  # the batch route's settings ([batch])
     replication: Mapping[str, Any] | None = None
 
 
@@ -226,8 +272,53 @@ class _Checker:
             fsync=fsync,
             sim=self.sim(raw.get("sim", {})),
             quotas=quotas,
+            batch=self.batch(raw.get("batch", {})),
             replication=replication,
         )
+
+    def batch(self, raw: Any) -> BatchSpec:
+        """The [batch] table, each default BatchSpec's own."""
+        if not isinstance(raw, dict):
+            raise self.fail("batch", "must be a table")
+        self.known_keys(raw, {f.name for f in fields(BatchSpec)}, "batch")
+        defaults = BatchSpec()
+        resubmit = self.string(raw, "resubmit", "batch.") or defaults.resubmit
+        if resubmit not in RESUBMIT:
+            raise self.fail("batch.resubmit", f"must be one of {', '.join(RESUBMIT)}, got {resubmit!r}")
+        return BatchSpec(
+            max_requests=self.number(raw, "max_requests", "batch.", low=1, high=100_000, integer=True),
+            max_mb=self.number(raw, "max_mb", "batch.", low=0, high=256, low_open=True),
+            enqueued_tokens=self.number(raw, "enqueued_tokens", "batch.", low=1, integer=True),
+            poll_s=_or(self.number(raw, "poll_s", "batch.", low=0, low_open=True), defaults.poll_s),
+            poll_max_s=_or(self.number(raw, "poll_max_s", "batch.", low=0, low_open=True), defaults.poll_max_s),
+            resubmit=resubmit,
+            max_rounds=_or(self.number(raw, "max_rounds", "batch.", low=1, high=100, integer=True),
+                           defaults.max_rounds),
+            timeout_s=_or(self.number(raw, "timeout_s", "batch.", low=0, low_open=True), defaults.timeout_s),
+        )
+
+    def price(self, raw: Any, where: str) -> Price | None:
+        """``price = { input = 0.15, output = 0.60 }``: dollars per million tokens, both required."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise self.fail(f"{where}price", "must be a table { input = DOLLARS, output = DOLLARS } per million tokens")
+        self.known_keys(raw, {"input", "output"}, f"{where}price")
+        for key in ("input", "output"):
+            if key not in raw:
+                raise self.fail(f"{where}price.{key}", "required, but missing (dollars per million tokens)")
+        return Price(input=float(self.number(raw, "input", f"{where}price.", low=0)),
+                     output=float(self.number(raw, "output", f"{where}price.", low=0)))
+
+    def mode(self, raw: Mapping[str, Any], where: str, api: str, gguf: str | None) -> str:
+        mode = self.string(raw, "mode", where) or "online"
+        if mode not in MODES:
+            raise self.fail(f"{where}mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "batch" and gguf is not None:
+            raise self.fail(f"{where}mode", "a gguf model has no Batch API; use mode = \"online\"")
+        if mode == "batch" and api not in BATCH_APIS:
+            raise self.fail(f"{where}mode", f"batch takes api {' or '.join(BATCH_APIS)}, not {api!r}")
+        return mode
 
     def api_limits(self, models: tuple[ModelSpec, ...], temperatures: tuple[float, ...], max_tokens: int) -> None:
         """What an API refuses, found before a run rather than as a 400 on every task."""
@@ -319,6 +410,8 @@ class _Checker:
             ),
             quota=quota,
             params=params,
+            mode=self.mode(raw, where, api, gguf),
+            price=self.price(raw.get("price"), where),
         )
 
     def quotas(self, raw: Any, models: tuple[ModelSpec, ...]) -> dict[str, QuotaSpec]:

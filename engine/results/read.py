@@ -21,14 +21,23 @@ import orjson
 import polars as pl
 
 from engine.errors import LogError, ReportError
-from engine.results.record import READABLE_VERSIONS, RECORD_FIELDS, RECORD_SCHEMA, SCHEMA_VERSION
+from engine.results.record import READ_SCHEMA, READABLE_VERSIONS, RECORD_FIELDS, SCHEMA_VERSION
 
 _BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
+
+
+def _polars_type(name: str) -> pl.DataType:
+    """``"Int64"`` → ``pl.Int64()``, ``"List(String)"`` → ``pl.List(pl.String())``."""
+    if name.startswith("List(") and name.endswith(")"):
+        return pl.List(_polars_type(name[5:-1]))
+    kind: pl.DataType = getattr(pl, name)()
+    return kind
+
+
 POLARS_SCHEMA: Mapping[str, pl.DataType] = MappingProxyType({
-    name: pl.List(pl.Int64()) if kind == "List(Int64)" else getattr(pl, kind)()
-    for name, kind in RECORD_SCHEMA.items()
+    name: _polars_type(kind) for name, kind in READ_SCHEMA.items()
 })
-"""The Polars type of each record field (but ``tags``), from the record's one definition.
+"""The Polars type of each field a reader may ask for (but ``tags``), from the record's one definition.
 
 Usage: ``POLARS_SCHEMA["latency_ms"]  # Float64``
 """
@@ -45,7 +54,7 @@ def tag_column(tag: str) -> str:
 
     Usage: ``tag_column("object")  # 'object'``
     """
-    return f"tags.{tag}" if tag in RECORD_SCHEMA else tag
+    return f"tags.{tag}" if tag in READ_SCHEMA else tag
 
 
 def tag_names(file: Path) -> list[str] | None:
@@ -84,7 +93,7 @@ def read_records(
     Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
     """
     file = Path(file)
-    unknown = [f for f in (*fields, *required) if f not in RECORD_SCHEMA]
+    unknown = [f for f in (*fields, *required) if f not in READ_SCHEMA]
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
     checked = tuple(dict.fromkeys(("v", "key", *required)))
@@ -223,10 +232,10 @@ def load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.
     tags = log_tags(file)
     tag_cols = {tag_column(t): t for t in tags}
     wanted = list(columns) if columns is not None else list(RECORD_FIELDS)
-    unknown = [c for c in wanted if c not in RECORD_SCHEMA and c not in tag_cols and c != "tags"]
+    unknown = [c for c in wanted if c not in READ_SCHEMA and c not in tag_cols and c != "tags"]
     if unknown:
         raise ReportError(f"unknown log field {unknown[0]!r}")
-    fields = [c for c in wanted if c in RECORD_SCHEMA]
+    fields = [c for c in wanted if c in READ_SCHEMA]
     picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
     df = read_records(file, fields, picked, compact=compact)
     if df.is_empty():

@@ -8,11 +8,10 @@ makes them from the original experiment's CSVs.
 Usage: ``record: Record = make_record(task, completion, scorer, t0, t1); RECORD_SCHEMA["latency_ms"]``
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict must see NotRequired at runtime (optional keys).
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # schema 1 (before targets were recorded) is read with target and simulated null
@@ -33,7 +32,13 @@ the names to Polars types (``engine.results.read.POLARS_SCHEMA``).
 Usage: ``RECORD_SCHEMA["latency_ms"]  # 'Float64'``
 """
 RECORD_FIELDS: tuple[str, ...] = (*RECORD_SCHEMA, "tags")
-"""Every field of a schema-2 record, in contract order."""
+"""Every field every schema-2 record has, in contract order."""
+OPTIONAL_SCHEMA: Mapping[str, str] = MappingProxyType({
+    "route": "String", "batch_id": "String", "requeued": "List(String)",
+})  # fmt: skip
+"""Fields only some records have (the batch route's), read as null where absent (online records, older logs)."""
+READ_SCHEMA: Mapping[str, str] = MappingProxyType({**RECORD_SCHEMA, **OPTIONAL_SCHEMA})
+"""Every field a reader may ask for. Usage: ``READ_SCHEMA["route"]  # 'String'``"""
 
 
 class Record(TypedDict):
@@ -69,3 +74,8 @@ class Record(TypedDict):
     t_start: float
     t_end: float
     tags: Mapping[str, str]
+    # Written by the batch route only (engine.run.batch): "batch", the provider's batch id, and why the
+    # task went into earlier batches that did not answer it (errored, expired, ...), oldest first.
+    route: NotRequired[str]
+    batch_id: NotRequired[str | None]
+    requeued: NotRequired[list[str]]

@@ -103,6 +103,11 @@ class LogWriter:
             os.fsync(self._fd)
             self._since_sync = 0
 
+    def sync(self) -> None:
+        """Make what was written durable now (the batch route does, before its ledger says "written")."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+
     async def consume(self, receive: MemoryObjectReceiveStream[Record]) -> None:
         """Write everything sent on ``receive`` until it closes: the run's single writer task."""
         async with receive:

@@ -21,7 +21,7 @@ from pathlib import Path
 from engine.endpoint.limits import prompt_token_estimate
 from engine.experiment.grid import build_messages, grid_size
 from engine.experiment.questions import Question, load_questions
-from engine.experiment.spec import ModelSpec, Spec, load_spec
+from engine.experiment.spec import BATCH_DISCOUNT, ModelSpec, Spec, load_spec
 from engine.run.quotas import QuotaGroup, quota_groups
 
 
@@ -98,8 +98,11 @@ class Plan:
         for m in self.models:
             lines.append(
                 f"  {m.model}: {m.tasks:,} tasks, ~{m.prompt_tokens:,} prompt tokens, "
-                f"≤ {m.max_completion_tokens:,} completion tokens"
+                f"≤ {m.max_completion_tokens:,} completion tokens" + (" (batch route)" if m.mode == "batch" else "")
             )
+            if m.cost_online is not None and m.cost_batch is not None:
+                lines.append(f"    cost at most {_dollars(m.cost_online)} online, {_dollars(m.cost_batch)} batch"
+                             f" (completions at max_tokens; this spec sends it {m.mode})")
         lines.append("  quotas, each paced on its own, all side by side:")
         for e in self.limiters:
             rates = ", ".join(f"{value:,g} {unit}" for value, unit in ((e.rpm, "rpm"), (e.tpm, "tpm")) if value)
@@ -113,7 +116,20 @@ class Plan:
             )
         if (seconds := self.seconds_at_rate) is not None:
             lines.append(f"  whole grid: about {_duration(seconds)} (the slowest quota's time)")
+        priced = [m for m in self.models if m.cost_online is not None and m.cost_batch is not None]
+        if priced:
+            online = sum(m.cost_online or 0.0 for m in priced)
+            batch = sum(m.cost_batch or 0.0 for m in priced)
+            chosen = sum((m.cost_batch if m.mode == "batch" else m.cost_online) or 0.0 for m in priced)
+            unpriced = len(self.models) - len(priced)
+            lines.append(f"  cost at most: {_dollars(online)} all online, {_dollars(batch)} all batch, {_dollars(chosen)} as the "
+                         f"spec routes it" + (f" ({unpriced} models without a price)" if unpriced else ""))
         return "\n".join(lines)
+
+
+def _dollars(amount: float) -> str:
+    """Cents for real sums, four decimals for the small ones a test grid costs."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
 
 
 def _duration(seconds: float) -> str:
@@ -167,6 +183,9 @@ class ModelPlan:
     tasks: int
     prompt_tokens: int
     max_completion_tokens: int
+    mode: str = "online"
+    cost_online: float | None = None  # dollars at the model's price, completions at max_tokens (an upper bound)
+    cost_batch: float | None = None  # the same through the Batch API: half
 
 
 def plan_model(
@@ -182,10 +201,15 @@ def plan_model(
     if pass_tokens is None:
         pass_tokens = pass_prompt_tokens(spec, questions)
     tasks = len(questions) * per_pass
+    prompt, completion = math.ceil(pass_tokens * per_pass), tasks * spec.max_tokens
+    online = model.price.cost(prompt, completion) if model.price is not None else None
     return ModelPlan(
         model=model.name,
         endpoint=model.endpoint,
         tasks=tasks,
-        prompt_tokens=math.ceil(pass_tokens * per_pass),
-        max_completion_tokens=tasks * spec.max_tokens,
+        prompt_tokens=prompt,
+        max_completion_tokens=completion,
+        mode=model.mode,
+        cost_online=online,
+        cost_batch=None if online is None else online * BATCH_DISCOUNT,
     )

@@ -48,6 +48,7 @@ from engine.results.paths import RunPaths, check_owner, prepare_run_dir
 from engine.results.scan import EMPTY_SCAN, LogScan, scan_log
 from engine.results.stamps import is_complete, mark_complete
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
+from engine.run.batch import BatchRoute, open_batch_route, set_aside
 from engine.run.interrupts import Interrupts, exit_code_of, signal_name
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
@@ -303,13 +304,22 @@ async def run_prepared(
         transports: list[Transport] = []
         try:
             pools = await _open_pools(prepared, urls, make_transport, transports, done=done, skipped=skipped)
+            route = await open_batch_route(
+                spec_models=spec.models, settings=spec.batch, max_tokens=spec.max_tokens, attempts=spec.max_attempts,
+                grid=prepared.grid, questions=prepared.questions, scorer=prepared.scorer, run_dir=paths.root,
+                run_name=spec.name, urls=urls, make_transport=make_transport, transports=transports, done=done,
+                counters=counters, console=None if options.quiet else console or Console(stderr=True),
+                preflight=lambda t, u, h, n, a: preflight(t, u, h, n, api=a),
+            )  # fmt: skip
             # Everything checked: only now is the run directory written to.
             in_flight = _prepare_log(prepared, options)
+            if options.fresh:
+                set_aside(paths.root)
             progress = Progress(
                 total=prepared.grid.size, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts)
+            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route)
             target_requests = _target_requests(sim)
         finally:
             for transport in transports:
@@ -401,6 +411,9 @@ async def _open_pools(
     pools = []
     for endpoint_limiters in by_endpoint(quota_groups(spec)).values():
         # One connection pool per endpoint, room for every limiter's window; one limiter per quota.
+        # Batch-mode models are the batch route's (engine.run.batch), not the pools'.
+        if not any(m.mode == "online" for g in endpoint_limiters for m in g.models):
+            continue
         base_url = urls[endpoint_limiters[0].models[0].name]
         transport = make_transport(pool_size(endpoint_limiters))
         transports.append(transport)
@@ -411,11 +424,13 @@ async def _open_pools(
             names = ", ".join(repr(m.name) for m in models if m.api == api)
             await preflight(transport, base_url, api_headers(api, key), names, api=api)
         for group in endpoint_limiters:
+            if not (online := [m for m in group.models if m.mode == "online"]):
+                continue
             client = ChatClient(
                 base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
                 policy=policy, label=group.label,
             )
-            tasks = iter_tasks(prepared.grid, prepared.questions, group.models, done=done, skipped=skipped)
+            tasks = iter_tasks(prepared.grid, prepared.questions, online, done=done, skipped=skipped)
             pools.append(Pool(client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens))
     return pools
 
@@ -430,9 +445,10 @@ def _prepare_log(prepared: Prepared, options: RunOptions) -> int | None:
 
 async def _run_pools(
     prepared: Prepared, options: RunOptions, pools: list[Pool], progress: Progress, counters: Counters,
-    stop: StopSignal, interrupts: Interrupts,
+    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None,
 ) -> None:  # fmt: skip
-    """Step 3: run the grid with the live progress and the signal watcher, writing every record."""
+    """Step 3: run the grid with the live progress and the signal watcher, writing every record
+    (the batch route's too, through the same writer, side by side with the online pools)."""
     paths = prepared.paths
     journal = paths.started if options.write_ahead else None
     with LogWriter(paths.results, fsync=options.fsync or prepared.spec.fsync, journal=journal) as writer:
@@ -442,8 +458,11 @@ async def _run_pools(
                 tg.start_soon(progress.run)
                 if options.report:
                     tg.start_soon(functools.partial(anyio.to_thread.run_sync, _load_report_modules))
-                await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
-                               grace_s=options.grace_s, counters=counters)
+                async with anyio.create_task_group() as work:
+                    if route is not None:
+                        work.start_soon(route.run, writer, stop)
+                    await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
+                                   grace_s=options.grace_s, counters=counters)
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # A worker met an error that stops the run (bad key, unknown model, spent quota):

@@ -120,6 +120,11 @@ class SimConfig:
     seed: int = 0
     format_noise: float = 0.05
     rate_headers: bool = True  # send x-ratelimit-* headers with quotas; False plays a provider that hides them
+    # The Batch APIs (engine.sim.batch): a batch ends this long after it was made; each of its requests
+    # errors (a 500 / api_error) at this rate; the batches made n-th (1 first) listed here expire half done.
+    batch_delay_s: float = 0.0
+    batch_error_rate: float = 0.0
+    batch_expire: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         facts = tuple(self.facts)
@@ -158,6 +163,14 @@ class SimConfig:
             raise ConfigError("sim config: faults must be a Faults object")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"sim config: seed must be an integer, got {self.seed!r}")
+        _check_number("batch_delay_s", self.batch_delay_s, 0.0, math.inf)
+        _check_number("batch_error_rate", self.batch_error_rate, 0.0, 1.0)
+        expire = self.batch_expire
+        if not isinstance(expire, list | tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in expire
+        ):
+            raise ConfigError(f"sim config: batch_expire must be a list of batch numbers (1 first), got {expire!r}")
+        object.__setattr__(self, "batch_expire", tuple(expire))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :meth:`from_dict` turns back into an equal config.

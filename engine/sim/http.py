@@ -19,7 +19,7 @@ from typing import Protocol
 import orjson
 
 _MAX_HEAD = 64 * 1024
-_MAX_BODY = 16 * 1024 * 1024
+_MAX_BODY = 260 * 1024 * 1024  # a whole batch file: Anthropic takes up to 256 MB
 _REASONS = types.MappingProxyType(
     {
         200: b"OK",

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from engine.sim.answers import Answerer, estimate_tokens
-from engine.sim.apis import SIM_APIS, SimApi, duration
+from engine.sim.apis import SIM_APIS, Ask, SimApi, duration
+from engine.sim.batch import BATCH_PREFIXES, BatchStore
 from engine.sim.config import SimConfig
 from engine.sim.http import HttpProtocol, Reply, error_reply, http_response
 
@@ -141,6 +142,7 @@ class SimServer:
         self.fault_counts: Counter[str] = Counter()
         self.answer_counts: Counter[str] = Counter()
         self.sequence = 0
+        self.batches = BatchStore(config, loop, self.answer_item)
 
     def protocol(self) -> HttpProtocol:
         """A handler for one new connection (the ``create_server`` factory)."""
@@ -167,6 +169,7 @@ class SimServer:
             "faults": dict(self.fault_counts),
             "answers": dict(self.answer_counts),
             "open_connections": len(self.connections),
+            "batch": self.batches.stats(),
         }
 
     def sent(self, reply: Reply) -> None:
@@ -190,6 +193,8 @@ class SimServer:
                 close=not keep_alive,
             )
         self.counts["requests"] += 1
+        if path.startswith(BATCH_PREFIXES):
+            return self._batch(method, path, query, body, keep_alive)
         routes = _ROUTES
         if path not in routes:
             return error_reply(
@@ -212,6 +217,44 @@ class SimServer:
         payload = self.models if path == b"/v1/models" else b'{"status":"ok","engine_sim":true}'
         return Reply(200, http_response(200, payload, keep_alive=keep_alive), close=not keep_alive)
 
+    def _batch(self, method: bytes, path: bytes, query: bytes, body: bytes, keep_alive: bool) -> Reply:
+        """The Batch APIs' files and batches (engine.sim.batch), errors in the API's own shape."""
+        status, payload, kind = self.batches.handle(method, path, query, body)
+        if kind == b"error":
+            api = SIM_APIS[b"/v1/messages" if path.startswith(b"/v1/messages") else b"/v1/chat/completions"]
+            kind_name = "not_found_error" if status == 404 else "invalid_request_error"
+            return api.error(status, payload.decode(), kind_name, keep_alive=keep_alive)
+        return Reply(status, http_response(status, payload, keep_alive=keep_alive, content_type=kind),
+                     close=not keep_alive)
+
+    def answer_item(self, path: bytes, request: Any) -> tuple[int, bytes]:
+        """One request of a batch, answered as the online route answers it (the same model, the same
+        answer) but without faults, quotas or latency: (200, the reply body) or (400, why not)."""
+        api = SIM_APIS.get(path)
+        if api is None:
+            return 400, b"unknown url " + path
+        problem, parsed = api.parse(request)
+        if parsed is None:
+            return 400, problem.encode()
+        self.counts["batch_items"] += 1
+        content, kind, cut, prompt_tokens, completion_tokens = self._compose(api, parsed)
+        self.sequence += 1
+        self.answer_counts[kind] += 1
+        return 200, api.reply(self.sequence, parsed[0], content, cut, prompt_tokens, completion_tokens)
+
+    def _compose(self, api: SimApi, parsed: Ask) -> tuple[str, str, bool, int, int]:
+        """(reply text, kind, cut at max_tokens?, prompt tokens, completion tokens) of one parsed request."""
+        model, text, temperature, max_tokens, request_seed, prompt_tokens = parsed
+        self.by_model[model] += 1
+        self.by_api[api.name] += 1
+        content, kind = self.answerer.answer(model, text, temperature, request_seed, self.rng)
+        completion_tokens = estimate_tokens(content)
+        cut = max_tokens is not None and completion_tokens > max_tokens
+        if cut:
+            assert max_tokens is not None
+            content, completion_tokens = content[: max_tokens * 4], max_tokens
+        return content, kind, cut, prompt_tokens, completion_tokens
+
     def _ask(self, api: SimApi, body: bytes, keep_alive: bool) -> Reply:
         """One question in any of the three APIs: parsed, answered, held, quota'd, faulted, replied."""
         try:
@@ -222,16 +265,9 @@ class SimServer:
         problem, parsed = api.parse(request)
         if parsed is None:
             return api.error(400, problem, "invalid_request_error", keep_alive=keep_alive)
-        model, text, temperature, max_tokens, request_seed, prompt_tokens = parsed
         self.counts["chat"] += 1
-        self.by_model[model] += 1
-        self.by_api[api.name] += 1
-        content, kind = self.answerer.answer(model, text, temperature, request_seed, self.rng)
-        completion_tokens = estimate_tokens(content)
-        cut = max_tokens is not None and completion_tokens > max_tokens
-        if cut:
-            assert max_tokens is not None
-            content, completion_tokens = content[: max_tokens * 4], max_tokens
+        content, kind, cut, prompt_tokens, completion_tokens = self._compose(api, parsed)
+        model, max_tokens = parsed[0], parsed[3]
 
         if self.held_until and (wait := self.held_until - self.loop.time()) > 0:
             self.counts["held"] += 1

@@ -418,7 +418,8 @@ def test_a_damaged_grid_json_is_one_line(small_run: Path) -> None:
 
 
 def test_a_record_has_exactly_the_fields_of_the_one_definition(small_run: Path) -> None:
-    from engine.results.record import RECORD_FIELDS, Record
+    from engine.results.record import OPTIONAL_SCHEMA, RECORD_FIELDS, Record
 
-    assert list(Record.__annotations__) == list(RECORD_FIELDS)
+    assert [k for k in Record.__annotations__ if k in Record.__required_keys__] == list(RECORD_FIELDS)
+    assert Record.__optional_keys__ == frozenset(OPTIONAL_SCHEMA)  # the batch route's, absent online
     assert all(set(r) == set(RECORD_FIELDS) for r in read_log(small_run))
