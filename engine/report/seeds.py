@@ -120,7 +120,7 @@ def seed_comparisons(
     Usage: ``seed_comparisons(cells, cluster="object", seed=0, reps=2000, confidence=0.95)``
     """
     objects, groups = _matrices(cells, cluster)
-    names = [g for g in order if g in groups] + [g for g in groups if g not in order]
+    names = [g for g in dict.fromkeys(order) if g in groups] + [g for g in groups if g not in order]
     weights = _weights(len(objects), reps, derive_rng(seed, "seed-groups", "objects"))
     draws = {g: _replicates(e, n, weights, derive_rng(seed, "seed-compare", g)) for g, (_, e, n) in groups.items()}
     rows = []
