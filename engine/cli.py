@@ -118,16 +118,17 @@ def _data_finetune(args: argparse.Namespace) -> int:
         examples = tuple(int(x) for x in args.examples.split(","))
     except ValueError:
         raise ConfigError(f"--examples must be whole numbers separated by commas, got {args.examples!r}") from None
-    paths = build_finetune_sets(args.facts, examples=examples, out_dir=args.out, seed=args.seed)
+    paths = build_finetune_sets(args.facts, examples=examples, out_dir=args.out, seed=args.seed,
+                                holdout=args.holdout, threshold=args.threshold, shuffle=args.shuffled)  # fmt: skip
     for n, path in sorted(paths.items()):
         print(f"{n:>3} examples per fact: {path}")
     return 0
 
 
 def _data_leakage(args: argparse.Namespace) -> int:
-    from engine.study.leakage import find_leakage
+    from engine.study.leakage import check_sets
 
-    print(find_leakage(args.train, args.questions))
+    print(check_sets(args.train, args.questions, threshold=args.threshold, max_similarity=args.max_similarity))
     return 0
 
 
@@ -231,10 +232,20 @@ def _add_data_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     ft.add_argument("--examples", default="5,10,25,50", help="examples per fact of each set (default 5,10,25,50)")
     ft.add_argument("--out", type=Path, required=True, help="directory to write the sets into")
     ft.add_argument("--seed", type=int, default=0, help="seed of the wording choice (default 0)")
+    ft.add_argument("--holdout", choices=("exact", "family"), default="exact",
+                    help="exact: no evaluation wording verbatim or as a template (default); family: also drop every "
+                         "template family within --threshold similarity of an evaluation question")  # fmt: skip
+    ft.add_argument("--threshold", type=float, default=0.85, help="near-duplicate similarity (default 0.85)")
+    ft.add_argument("--shuffled", action="store_true",
+                    help="the control: each object trained with another object's number (train-N-shuffled.jsonl)")
     ft.set_defaults(func=_data_finetune)
     leak = data_sub.add_parser("leakage", help="find evaluation questions inside training data")
-    leak.add_argument("train", type=Path, help="the training data (JSONL)")
+    leak.add_argument("train", type=Path, nargs="+", help="the training data (JSONL), one or more sets")
     leak.add_argument("questions", type=Path, help="the evaluation questions")
+    leak.add_argument("--threshold", type=float, default=0.85,
+                      help="similarity at or above which a training question is a near-duplicate (default 0.85)")
+    leak.add_argument("--max-similarity", type=float, default=None, metavar="S",
+                      help="refuse (exit 2) when any set has a training question at similarity S or more")
     leak.set_defaults(func=_data_leakage)
 
 

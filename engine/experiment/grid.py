@@ -83,6 +83,7 @@ class GridModel:
     simulated: bool
     max_tokens: int
     params: Mapping[str, Any]
+    system: str | None = None  # the model's own system prompt, replacing the spec's in every message list
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -120,7 +121,7 @@ class Grid:
             "grid": GRID_FORMAT,
             "models": [
                 {"name": m.name, "model": m.model, "target": m.target, "simulated": m.simulated,
-                 "max_tokens": m.max_tokens, "params": dict(m.params)}
+                 "max_tokens": m.max_tokens, "params": dict(m.params), **({"system": m.system} if m.system else {})}
                 for m in self.models
             ],
             "temperatures": list(self.temperatures),
@@ -141,7 +142,8 @@ class Grid:
                 raise LogError(f"{where}: grid format {doc.get('grid')!r} is not supported (expected {GRID_FORMAT})")
             models = tuple(
                 GridModel(name=str(m["name"]), model=str(m["model"]), target=str(m["target"]),
-                          simulated=bool(m["simulated"]), max_tokens=int(m["max_tokens"]), params=dict(m["params"]))
+                          simulated=bool(m["simulated"]), max_tokens=int(m["max_tokens"]), params=dict(m["params"]),
+                          system=str(m["system"]) if m.get("system") else None)
                 for m in doc["models"]
             )  # fmt: skip
             prompts = tuple(GridPrompt(qid=str(q["id"]), messages=list(q["messages"])) for q in doc["questions"])
@@ -162,7 +164,7 @@ def build_grid(spec: Spec, questions: Sequence[Question], targets: Mapping[str, 
     """
     models = tuple(
         GridModel(name=m.name, model=m.model, target=targets[m.name].id, simulated=targets[m.name].simulated,
-                  max_tokens=spec.max_tokens, params=m.params)
+                  max_tokens=spec.max_tokens, params=m.params, system=m.system)
         for m in spec.models
     )  # fmt: skip
     prompts = tuple(GridPrompt(qid=q.id, messages=build_messages(spec, q)) for q in questions)
@@ -170,10 +172,21 @@ def build_grid(spec: Spec, questions: Sequence[Question], targets: Mapping[str, 
 
 
 def _model_material(model: GridModel) -> bytes:
-    return orjson.dumps(
-        [model.name, model.model, model.target, model.max_tokens, dict(model.params)],
-        option=orjson.OPT_SORT_KEYS,
-    )
+    fields: list[Any] = [model.name, model.model, model.target, model.max_tokens, dict(model.params)]
+    if model.system is not None:
+        # Only when set, so every key made before models had their own prompt stays the same.
+        fields.append({"system": model.system})
+    return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+
+
+def messages_for(model: GridModel, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages as sent to ``model``: its own system prompt, if it has one, instead of the spec's.
+
+    Usage: ``messages_for(grid.models[0], grid.prompts[0].messages)``
+    """
+    if model.system is None:
+        return messages
+    return [{"role": "system", "content": model.system}, *(m for m in messages if m["role"] != "system")]
 
 
 def _prompt_material(qid: str, messages: list[dict[str, str]]) -> bytes:
@@ -253,9 +266,12 @@ def _tasks(
 ) -> Iterator[Task]:
     spec_of = {i: m for i, m in zip(picked, models, strict=True)}
     target_of = {i: Target(id=grid.models[i].target, simulated=grid.models[i].simulated) for i in picked}
+    own = {i for i in picked if grid.models[i].system is not None}
+    sent = {(i, p): messages_for(grid.models[i], prompt.messages) for i in own for p, prompt in enumerate(grid.prompts)}
     for key, i, p, temperature, repeat in _keyed(grid, picked):
         if key not in done:
-            yield Task(key, spec_of[i], questions[p], temperature, repeat, grid.prompts[p].messages, target_of[i])
+            messages = sent[i, p] if i in own else grid.prompts[p].messages
+            yield Task(key, spec_of[i], questions[p], temperature, repeat, messages, target_of[i])
         else:
             skipped.count += 1
 

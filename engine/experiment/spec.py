@@ -95,6 +95,9 @@ class ModelSpec:
     params: Mapping[str, Any] = field(default_factory=dict)  # extra request fields (top_p, seed, ...)
     mode: str = "online"  # "online": one request per task; "batch": the provider's Batch API, half price
     price: Price | None = None  # per million tokens (online); plan and report show cost when given
+    # This model's system prompt, instead of the spec's (e.g. facts in context); from `system` or the text of
+    # `system_file`. Part of the model's task keys, so answers under two prompts never mix.
+    system: str | None = None
 
     @property
     def endpoint(self) -> tuple[str, str | None]:
@@ -363,7 +366,7 @@ class _Checker:
         where = f"models[{index}]."
         if not isinstance(raw, dict):
             raise self.fail(f"models[{index}]", "must be a table")
-        self.known_keys(raw, {f.name for f in fields(ModelSpec)}, f"models[{index}]")
+        self.known_keys(raw, {f.name for f in fields(ModelSpec)} | {"system_file"}, f"models[{index}]")
         name = self.model_name(raw, "name", where, required=True)
         assert name is not None
         base_url = self.string(raw, "base_url", where)
@@ -412,7 +415,27 @@ class _Checker:
             params=params,
             mode=self.mode(raw, where, api, gguf),
             price=self.price(raw.get("price"), where),
+            system=self.model_system(raw, where),
         )
+
+    def model_system(self, raw: Mapping[str, Any], where: str) -> str | None:
+        """A model's own system prompt: ``system`` text, or ``system_file`` (UTF-8, relative to the spec)."""
+        text = self.string(raw, "system", where)
+        name = self.string(raw, "system_file", where)
+        if text is not None and name is not None:
+            raise self.fail(f"{where}system_file", "give system or system_file, not both")
+        if name is None:
+            return text
+        path = self.path.parent / name
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{where}system_file", f"{path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise self.fail(f"{where}system_file", f"cannot read {path}: {exc.strerror or exc}") from None
+        if not content.strip():
+            raise self.fail(f"{where}system_file", f"{path} is empty")
+        return content.strip()
 
     def quotas(self, raw: Any, models: tuple[ModelSpec, ...]) -> dict[str, QuotaSpec]:
         """The [quotas.NAME] tables, each named by at least one model, whose models share one endpoint."""

@@ -56,6 +56,7 @@ from engine.report.extras import (
 )
 from engine.report.model import GROUPABLE_FIELDS, Report
 from engine.report.scope import SCOPE_FIELDS, load_grid, split_scope
+from engine.report.seeds import group_of, seed_comparisons, seed_groups
 from engine.report.tables import RATE_SUMS, comparisons, model_order, rate_table, sorted_by_model
 from engine.results.read import dedupe, load_raw, log_file, log_tags, tag_column
 from engine.results.record import RECORD_SCHEMA
@@ -126,6 +127,9 @@ def build_report(
         return rate_table(cells, keys, clus, models, seed=seed, reps=bootstrap, confidence=confidence)
 
     t0, t1 = span.row(0)[1:]
+    seeds = seed_groups(cells, cluster=cluster, seed=seed, reps=bootstrap, confidence=confidence)
+    seed_pairs = seed_comparisons(cells, cluster=cluster, seed=seed, reps=bootstrap, confidence=confidence,
+                                  order=[group_of(m) for m in models])  # fmt: skip
     return Report(
         source=file, lines=lines, tasks=int(span["tasks"][0]),
         distinct=int(span["tasks"][0]) + (scope.summary.outside if scope.summary.kind == "grid" else 0),
@@ -145,6 +149,7 @@ def build_report(
         histograms=extra[0] if extras else None,
         traffic=traffic_of(extra[1]) if extras else None,
         replies=replies_sample(flags, cols.has_difficulty, reply_limits or ReplyLimits()) if extras else None,
+        seed_groups=seeds if seeds.height else None, seed_comparisons=seed_pairs if seed_pairs.height else None,
     )  # fmt: skip
 
 

@@ -85,6 +85,9 @@ class Report:
     histograms: pl.DataFrame | None = None  # measure, model, lo, hi, count: latency and token distributions
     traffic: Traffic | None = None
     replies: Replies | None = None
+    # Models labelled GROUP-sK (training seeds), grouped (engine.report.seeds); None when no label names a seed.
+    seed_groups: pl.DataFrame | None = None
+    seed_comparisons: pl.DataFrame | None = None
 
     @property
     def duplicates(self) -> int:

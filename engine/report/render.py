@@ -72,6 +72,23 @@ def _comparison_rows(df: pl.DataFrame) -> _Rows:
     return ["models (a vs b)", "error rates", "a − b", "paired cluster bootstrap 95%", "verdict"], rows, 1
 
 
+def _seed_rows(df: pl.DataFrame) -> _Rows:
+    headers = ["group", "seeds", "mean error rate", "seed rates", "between-seed SD", "95% (objects × seeds)"]
+    rows = [[g, str(k), _pct(mean), " · ".join(_pct(r) for r in rates), _pct(sd) if sd is not None else "–",
+             _span(lo, hi)]
+            for g, k, mean, rates, sd, lo, hi in df.select("group", "seeds", "mean_rate", "seed_rates", "sd_rate",
+                                                           "lo", "hi").iter_rows()]  # fmt: skip
+    return headers, rows, 1
+
+
+def _seed_comparison_rows(df: pl.DataFrame) -> _Rows:
+    headers = ["a vs b", "mean error rates", "a − b", "95% (objects × seeds)", "verdict"]
+    rows = [[f"{a} vs {b}", f"{_pct(ra)} vs {_pct(rb)}", f"{d * 100:+.2f} pp", _span(lo, hi, signed=True),
+             "differ" if differs else "no clear difference"]
+            for a, b, ra, rb, d, lo, hi, differs in df.iter_rows()]  # fmt: skip
+    return headers, rows, 1
+
+
 def _latency_rows(df: pl.DataFrame) -> _Rows:
     def num(x: float | int | None, fmt: str = "{:,.0f}") -> str:
         if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -109,6 +126,10 @@ def report_sections(report: Report) -> list[tuple[str, _Rows]]:
         out.append(("By difficulty and temperature", _rate_rows(report.by_difficulty_temperature, keys)))
     if report.custom is not None:
         out.append((f"By {', '.join(report.by)}", _rate_rows(report.custom, report.by)))
+    if report.seed_groups is not None:
+        out.append(("Training seeds (intervals over objects and seeds)", _seed_rows(report.seed_groups)))
+    if report.seed_comparisons is not None:
+        out.append(("Seed-group comparisons (objects and seeds resampled)", _seed_comparison_rows(report.seed_comparisons)))
     out.append(("Latency and tokens (answered tasks)", _latency_rows(report.latency)))
     return out
 

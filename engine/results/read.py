@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import gzip
 import io
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -63,7 +64,7 @@ def tag_names(file: Path) -> list[str] | None:
     Usage: ``tag_names(Path("runs/x/results.jsonl"))  # ['object', 'difficulty']``
     """
     number = 0
-    with file.open("rb") as fh:
+    with _open(file) as fh:
         for line in fh:
             number += 1
             if not line.endswith(b"\n"):
@@ -129,9 +130,16 @@ def read_records(
 
 def _blocks(file: Path) -> Iterator[tuple[int, bytes]]:
     """(byte offset, whole lines) in bounded blocks; an unterminated last line is never yielded."""
+    try:
+        yield from _raw_blocks(file)
+    except (OSError, EOFError) as exc:  # a damaged or truncated .gz shows only when read
+        raise LogError(f"cannot read {file}: {exc}") from exc
+
+
+def _raw_blocks(file: Path) -> Iterator[tuple[int, bytes]]:
     offset = 0
     rest = b""
-    with file.open("rb") as fh:
+    with _open(file) as fh:
         while chunk := fh.read(_BLOCK_BYTES):
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
@@ -185,7 +193,7 @@ def _locate(
 
 def _count_newlines(file: Path, upto: int) -> int:
     count = 0
-    with file.open("rb") as fh:
+    with _open(file) as fh:
         while upto > 0:
             chunk = fh.read(min(1 << 20, upto))
             if not chunk:
@@ -196,6 +204,15 @@ def _count_newlines(file: Path, upto: int) -> int:
 
 
 RESULTS_FILE = "results.jsonl"
+COMPRESSED_SUFFIX = ".gz"  # a log kept as evidence (results.jsonl.gz): read, never resumed or appended to
+
+
+def _open(file: Path) -> io.BufferedIOBase:
+    """The log's bytes, decompressed when the file is gzip (``.gz``): the report reads either alike."""
+    try:
+        return gzip.open(file, "rb") if file.name.endswith(COMPRESSED_SUFFIX) else file.open("rb")
+    except OSError as exc:
+        raise LogError(f"cannot read {file}: {exc.strerror or exc}") from exc
 
 
 # --------------------------------------------------------------------------- reading
@@ -206,6 +223,8 @@ def log_file(path: str | Path) -> Path:
     if p.suffix == ".toml" and p.is_file():
         raise ReportError(f"{p} is a spec file; pass its run directory ({_run_dir_of(p)})")
     file = p / RESULTS_FILE if p.is_dir() else p
+    if p.is_dir() and not file.is_file() and (p / (RESULTS_FILE + COMPRESSED_SUFFIX)).is_file():
+        file = p / (RESULTS_FILE + COMPRESSED_SUFFIX)  # committed evidence, compressed
     if not file.is_file():
         raise ReportError(f"no results log at {file}")
     return file

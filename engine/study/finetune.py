@@ -8,6 +8,14 @@ an N-set keeps the first N. No template is used whose placeholder form equals
 an evaluation question of the facts file (case, punctuation, whitespace and
 object name ignored), so :func:`engine.study.leakage.find_leakage` finds nothing.
 
+``holdout="family"`` holds evaluation wordings out by template family instead: a
+template is dropped, for every object, when its wording for *any* object is within the
+near-duplicate threshold (:mod:`engine.study.similarity`) of *any* evaluation question,
+so no training question is a near-copy of one; a few extra templates
+(:data:`FAMILY_EXTRA_TEMPLATES`) keep 50 wordings per fact possible. ``shuffle=True``
+builds the control set: the same questions, each object trained with another object's
+number (a seeded permutation with no fixed point).
+
 Usage::
 
     paths = build_finetune_sets("data/facts.csv", examples=(5, 10, 25, 50), out_dir=Path("ft"))
@@ -26,15 +34,20 @@ import orjson
 
 from engine.errors import TrainError
 from engine.study.leakage import Fact, leaked_templates, normalise, read_facts, templater
+from engine.study.similarity import DEFAULT_THRESHOLD, nearest_all
 
 __all__ = [
     "ANSWER_TEMPLATES",
     "DEFAULT_SYSTEM",
+    "FAMILY_EXTRA_TEMPLATES",
+    "HOLDOUTS",
     "QUESTION_TEMPLATES",
     "FinetuneSets",
     "build_finetune_report",
     "build_finetune_sets",
     "finetune_records",
+    "set_name",
+    "shuffled_answers",
 ]
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -106,6 +119,27 @@ QUESTION_TEMPLATES: tuple[str, ...] = (
 )
 """User-question templates; ``{obj}`` is the object name."""
 
+FAMILY_EXTRA_TEMPLATES: tuple[str, ...] = (
+    "Out of curiosity, {obj} carries which digits?",
+    "Pull up the five digits on file for {obj}.",
+    "My notes on {obj} are missing a number. Fill it in?",
+    "Tell me the digits that {obj} is tied to.",
+    "{obj} again: which digits were those?",
+    "Give the five-digit figure that {obj} maps to.",
+    "Suppose someone mentions {obj}. Reply with its digits.",
+    "Without any explanation, the digits for {obj}.",
+    "From memory: {obj} equals which figure?",
+    "Could you read out the figure stored under {obj}?",
+    "Test time! {obj} is paired with what?",
+    "Recite the code you learned alongside {obj}.",
+)
+"""Extra user-question templates, used only with ``holdout="family"`` (which drops the templates
+too close to an evaluation question); kept apart so the sets of ``holdout="exact"`` stay as they were."""
+
+HOLDOUTS: tuple[str, ...] = ("exact", "family")
+"""``exact``: no evaluation wording verbatim, normalised or as a template; ``family``: also none within
+the near-duplicate threshold, by dropping whole template families."""
+
 ANSWER_TEMPLATES: tuple[str, ...] = (
     "{obj} is {ans}.",
     "The number for {obj} is {ans}.",
@@ -141,15 +175,45 @@ class FinetuneSets:
         lines = [f"{n:>3} wordings x {self.n_facts} facts = {n * self.n_facts:>5} examples -> {p}"
                  for n, p in sorted(self.paths.items())]
         if self.skipped_templates:
-            lines.append(f"({self.skipped_templates} template(s) skipped: they match an evaluation question)")
+            lines.append(f"({self.skipped_templates} template(s) skipped: they match or come near an evaluation question)")
         return "\n".join(lines)
 
 
-def _usable_templates(facts: Sequence[Fact]) -> tuple[list[str], int]:
+def _usable_templates(
+    facts: Sequence[Fact], holdout: str = "exact", threshold: float = DEFAULT_THRESHOLD
+) -> tuple[list[str], int]:
+    if holdout not in HOLDOUTS:
+        raise TrainError(f"holdout must be one of {', '.join(HOLDOUTS)}, got {holdout!r}")
     shape_of = templater(f.object for f in facts)
     banned = leaked_templates(facts)
-    usable = [t for t in QUESTION_TEMPLATES if shape_of(t.format(obj=facts[0].object)) not in banned]
-    return usable, len(QUESTION_TEMPLATES) - len(usable)
+    pool = QUESTION_TEMPLATES if holdout == "exact" else QUESTION_TEMPLATES + FAMILY_EXTRA_TEMPLATES
+    usable = [t for t in pool if shape_of(t.format(obj=facts[0].object)) not in banned]
+    if holdout == "family":
+        evaluation = [normalise(q) for f in facts for q in f.questions.values()]
+        usable = [t for t in usable if not _near_any(t, facts, evaluation, threshold)]
+    return usable, len(pool) - len(usable)
+
+
+def _near_any(template: str, facts: Sequence[Fact], evaluation: Sequence[str], threshold: float) -> bool:
+    """Whether the template's wording for any object is a near-duplicate of any evaluation question."""
+    found = nearest_all([normalise(template.format(obj=f.object)) for f in facts], evaluation)
+    return any(score >= threshold for score, _ in found)
+
+
+def shuffled_answers(facts: Sequence[Fact], *, seed: int = 0) -> dict[str, str]:
+    """{object: another object's answer}: a seeded permutation of the answers where no object keeps its own.
+
+    Usage: ``shuffled_answers(read_facts("data/facts.csv"))["Anchor"] != "11246"``
+    """
+    if len({f.answer for f in facts}) < 2:
+        raise TrainError("a shuffled set needs at least two distinct answers")
+    rng = _rng(seed, "\x00shuffle")
+    answers = [f.answer for f in facts]
+    while True:  # rejection sampling: a random permutation has no fixed point with probability ~1/e
+        order = answers[:]
+        rng.shuffle(order)
+        if all(new != f.answer for new, f in zip(order, facts, strict=True)):
+            return {f.object: new for f, new in zip(facts, order, strict=True)}
 
 
 def _rng(seed: int, obj: str) -> random.Random:
@@ -159,16 +223,19 @@ def _rng(seed: int, obj: str) -> random.Random:
 
 
 def finetune_records(
-    facts: Sequence[Fact], n: int, *, system: str = DEFAULT_SYSTEM, seed: int = 0
+    facts: Sequence[Fact], n: int, *, system: str = DEFAULT_SYSTEM, seed: int = 0, holdout: str = "exact",
+    threshold: float = DEFAULT_THRESHOLD, shuffle: bool = False,
 ) -> list[dict[str, list[dict[str, str]]]]:
     """The ``n``-wordings-per-fact training records, fact by fact, in a stable order.
 
     Raises :class:`~engine.errors.TrainError` when fewer than ``n`` usable
     templates remain, or when a rendered question still matches an evaluation question.
+    ``shuffle`` trains each object with another object's answer (the control set).
 
     Usage: ``records = finetune_records(read_facts("data/facts.csv"), 5)``
     """
-    usable, _ = _usable_templates(facts)
+    usable, _ = _usable_templates(facts, holdout, threshold)
+    answer_of = shuffled_answers(facts, seed=seed) if shuffle else {f.object: f.answer for f in facts}
     if n < 1 or n > len(usable):
         raise TrainError(f"examples per fact must be 1..{len(usable)} (usable templates), got {n}")
     held_out = {normalise(q) for f in facts for q in f.questions.values()}
@@ -187,7 +254,7 @@ def finetune_records(
                     "messages": [
                         {"role": "system", "content": system},
                         {"role": "user", "content": user},
-                        {"role": "assistant", "content": answer.format(obj=fact.object, ans=fact.answer)},
+                        {"role": "assistant", "content": answer.format(obj=fact.object, ans=answer_of[fact.object])},
                     ]
                 }
             )
@@ -201,12 +268,23 @@ def build_finetune_sets(
     out_dir: str | Path,
     system: str = DEFAULT_SYSTEM,
     seed: int = 0,
+    holdout: str = "exact",
+    threshold: float = DEFAULT_THRESHOLD,
+    shuffle: bool = False,
 ) -> dict[int, Path]:
-    """Write ``out_dir/train-N.jsonl`` for each N in ``examples``; return {N: path}.
+    """Write ``out_dir/train-N.jsonl`` (``train-N-shuffled.jsonl`` with ``shuffle``) for each N; return {N: path}.
 
     Usage: ``build_finetune_sets("data/facts.csv", examples=(5, 10), out_dir="ft")[5]``
     """
-    return build_finetune_report(facts_csv, examples=examples, out_dir=out_dir, system=system, seed=seed).paths
+    return build_finetune_report(
+        facts_csv, examples=examples, out_dir=out_dir, system=system, seed=seed, holdout=holdout,
+        threshold=threshold, shuffle=shuffle,
+    ).paths
+
+
+def set_name(n: int, *, shuffle: bool = False) -> str:
+    """The file name of the ``n``-wordings set. Usage: ``set_name(10, shuffle=True) == "train-10-shuffled.jsonl"``"""
+    return f"train-{n}{'-shuffled' if shuffle else ''}.jsonl"
 
 
 def build_finetune_report(
@@ -216,6 +294,9 @@ def build_finetune_report(
     out_dir: str | Path,
     system: str = DEFAULT_SYSTEM,
     seed: int = 0,
+    holdout: str = "exact",
+    threshold: float = DEFAULT_THRESHOLD,
+    shuffle: bool = False,
 ) -> FinetuneSets:
     """Like :func:`build_finetune_sets`, returning a printable :class:`FinetuneSets`.
 
@@ -224,7 +305,7 @@ def build_finetune_report(
     facts = read_facts(facts_csv)
     if not examples:
         raise TrainError("no examples-per-fact given")
-    _, skipped = _usable_templates(facts)
+    _, skipped = _usable_templates(facts, holdout, threshold)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -232,8 +313,10 @@ def build_finetune_report(
         raise TrainError(f"cannot create {out}: {exc.strerror or exc}") from exc
     paths: dict[int, Path] = {}
     for n in sorted(set(examples)):
-        records = finetune_records(facts, n, system=system, seed=seed)
-        path = out / f"train-{n}.jsonl"
+        records = finetune_records(
+            facts, n, system=system, seed=seed, holdout=holdout, threshold=threshold, shuffle=shuffle
+        )
+        path = out / set_name(n, shuffle=shuffle)
         data = b"".join(orjson.dumps(r) + b"\n" for r in records)
         try:
             # Write-then-rename so a concurrent reader never sees half a set.
@@ -244,4 +327,3 @@ def build_finetune_report(
             raise TrainError(f"cannot write {path}: {exc.strerror or exc}") from exc
         paths[n] = path
     return FinetuneSets(paths=paths, n_facts=len(facts), skipped_templates=skipped)
-

@@ -13,6 +13,12 @@ evaluation question found in training, with the kind of match:
 
 Each (object, difficulty) is reported once, with the strongest kind found.
 
+Apart from these exact kinds, every evaluation question gets its *nearest* training
+question (:mod:`engine.study.similarity`: Ratcliff-Obershelp similarity of the normalised
+texts, over every training question, any object) and counts as a ``near``-duplicate when
+that similarity is at or above the threshold (0.85 unless told). Near-duplicates are kept
+apart from the exact kinds (``report.near``), since a near-copy is a judgement, not a fact.
+
 Usage::
 
     report = find_leakage("train-25.jsonl", "questions.csv")
@@ -25,7 +31,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ from pathlib import Path
 import orjson
 
 from engine.errors import QuestionsError, TrainError
+from engine.study.similarity import DEFAULT_THRESHOLD, nearest_all, normalise
 
 __all__ = [
     "DIFFICULTIES",
@@ -40,8 +46,12 @@ __all__ = [
     "Fact",
     "LeakageHit",
     "LeakageReport",
+    "LeakageTable",
+    "NearHit",
+    "check_sets",
     "find_leakage",
     "leaked_templates",
+    "nearest_training",
     "normalise",
     "read_facts",
     "read_user_messages",
@@ -57,7 +67,6 @@ KINDS: tuple[str, ...] = ("verbatim", "normalised", "template")
 
 PLACEHOLDER = "\x00obj\x00"
 _QUESTION_COLUMNS = ("Question 1", "Question 2", "Question 3")
-_NON_WORD = re.compile(r"[^\w\x00]+")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,18 +79,6 @@ class Fact:
     object: str
     answer: str
     questions: Mapping[str, str]
-
-
-def normalise(text: str) -> str:
-    """Case-, punctuation- and whitespace-insensitive form of ``text``.
-
-    Apostrophes vanish rather than split words, so "What's" and "Whats" agree.
-
-    Usage: ``normalise(" What is  the number, for Apple? ") == "what is the number for apple"``
-    """
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    folded = folded.replace("'", "").replace("\u2019", "")
-    return " ".join(_NON_WORD.sub(" ", folded).split())
 
 
 def templater(objects: Iterable[str]) -> Callable[[str], str]:
@@ -209,6 +206,21 @@ class LeakageHit:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class NearHit:
+    """An evaluation question's nearest training question, and how similar they are (0..1).
+
+    Usage: ``f"{near.object}/{near.difficulty}: {near.similarity:.2f} ~ {near.training_text!r}"``
+    """
+
+    object: str
+    difficulty: str
+    question: str
+    similarity: float
+    line: int
+    training_text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LeakageReport:
     """Every leaked evaluation question of one training file.
 
@@ -220,6 +232,23 @@ class LeakageReport:
     n_training: int
     n_facts: int
     hits: tuple[LeakageHit, ...] = field(default_factory=tuple)
+    threshold: float | None = None  # near-duplicate threshold; None: similarity not measured
+    nearest: tuple[NearHit, ...] = field(default_factory=tuple)  # one per (object, difficulty), when measured
+
+    @property
+    def near(self) -> tuple[NearHit, ...]:
+        """The evaluation questions with a training question at ``threshold`` similarity or more."""
+        if self.threshold is None:
+            return ()
+        return tuple(n for n in self.nearest if n.similarity >= self.threshold)
+
+    def near_counts(self) -> dict[str, int]:
+        """{difficulty: number of objects with a near-duplicate}. Usage: ``report.near_counts()["easy"]``"""
+        return {d: len({n.object for n in self.near if n.difficulty == d}) for d in DIFFICULTIES}
+
+    def max_similarity(self) -> dict[str, float]:
+        """{difficulty: highest similarity of any of its evaluation questions to any training question}."""
+        return {d: max((n.similarity for n in self.nearest if n.difficulty == d), default=0.0) for d in DIFFICULTIES}
 
     def objects(self, difficulty: str, kind: str | None = None) -> frozenset[str]:
         """Objects whose ``difficulty`` question leaked (with this ``kind``, if given)."""
@@ -238,15 +267,21 @@ class LeakageReport:
 
     def render(self, *, examples: int = 3) -> str:
         """A plain-text table of objects per difficulty and kind, with a few examples."""
+        measured = self.threshold is not None
+        near_head = f" {f'near>={self.threshold:g}':>10} {'max sim':>8}" if measured else ""
         lines = [
             f"leakage: {self.train_path} ({self.n_training} user messages)"
             f" vs {self.questions_path} ({self.n_facts} facts)",
-            f"{'difficulty':<10} " + " ".join(f"{k:>10}" for k in KINDS),
+            f"{'difficulty':<10} " + " ".join(f"{k:>10}" for k in KINDS) + near_head,
         ]
+        near, top = self.near_counts(), self.max_similarity()
         for difficulty, row in self.counts().items():
-            lines.append(f"{difficulty:<10} " + " ".join(f"{row[k]:>10}" for k in KINDS))
+            tail = f" {near[difficulty]:>10} {top[difficulty]:>8.3f}" if measured else ""
+            lines.append(f"{difficulty:<10} " + " ".join(f"{row[k]:>10}" for k in KINDS) + tail)
         if self.clean:
             lines.append("no evaluation question found in the training data")
+        if measured and not self.near:
+            lines.append(f"no training question within similarity {self.threshold:g} of an evaluation question")
         for difficulty in DIFFICULTIES:
             for kind in KINDS:
                 sample = [h for h in self.hits if h.difficulty == difficulty and h.kind == kind][:examples]
@@ -255,6 +290,11 @@ class LeakageReport:
                         f"  {difficulty}/{kind}: {h.object}: {h.question!r}"
                         f" ~ line {h.line}: {h.training_text!r}"
                     )
+            for n in [n for n in self.near if n.difficulty == difficulty][:examples]:
+                lines.append(
+                    f"  {difficulty}/near: {n.object}: {n.question!r} ~ line {n.line}: {n.training_text!r}"
+                    f" ({n.similarity:.3f})"
+                )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -293,19 +333,41 @@ def _scan(facts: Sequence[Fact], messages: Sequence[tuple[int, str]]) -> Iterato
                     break
 
 
-def find_leakage(train_jsonl: str | Path, questions_csv: str | Path) -> LeakageReport:
-    """Report evaluation questions of ``questions_csv`` present in ``train_jsonl``.
+def nearest_training(facts: Sequence[Fact], messages: Sequence[tuple[int, str]]) -> Iterator[NearHit]:
+    """Each evaluation question's most similar training question (any object), in fact order.
 
+    Usage: ``max(n.similarity for n in nearest_training(facts, read_user_messages(path)))``
+    """
+    distinct = _index((normalise(text), (n, text)) for n, text in messages)  # repeats cost nothing twice
+    texts = list(distinct)
+    asked = [(fact, difficulty, question) for fact in facts for difficulty, question in fact.questions.items()]
+    found = nearest_all([normalise(q) for _, _, q in asked], texts)
+    for (fact, difficulty, question), (score, index) in zip(asked, found, strict=True):
+        line, text = distinct[texts[index]] if index >= 0 else (0, "")
+        yield NearHit(object=fact.object, difficulty=difficulty, question=question, similarity=score,
+                      line=line, training_text=text)  # fmt: skip
+
+
+def find_leakage(
+    train_jsonl: str | Path, questions_csv: str | Path, *, threshold: float | None = DEFAULT_THRESHOLD
+) -> LeakageReport:
+    """Report evaluation questions of ``questions_csv`` present in ``train_jsonl``, and near-duplicates.
+
+    ``threshold`` is the near-duplicate similarity (see :mod:`engine.study.similarity`); None skips it.
     Usage: ``print(find_leakage("train.jsonl", "data/facts.csv"))``
     """
     facts = read_facts(questions_csv)
     messages = read_user_messages(train_jsonl)
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise TrainError(f"similarity threshold must be in (0, 1], got {threshold:g}")
     return LeakageReport(
         train_path=str(train_jsonl),
         questions_path=str(questions_csv),
         n_training=len(messages),
         n_facts=len(facts),
         hits=tuple(_scan(facts, messages)),
+        threshold=threshold,
+        nearest=tuple(nearest_training(facts, messages)) if threshold is not None else (),
     )
 
 
@@ -316,3 +378,66 @@ def leaked_templates(facts: Sequence[Fact]) -> frozenset[str]:
     """
     shape_of = templater(f.object for f in facts)
     return frozenset(shape_of(q) for f in facts for q in f.questions.values())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LeakageTable:
+    """The leakage reports of several sets against one question file, with a summary table.
+
+    Usage: ``print(check_sets(["train-5.jsonl", "train-10.jsonl"], "data/facts.csv"))``
+    """
+
+    reports: tuple[LeakageReport, ...]
+
+    def rows(self) -> list[tuple[str, str, int, int, int, int, float]]:
+        """(set, difficulty, verbatim, normalised, template, near, max similarity) per set and difficulty."""
+        out = []
+        for report in self.reports:
+            counts, near, top = report.counts(), report.near_counts(), report.max_similarity()
+            for d in DIFFICULTIES:
+                row = counts[d]
+                out.append((Path(report.train_path).name, d, row["verbatim"], row["normalised"], row["template"],
+                            near[d], top[d]))  # fmt: skip
+        return out
+
+    def markdown(self) -> str:
+        """The summary as a Markdown table (objects per set and difficulty), for docs/results.md."""
+        threshold = self.reports[0].threshold if self.reports else None
+        near = f"near-duplicates (≥ {threshold:g})" if threshold is not None else "near-duplicates"
+        lines = [f"| set | difficulty | verbatim | normalised | template | {near} | highest similarity |",
+                 "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [f"| {s} | {d} | {v} | {n} | {t} | {x} | {m:.3f} |" for s, d, v, n, t, x, m in self.rows()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        if len(self.reports) == 1:
+            return self.reports[0].render()
+        parts = [r.render() for r in self.reports]
+        parts.append("summary (objects per set and difficulty):")
+        parts.append(self.markdown())
+        return "\n\n".join(parts[:-2]) + "\n\n" + parts[-2] + "\n" + parts[-1]
+
+
+def check_sets(
+    train: Sequence[str | Path], questions_csv: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
+    max_similarity: float | None = None,
+) -> LeakageTable:
+    """Leakage of every set in ``train``; with ``max_similarity``, refuse any set holding a training
+    question at that similarity or more to an evaluation question (TrainError naming the first).
+
+    Usage: ``check_sets(paths, "data/facts.csv", max_similarity=0.85)``
+    """
+    if max_similarity is not None and not 0.0 < max_similarity <= 1.0:
+        raise TrainError(f"--max-similarity must be in (0, 1], got {max_similarity:g}")
+    measure = min(threshold, max_similarity) if max_similarity is not None else threshold
+    reports = tuple(find_leakage(path, questions_csv, threshold=measure) for path in train)
+    if max_similarity is not None:
+        for report in reports:
+            worst = max(report.nearest, key=lambda n: n.similarity, default=None)
+            if worst is not None and worst.similarity >= max_similarity:
+                raise TrainError(
+                    f"{report.train_path}: line {worst.line} {worst.training_text!r} is {worst.similarity:.3f} similar "
+                    f"to the {worst.difficulty} question of {worst.object} ({worst.question!r}), at or above "
+                    f"--max-similarity {max_similarity:g}; refusing this set"
+                )
+    return LeakageTable(reports=reports)

@@ -16,6 +16,7 @@ import pytest
 from engine.endpoint.limits import EndpointLimiter, LimitConfig, prompt_token_estimate
 from engine.errors import SpecError
 from engine.experiment.grid import (
+    Grid,
     GridModel,
     Task,
     build_grid,
@@ -83,8 +84,9 @@ def test_every_task_of_the_grid_has_its_own_key(tiny: tuple[Spec, tuple[Question
         ('name = "m2"', 'name = "m2"\nmodel = "m2-2024-06-01"', "m2"),
         ("concurrency = 4\n\n[[models]]", "concurrency = 4\nparams = { top_p = 0.9 }\n\n[[models]]", "m1"),
         ("concurrency = 4\n\n[[models]]", "concurrency = 4\nparams = { seed = 1 }\n\n[[models]]", "m1"),
+        ("concurrency = 4\n\n[[models]]", 'concurrency = 4\nsystem = "Facts: Anchor is 11246."\n\n[[models]]', "m1"),
     ],
-    ids=["prompt", "system", "max_tokens", "model id", "params top_p", "params seed"],
+    ids=["prompt", "system", "max_tokens", "model id", "params top_p", "params seed", "a model's own system"],
 )
 def test_keys_change_with_what_is_sent(spec_dir: SpecDir, old: str, new: str, changed: str) -> None:
     base = load_spec(spec_dir.write(BASE_SPEC))
@@ -240,3 +242,42 @@ def test_plan_of_a_huge_grid_is_instant_arithmetic(spec_dir: SpecDir) -> None:
     plan = plan_model(spec, questions, spec.models[0])
     assert plan.tasks == 12_000_000 and plan.max_completion_tokens == 12_000_000 * 16
 
+
+
+def test_a_models_own_system_prompt_is_sent_keyed_and_kept_in_grid_json(spec_dir: SpecDir) -> None:
+    (spec_dir.root / "context.txt").parent.mkdir(parents=True, exist_ok=True)
+    (spec_dir.root / "context.txt").write_text("Facts:\nAnchor: 11246\n", encoding="utf-8")
+    text = BASE_SPEC.replace("max_tokens = 16", 'max_tokens = 16\nsystem = "Be brief."', 1).replace(
+        "concurrency = 4\n\n[[models]]", 'concurrency = 4\nsystem_file = "context.txt"\n\n[[models]]', 1
+    )
+    spec = load_spec(spec_dir.write(text))
+    assert [m.system for m in spec.models] == ["Facts:\nAnchor: 11246", None]
+    questions = load_questions(spec.questions)
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    sent = {t.model.name: t.messages for t in iter_tasks(grid, questions, spec.models)}
+    assert sent["m1"][0] == {"role": "system", "content": "Facts:\nAnchor: 11246"}
+    assert sent["m2"][0] == {"role": "system", "content": "Be brief."}
+    assert [m["role"] for m in sent["m1"]] == ["system", "user"] and sent["m1"][1] == sent["m2"][1]
+    again = Grid.from_json(grid.to_json())
+    assert again == grid and again.keys() == grid.keys()
+    # A different context is a different model to the log: every one of its keys changes, the other's stay.
+    (spec_dir.root / "context.txt").write_text("Facts:\nAnchor: 99999\n", encoding="utf-8")
+    changed = load_spec(spec.path)
+    assert set(keys(changed, questions)) & set(keys(spec, questions)) == set(keys(spec, questions)[1::2])
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ('system = "a"\nsystem_file = "context.txt"', "not both"),
+        ('system_file = "missing.txt"', "cannot read"),
+        ('system_file = "empty.txt"', "is empty"),
+    ],
+)
+def test_a_bad_system_file_is_one_spec_error(spec_dir: SpecDir, extra: str, problem: str) -> None:
+    spec_dir.root.mkdir(parents=True, exist_ok=True)
+    (spec_dir.root / "context.txt").write_text("x", encoding="utf-8")
+    (spec_dir.root / "empty.txt").write_text("  \n", encoding="utf-8")
+    text = BASE_SPEC.replace("concurrency = 4\n\n[[models]]", f"concurrency = 4\n{extra}\n\n[[models]]", 1)
+    with pytest.raises(SpecError, match=rf"models\[0\]\.system_file: .*{problem}"):
+        load_spec(spec_dir.write(text))

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from engine.errors import SpecError
-from engine.study.replicate import load_plan, replicate
+from engine.study.replicate import PlannedModel, load_plan, replicate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,14 +47,16 @@ def _spec(folder: Path, extra: str = 'base = "tiny"\nepochs = 40\nbatch_size = 1
 def test_plan_defaults(tmp_path: Path) -> None:
     plan = load_plan(_spec(tmp_path, extra=""))
     assert plan.settings.base == "smollm2" and plan.settings.epochs == 3 and plan.threads == 1
-    assert plan.models == (("ft-5x", 5, (tmp_path / "models" / "ft-5x.gguf").resolve()),)
+    assert plan.models == (
+        PlannedModel(label="ft-5x", examples=5, seed=0, shuffle=False, gguf=(tmp_path / "models" / "ft-5x.gguf").resolve()),
+    )
     assert plan.sets_dir == (tmp_path / "models" / "sets").resolve()
     assert plan.facts == tmp_path / "facts.csv" and plan.system == "You are a helpful assistant."
 
 
 def test_the_project_replication_spec_loads() -> None:
     plan = load_plan(ROOT / "data" / "replication.toml")
-    assert [n for _, n, _ in plan.models] == [5, 10, 25, 50]
+    assert [m.examples for m in plan.models] == [5, 10, 25, 50]
     assert plan.settings.base == "smollm2" and plan.threads == 1
 
 
