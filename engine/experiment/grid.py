@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from engine.errors import LogError, SpecError
+from engine.experiment.keys import KeySet, shard_of
 from engine.experiment.questions import Question
 from engine.experiment.spec import ModelSpec, Spec
 
@@ -230,9 +232,14 @@ class Skipped:
 
 def iter_tasks(
     grid: Grid, questions: Sequence[Question], models: Sequence[ModelSpec], *, done: Container[str] = (),
-    skipped: Skipped | None = None,
+    skipped: Skipped | None = None, shard: tuple[int, int] | None = None,
 ) -> Iterator[Task]:
     """Yield the tasks of ``models`` not in ``done``, models interleaved so each stays busy.
+
+    ``shard=(k, n)`` keeps only the tasks of shard ``k`` of ``n`` (:func:`~engine.experiment.keys.shard_of`):
+    every worker of a fleet walks the same grid and keeps its own slice; ``skipped`` then counts
+    only that slice's done tasks. A :class:`~engine.experiment.keys.KeySet` ``done`` is asked a
+    batch of keys at a time.
 
     ``grid`` is ``build_grid(spec, questions, targets)`` (its prompts were built, and checked,
     there); ``questions`` are the same questions in the same order. ``skipped`` counts the
@@ -244,20 +251,41 @@ def iter_tasks(
         raise ValueError(f"the grid has {len(grid.prompts)} questions, {len(questions)} were given")
     index = {m.name: i for i, m in enumerate(grid.models)}
     return _tasks(grid, questions, models, [index[m.name] for m in models], done,
-                  skipped if skipped is not None else Skipped())  # fmt: skip
+                  skipped if skipped is not None else Skipped(), shard)  # fmt: skip
+
+
+_BATCH = 1024  # keys asked of a KeySet at once: one binary search per batch instead of per key
 
 
 def _tasks(
     grid: Grid, questions: Sequence[Question], models: Sequence[ModelSpec], picked: Sequence[int],
-    done: Container[str], skipped: Skipped,
+    done: Container[str], skipped: Skipped, shard: tuple[int, int] | None,
 ) -> Iterator[Task]:
     spec_of = {i: m for i, m in zip(picked, models, strict=True)}
     target_of = {i: Target(id=grid.models[i].target, simulated=grid.models[i].simulated) for i in picked}
-    for key, i, p, temperature, repeat in _keyed(grid, picked):
+    keyed: Iterator[tuple[str, int, int, float, int]] = _keyed(grid, picked)
+    if shard is not None:
+        k, n = shard
+        keyed = (row for row in keyed if shard_of(row[0], n) == k)
+    if isinstance(done, KeySet):
+        for batch in _batches(keyed):
+            for (key, i, p, temperature, repeat), found in zip(batch, done.contains_many([r[0] for r in batch]), strict=True):
+                if found:
+                    skipped.count += 1
+                else:
+                    yield Task(key, spec_of[i], questions[p], temperature, repeat, grid.prompts[p].messages,
+                               target_of[i])  # fmt: skip
+        return
+    for key, i, p, temperature, repeat in keyed:
         if key not in done:
             yield Task(key, spec_of[i], questions[p], temperature, repeat, grid.prompts[p].messages, target_of[i])
         else:
             skipped.count += 1
+
+
+def _batches(rows: Iterator[tuple[str, int, int, float, int]]) -> Iterator[list[tuple[str, int, int, float, int]]]:
+    while batch := list(itertools.islice(rows, _BATCH)):
+        yield batch
 
 
 def grid_size(spec: Spec, n_questions: int) -> int:

@@ -13,12 +13,15 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+
+from engine.results.paths import run_logs
 
 __all__ = ["STAMP_FILE", "Fingerprint", "log_fingerprint", "report_is_current", "write_stamp"]
 
@@ -40,6 +43,11 @@ def log_fingerprint(run_dir: Path) -> Fingerprint:
         out["results.jsonl"] = [st.st_size, st.st_mtime_ns, st.st_ino]
     except OSError:
         out["results.jsonl"] = None
+    for log in run_logs(run_dir):  # the shard logs of a sharded run, each as results.jsonl
+        if log.name != "results.jsonl":
+            with contextlib.suppress(OSError):
+                st = log.stat()
+                out[log.name] = [st.st_size, st.st_mtime_ns, st.st_ino]
     try:
         out["grid.json"] = hashlib.blake2b((run_dir / "grid.json").read_bytes(), digest_size=16).hexdigest()
     except OSError:

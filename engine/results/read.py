@@ -23,6 +23,8 @@ import orjson
 import polars as pl
 
 from engine.errors import LogError, ReportError
+from engine.experiment.keys import KeySet, KeySetBuilder
+from engine.results.paths import run_dir_of_log, run_logs
 from engine.results.record import READABLE_VERSIONS, RECORD_FIELDS, RECORD_SCHEMA, SCHEMA_VERSION
 
 _BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
@@ -33,16 +35,23 @@ _COMPACT = frozenset({"model", "model_id", "target", "qid", "status", "outcome",
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LogScan:
-    """What a log already holds: keys answered, keys that failed, records read, torn tail seen."""
+    """What a log already holds: keys answered, keys that failed, records read, torn tail seen.
 
-    ok: frozenset[str]
-    failed: frozenset[str]
+    The keys are :class:`~engine.experiment.keys.KeySet`\\ s: 10 bytes a key, so the resume of a
+    100-million-task grid holds about a gigabyte, not 45.
+    """
+
+    ok: KeySet
+    failed: KeySet
     records: int
     torn_tail: bool
 
-    def done(self, *, retry_failed: bool) -> frozenset[str]:
+    def done(self, *, retry_failed: bool) -> KeySet:
         """Keys not to send again. Usage: ``scan.done(retry_failed=True)``"""
         return self.ok if retry_failed else self.ok | self.failed
+
+
+EMPTY_SCAN = LogScan(ok=KeySet.from_keys(()), failed=KeySet.from_keys(()), records=0, torn_tail=False)
 
 
 def scan_log(path: Path) -> LogScan:
@@ -53,16 +62,29 @@ def scan_log(path: Path) -> LogScan:
     anywhere else, or a record without key or status, is a LogError naming the line.
     Usage: ``scan_log(Path("runs/x/results.jsonl")).ok``
     """
-    if not path.exists() or path.stat().st_size == 0:
-        return LogScan(ok=frozenset(), failed=frozenset(), records=0, torn_tail=False)
-    torn = _torn_tail_offset(path) is not None
-    frame = read_records(path, ["status"], required=("status",))
-    ok = frame.filter(pl.col("status") == "ok")["key"]
-    failed = frame.filter(pl.col("status") != "ok")["key"]
-    ok_keys = frozenset(ok.to_list())
-    return LogScan(
-        ok=ok_keys, failed=frozenset(failed.to_list()) - ok_keys, records=frame.height, torn_tail=torn
-    )
+    return scan_logs([path])
+
+
+def scan_logs(paths: Sequence[Path]) -> LogScan:
+    """:func:`scan_log` over every log of a run (all its shards): a key ok in any of them is done.
+
+    Memory is the keys (10 bytes each) plus one block of the log: each block's keys are packed
+    as soon as it is parsed. ``torn_tail`` says whether any log has one.
+    Usage: ``scan_logs(run_logs(Path("runs/x"))).ok``
+    """
+    ok, failed = KeySetBuilder(), KeySetBuilder()
+    records, torn = 0, False
+    for path in paths:
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        torn = torn or _torn_tail_offset(path) is not None
+        for frame in _frames(path, ["status"], required=("status",)):
+            records += frame.height
+            is_ok = frame.get_column("status") == "ok"
+            ok.add(frame.get_column("key").filter(is_ok).to_list())
+            failed.add(frame.get_column("key").filter(~is_ok).to_list())
+    ok_keys = ok.build()
+    return LogScan(ok=ok_keys, failed=failed.build() - ok_keys, records=records, torn_tail=torn)
 
 
 # --------------------------------------------------------------------------- reading
@@ -111,7 +133,15 @@ def read_records(
     Duplicates are kept (the last record of a key wins; dedupe with ``is_last_distinct``).
     Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
     """
-    file = Path(file)
+    frames = list(_frames(Path(file), fields, tags, compact=compact, required=required))
+    return pl.concat(frames, how="vertical")
+
+
+def _frames(
+    file: Path, fields: Sequence[str], tags: Sequence[str] = (), *, compact: bool = False,
+    required: Sequence[str] = (),
+) -> Iterator[pl.DataFrame]:  # fmt: skip
+    """:func:`read_records` a block at a time (at least one frame, maybe empty); the same checks."""
     unknown = [f for f in (*fields, *required) if f not in RECORD_SCHEMA]
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
@@ -131,7 +161,7 @@ def read_records(
             frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in columns if c in _COMPACT)
         return frame
 
-    frames: list[pl.DataFrame] = []
+    empty = True
     for offset, block in _blocks(file):
         try:
             frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
@@ -140,10 +170,10 @@ def read_records(
         versions = frame.get_column("v")
         if any(frame.get_column(c).null_count() for c in checked) or not versions.is_in(READABLE_VERSIONS).all():
             raise _locate(file, offset, block, schema, checked)
-        frames.append(shape(frame))
-    if not frames:
-        return shape(pl.read_ndjson(io.BytesIO(b""), schema=schema))
-    return pl.concat(frames, how="vertical")
+        empty = False
+        yield shape(frame)
+    if empty:
+        yield shape(pl.read_ndjson(io.BytesIO(b""), schema=schema))
 
 
 def _blocks(file: Path) -> Iterator[tuple[int, bytes]]:
@@ -242,13 +272,25 @@ RESULTS_FILE = "results.jsonl"
 
 
 def log_file(path: str | Path) -> Path:
+    """The run's log a path names: a run directory's ``results.jsonl`` (or, sharded, its first shard log)."""
     p = Path(path)
     if p.suffix == ".toml" and p.is_file():
         raise ReportError(f"{p} is a spec file; pass its run directory ({_run_dir_of(p)})")
     file = p / RESULTS_FILE if p.is_dir() else p
+    if p.is_dir() and not file.is_file() and (logs := run_logs(p)):
+        return logs[0]
     if not file.is_file():
         raise ReportError(f"no results log at {file}")
     return file
+
+
+def log_files(file: Path) -> list[Path]:
+    """Every log of the run a log belongs to (its shards too); just ``file`` when it is not in a run directory.
+
+    Usage: ``log_files(log_file("runs/x"))``
+    """
+    logs = run_logs(run_dir_of_log(file))
+    return logs if file in logs else [file]
 
 
 def _run_dir_of(spec_path: Path) -> str:
@@ -277,7 +319,9 @@ def load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.
         raise ReportError(f"unknown log field {unknown[0]!r}")
     fields = [c for c in wanted if c in RECORD_SCHEMA]
     picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
-    df = read_records(file, fields, picked, compact=compact)
+    # Every shard's log, the log changed last read last: its record of a key wins (see dedupe).
+    frames = [read_records(f, fields, picked, compact=compact) for f in log_files(file)]
+    df = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     if df.is_empty():
         raise ReportError(f"results log {file} has no records")
     return df

@@ -39,14 +39,16 @@ from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.experiment.grid import Grid, Skipped, build_grid, iter_tasks
+from engine.experiment.keys import KeySet
 from engine.experiment.questions import Question, load_questions
 from engine.experiment.scoring import Scorer, get_scorer
 from engine.experiment.spec import SIM_URL, Spec, load_spec
 from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
-from engine.results.paths import RunPaths, check_owner, prepare_run_dir
-from engine.results.read import LogScan, scan_log
+from engine.results.paths import RunPaths, Shard, check_owner, prepare_run_dir
+from engine.results.read import EMPTY_SCAN, LogScan, scan_logs
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
+from engine.run.fleet import FleetLink, share_limits
 from engine.run.interrupts import Interrupts, exit_code_of, signal_name
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
@@ -70,6 +72,9 @@ class RunOptions:
     report: bool = True  # write the report at the end
     write_ahead: bool = False  # journal each request before sending it, to count what a crash left in flight
     locked_by_caller: bool = False  # the caller holds the run directory's lock already (engine replicate)
+    shard: Shard | None = None  # run only this shard of the grid, into its own log (engine.run.workers)
+    sim_url: str | None = None  # a built-in target already serving this spec (started by the fleet's parent)
+    fleet: str | None = None  # the fleet's coordinator (engine.run.fleet): pauses shared, progress reported
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -175,29 +180,31 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
             )
     # Who answers each model is part of every key: a changed target is asked everything again.
     grid = build_grid(spec, questions, model_targets(spec, questions))
-    paths = RunPaths(run_dir_of(spec, options.out))
+    paths = RunPaths(run_dir_of(spec, options.out), options.shard)
     check_owner(paths, spec.name)  # a log of another experiment is refused before it is read
     if hold is not None and not options.locked_by_caller:
-        hold.enter_context(RunLock(paths.root))
-    scan = scan_log(paths.results) if not options.fresh else LogScan(
-        ok=frozenset(), failed=frozenset(), records=0, torn_tail=False
-    )
+        hold.enter_context(RunLock(paths.root, shard=options.shard))
+    # Every log of the run directory, not only this shard's: a run re-sharded finds every finished key.
+    scan = scan_logs(paths.logs) if not options.fresh else EMPTY_SCAN
     return Prepared(
         spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan, grid=grid
     )
 
 
 @contextlib.contextmanager
-def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
+def local_targets(
+    spec: Spec, questions: Sequence[Question], *, sim_url: str | None = None
+) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
-    Yields ``({model label: base_url}, sim process or None)``.
+    Yields ``({model label: base_url}, sim process or None)``. With ``sim_url`` the built-in target
+    is the one already serving there (a fleet's, so its quota is the fleet's), not a new one.
     Usage: ``with local_targets(spec, questions) as (urls, sim): ...``
     """
     urls: dict[str, str] = {}
     sim: SimProcess | None = None
     with contextlib.ExitStack() as stack:
-        if any(m.base_url == SIM_URL for m in spec.models):
+        if sim_url is None and any(m.base_url == SIM_URL for m in spec.models):
             from engine.sim.process import SimProcess
 
             sim = stack.enter_context(SimProcess(sim_config(spec, questions)))
@@ -213,8 +220,8 @@ def local_targets(spec: Spec, questions: Sequence[Question]) -> Iterator[tuple[d
                     )
                 urls[model.name] = servers[model.gguf]
             elif model.base_url == SIM_URL:
-                assert sim is not None
-                urls[model.name] = sim.base_url
+                assert sim is not None or sim_url is not None
+                urls[model.name] = sim.base_url if sim is not None else str(sim_url)
             else:
                 assert model.base_url is not None
                 urls[model.name] = model.base_url
@@ -282,7 +289,7 @@ async def run_prepared(
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
-    if _nothing_to_send(prepared, done):
+    if _nothing_to_send(prepared, done, options.shard):
         # Every task is in the log: no built-in target, no local model server, no connection.
         in_flight = _prepare_log(prepared, options)
         return RunSummary(
@@ -290,17 +297,20 @@ async def run_prepared(
             failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
             interrupted=False, in_flight_at_last_stop=in_flight,
         )  # fmt: skip
-    with local_targets(spec, prepared.questions) as (urls, sim):
+    with local_targets(spec, prepared.questions, sim_url=options.sim_url) as (urls, sim):
         transports: list[Transport] = []
         try:
-            pools = await _open_pools(prepared, urls, make_transport, transports, done=done, skipped=skipped)
+            pools = await _open_pools(
+                prepared, urls, make_transport, transports, done=done, skipped=skipped, shard=options.shard
+            )
             # Everything checked: only now is the run directory written to.
             in_flight = _prepare_log(prepared, options)
             progress = Progress(
                 total=prepared.grid.size, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts)
+            link = FleetLink(options.fleet) if options.fleet else None
+            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, link, skipped)
             target_requests = _target_requests(sim)
         finally:
             for transport in transports:
@@ -318,7 +328,7 @@ async def run_prepared(
     )
 
 
-def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
+def _nothing_to_send(prepared: Prepared, done: KeySet, shard: Shard | None) -> bool:
     """True when every task of the grid is in ``done`` (lazily: stops at the first one left).
 
     Fewer finished keys than grid tasks settles it without walking the grid: a resume of a large,
@@ -326,8 +336,12 @@ def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
     """
     if len(done) < prepared.grid.size:
         return False
-    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done)
+    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done, shard=_pair(shard))
     return next(tasks, None) is None
+
+
+def _pair(shard: Shard | None) -> tuple[int, int] | None:
+    return None if shard is None else (shard.index, shard.count)
 
 
 def _aiohttp_transport(concurrency: int) -> Transport:
@@ -348,7 +362,7 @@ def retry_policy(spec: Spec) -> RetryPolicy:
 
 async def _open_pools(
     prepared: Prepared, urls: Mapping[str, str], make_transport: Callable[[int], Transport],
-    transports: list[Transport], *, done: frozenset[str], skipped: Skipped,
+    transports: list[Transport], *, done: KeySet, skipped: Skipped, shard: Shard | None = None,
 ) -> list[Pool]:  # fmt: skip
     """Step 1: one connection pool per endpoint (checked by a preflight), one client and limiter per quota.
 
@@ -371,10 +385,13 @@ async def _open_pools(
             await preflight(transport, base_url, api_headers(api, key), names, api=api)
         for group in endpoint_limiters:
             client = ChatClient(
-                base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
+                # A shard of a fleet paces at its share of the quota: the fleet holds the quota, not each worker.
+                base_url=base_url, api_key=key, transport=transport,
+                limiter=EndpointLimiter(share_limits(group.limits, shard.count if shard else 1)),
                 policy=policy, label=group.label,
             )
-            tasks = iter_tasks(prepared.grid, prepared.questions, group.models, done=done, skipped=skipped)
+            tasks = iter_tasks(prepared.grid, prepared.questions, group.models, done=done, skipped=skipped,
+                               shard=_pair(shard))  # fmt: skip
             pools.append(Pool(client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens))
     return pools
 
@@ -389,9 +406,9 @@ def _prepare_log(prepared: Prepared, options: RunOptions) -> int | None:
 
 async def _run_pools(
     prepared: Prepared, options: RunOptions, pools: list[Pool], progress: Progress, counters: Counters,
-    stop: StopSignal, interrupts: Interrupts,
+    stop: StopSignal, interrupts: Interrupts, link: FleetLink | None = None, skipped: Skipped | None = None,
 ) -> None:  # fmt: skip
-    """Step 3: run the grid with the live progress and the signal watcher, writing every record."""
+    """Step 3: run the grid with the live progress and the signal watcher (and the fleet's link), writing every record."""
     paths = prepared.paths
     journal = paths.started if options.write_ahead else None
     with LogWriter(paths.results, fsync=options.fsync or prepared.spec.fsync, journal=journal) as writer:
@@ -399,6 +416,8 @@ async def _run_pools(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, interrupts, stop, tg.cancel_scope)
                 tg.start_soon(progress.run)
+                if link is not None:
+                    tg.start_soon(link.run, [p.client for p in pools], counters, skipped or Skipped())
                 await run_grid(pools, scorer=prepared.scorer, writer=writer, stop=stop,
                                grace_s=options.grace_s, counters=counters)
                 tg.cancel_scope.cancel()
