@@ -85,7 +85,7 @@ class KeySet(AbstractSet[str]):
         return builder.build()
 
     @classmethod
-    def _from_iterable(cls, it: Iterable[Any]) -> KeySet:  # what the Set mixins build results with
+    def _from_iterable(cls, it: Iterable[Any]) -> KeySet:  # type: ignore[override]  # the Set mixins build with it
         return cls.from_keys(it)
 
     def __contains__(self, key: object) -> bool:

@@ -16,6 +16,7 @@ import io
 import os
 import tomllib
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,12 @@ class LogScan:
     100-million-task grid holds about a gigabyte, not 45.
     """
 
-    ok: KeySet
-    failed: KeySet
+    ok: AbstractSet[str]  # KeySet, typed as the set it behaves as
+    failed: AbstractSet[str]
     records: int
     torn_tail: bool
 
-    def done(self, *, retry_failed: bool) -> KeySet:
+    def done(self, *, retry_failed: bool) -> AbstractSet[str]:
         """Keys not to send again. Usage: ``scan.done(retry_failed=True)``"""
         return self.ok if retry_failed else self.ok | self.failed
 

@@ -26,6 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,6 @@ from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
 from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
 from engine.experiment.grid import Grid, Skipped, build_grid, iter_tasks
-from engine.experiment.keys import KeySet
 from engine.experiment.questions import Question, load_questions
 from engine.experiment.scoring import Scorer, get_scorer
 from engine.experiment.spec import SIM_URL, Spec, load_spec
@@ -328,7 +328,7 @@ async def run_prepared(
     )
 
 
-def _nothing_to_send(prepared: Prepared, done: KeySet, shard: Shard | None) -> bool:
+def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | None) -> bool:
     """True when every task of the grid is in ``done`` (lazily: stops at the first one left).
 
     Fewer finished keys than grid tasks settles it without walking the grid: a resume of a large,
@@ -362,7 +362,7 @@ def retry_policy(spec: Spec) -> RetryPolicy:
 
 async def _open_pools(
     prepared: Prepared, urls: Mapping[str, str], make_transport: Callable[[int], Transport],
-    transports: list[Transport], *, done: KeySet, skipped: Skipped, shard: Shard | None = None,
+    transports: list[Transport], *, done: AbstractSet[str], skipped: Skipped, shard: Shard | None = None,
 ) -> list[Pool]:  # fmt: skip
     """Step 1: one connection pool per endpoint (checked by a preflight), one client and limiter per quota.
 
