@@ -38,7 +38,7 @@ EXIT_CODES = (
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.results.paths import Shard
+    from engine.results.shards import Shard
     from engine.run.runner import RunOptions, run_experiment
 
     shard = Shard.parse(args.shard) if args.shard else None

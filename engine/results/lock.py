@@ -43,7 +43,7 @@ from pathlib import Path
 import orjson
 
 from engine.errors import LogError
-from engine.results.paths import SHARD_DIR, Shard
+from engine.results.shards import SHARD_DIR, Shard
 
 HOLDER_FILE = "run.lock"
 _HOLDER_WAIT_S = 0.5  # the holder writes run.lock right after it takes the flock: give that write a moment

@@ -16,51 +16,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from engine.errors import ConfigError, LogError
+from engine.errors import LogError
 from engine.experiment.grid import Grid
 from engine.results.record import SCHEMA_VERSION
 from engine.results.runmeta import run_meta
-
-SHARD_DIR = "results"  # shard logs live in <run dir>/results/, beside the unsharded results.jsonl
-_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """Shard ``index`` (0-based) of ``count``: one worker's slice of the grid and its own log.
-
-    Usage: ``Shard.parse("3/16").log_name  # 'shard-03-of-16.jsonl'``
-    """
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count:
-            raise ConfigError(f"shard {self.index}/{self.count}: the index runs from 0 to {self.count - 1}")
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"K/N"`` (K from 0 to N-1); anything else is a ConfigError naming it."""
-        k, sep, n = text.partition("/")
-        if not sep or not k.strip().isdigit() or not n.strip().isdigit() or int(n) < 1:
-            raise ConfigError(f"--shard must be K/N with 0 <= K < N (e.g. 3/16), got {text!r}")
-        return cls(int(k), int(n))
-
-    @property
-    def name(self) -> str:
-        return f"shard-{self.index:02d}-of-{self.count:02d}"
-
-    @property
-    def log_name(self) -> str:
-        return f"{self.name}.jsonl"
+from engine.results.shards import SHARD_DIR, SHARD_NAME, Shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +74,7 @@ class RunPaths:
 
 def run_dir_of_log(file: Path) -> Path:
     """The run directory a log is in: a shard log's is two levels up. Usage: ``run_dir_of_log(report.source)``"""
-    return file.parent.parent if file.parent.name == SHARD_DIR and _SHARD_NAME.fullmatch(file.name) else file.parent
+    return file.parent.parent if file.parent.name == SHARD_DIR and SHARD_NAME.fullmatch(file.name) else file.parent
 
 
 def run_logs(root: Path) -> list[Path]:
@@ -120,7 +86,7 @@ def run_logs(root: Path) -> list[Path]:
     logs = [root / "results.jsonl"] if (root / "results.jsonl").is_file() else []
     shard_dir = root / SHARD_DIR
     if shard_dir.is_dir():
-        logs += [p for p in shard_dir.iterdir() if _SHARD_NAME.fullmatch(p.name) and p.is_file()]
+        logs += [p for p in shard_dir.iterdir() if SHARD_NAME.fullmatch(p.name) and p.is_file()]
 
     def changed(path: Path) -> tuple[int, str]:
         try:

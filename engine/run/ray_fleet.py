@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.results.paths import Shard
+from engine.results.shards import Shard
 from engine.run.runner import RunOptions, RunSummary, local_targets, prepare, run_experiment, write_run_report
 from engine.run.workers import _stats
 

@@ -45,8 +45,9 @@ from engine.experiment.scoring import Scorer, get_scorer
 from engine.experiment.spec import SIM_URL, Spec, load_spec
 from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
-from engine.results.paths import RunPaths, Shard, check_owner, prepare_run_dir
+from engine.results.paths import RunPaths, check_owner, prepare_run_dir
 from engine.results.read import EMPTY_SCAN, LogScan, scan_logs
+from engine.results.shards import Shard
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
 from engine.run.fleet import FleetLink, share_limits
 from engine.run.interrupts import Interrupts, exit_code_of, signal_name

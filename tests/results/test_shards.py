@@ -8,8 +8,9 @@ import pytest
 
 from engine.errors import ConfigError, LogError
 from engine.results.lock import RunLock
-from engine.results.paths import RunPaths, Shard, run_logs
+from engine.results.paths import RunPaths, run_logs
 from engine.results.read import scan_logs
+from engine.results.shards import Shard
 from engine.results.write import LogWriter
 
 
