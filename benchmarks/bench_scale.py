@@ -107,7 +107,7 @@ def step_make_log(root: Path, records: int) -> dict[str, Any]:
 
 
 def step_scan(root: Path, records: int) -> dict[str, Any]:
-    from engine.results.read import scan_log
+    from engine.results.scan import scan_log
 
     path = root / "results.jsonl"  # written by step_make_log in another process
     size_mb = path.stat().st_size / 1e6
@@ -136,8 +136,42 @@ def step_write(root: Path, policy: str | int, count: int, batch: int) -> dict[st
             "cpu_us": cpu / count * 1e6}
 
 
+def step_make_keys_log(root: Path, records: int) -> dict[str, Any]:
+    """A log of ``records`` short records (key and status: what the resume scan reads) over two shard logs."""
+    import hashlib
+
+    (root / "big" / "results").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for shard in range(2):
+        with (root / "big" / "results" / f"shard-{shard:02d}-of-02.jsonl").open("wb") as f:
+            for start in range(0, records, 200_000):
+                f.write(b"".join(
+                    b'{"v":2,"key":"%s","status":"%s"}\n'
+                    % (hashlib.blake2b(i.to_bytes(8, "big"), digest_size=10).hexdigest().encode(),
+                       b"failed" if i % 50 == 49 else b"ok")
+                    for i in range(start, min(records, start + 200_000)) if i % 2 == shard
+                ))
+    return {"records": records, "seconds": time.perf_counter() - started}
+
+
+def step_scan_keys(root: Path, records: int) -> dict[str, Any]:
+    """The resume scan over every log of a run directory (scan_logs), its peak memory, and a membership pass."""
+    from engine.results.paths import run_logs
+    from engine.results.scan import scan_logs
+
+    logs = run_logs(root / "big")
+    before = _peak_mb()
+    started = time.perf_counter()
+    scan = scan_logs(logs)
+    seconds = time.perf_counter() - started
+    assert scan.records == records, (scan.records, records)
+    return {"records": records, "file_mb": sum(p.stat().st_size for p in logs) / 1e6, "seconds": seconds,
+            "peak_mb": _peak_mb(), "imports_mb": before, "ok": len(scan.ok), "failed": len(scan.failed)}
+
+
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "plan": step_plan, "stream": step_stream, "make_log": step_make_log, "scan": step_scan, "write": step_write,
+    "make_keys_log": step_make_keys_log, "scan_keys": step_scan_keys,
 }
 
 
@@ -155,6 +189,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 100,000-task grid and a 20,000-record log")
     parser.add_argument("--json", type=Path, help="also write every figure here as JSON")
+    parser.add_argument("--resume-10m", action="store_true",
+                        help="only the resume scan of 10,000,000 records over two shard logs (peak memory)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
@@ -163,6 +199,8 @@ def main() -> int:
         print(orjson.dumps(STEPS[name](root, **job)).decode())
         return 0
 
+    if args.resume_10m:
+        return resume_10m(1_000_000 if args.quick else 10_000_000)
     grid = dict(GRID, repeats=1) if args.quick else GRID
     records = 20_000 if args.quick else LOG_RECORDS
     writes = {policy: max(200, n // 50) for policy, n in WRITES.items()} if args.quick else WRITES
@@ -197,6 +235,21 @@ def main() -> int:
         print(f"| {policy} | {w['batch']} | {w['records']:,} | {w['wall_us']:,.1f} | {w['cpu_us']:,.1f} |")
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def resume_10m(records: int) -> int:
+    """The resume scan of a big sharded log: peak RSS of the process that scans it (goal <= 1 GB at 10M)."""
+    from engine.bench.throughput import machine
+
+    m = machine()
+    with tempfile.TemporaryDirectory(prefix="engine-scale-") as tmp:
+        made = run_step("make_keys_log", Path(tmp), records=records)
+        scan = run_step("scan_keys", Path(tmp), records=records)
+    print(f"{m['nproc']} cores · {m['cpu']} · Python {m['python']} · {m['date']} · load {m['loadavg']}")
+    print(f"resume scan (scan_logs, 2 shard logs): {scan['records']:,} records, {scan['file_mb']:,.0f} MB, "
+          f"{scan['seconds']:.1f} s, peak RSS {scan['peak_mb']:,.0f} MB ({scan['imports_mb']:,.0f} after imports), "
+          f"{scan['ok']:,} ok + {scan['failed']:,} failed keys; log written in {made['seconds']:.0f} s")
     return 0
 
 

@@ -38,14 +38,31 @@ EXIT_CODES = (
 
 
 def _run(args: argparse.Namespace) -> int:
+    from engine.results.shards import Shard
     from engine.run.runner import RunOptions, run_experiment
 
+    shard = Shard.parse(args.shard) if args.shard else None
+    if shard is not None and args.fresh:
+        raise ConfigError("--fresh and --shard do not go together: start fresh with --workers, or another --out")
+    if args.ray is not None and args.workers != 1:
+        raise ConfigError("--ray and --workers do not go together (--ray starts its own workers)")
     options = RunOptions(
         out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
         fsync=_fsync(args.fsync), report=not args.no_report, write_ahead=args.write_ahead,
+        shard=shard, sim_url=args.sim_url, fleet=args.fleet,
     )
-    summary = run_experiment(args.spec, options=options)
-    print(summary.render())
+    if args.ray is not None:
+        from engine.run.ray_fleet import run_ray
+
+        summary = run_ray(args.spec, options, address=args.ray, actors=args.actors)
+    elif args.workers != 1:
+        from engine.run.workers import run_workers
+
+        summary = run_workers(args.spec, options, workers=args.workers)
+    else:
+        summary = run_experiment(args.spec, options=options)
+    if options.fleet is None:  # a fleet's worker: its parent prints the fleet's summary
+        print(summary.render())
     _say_failed(summary.failed, summary.exit_code)
     return summary.exit_code
 
@@ -186,6 +203,13 @@ def _add_experiment_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     run.add_argument("--write-ahead", action="store_true",
                      help="journal each request before sending, so a resume after a crash says how many were in flight")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--shard", metavar="K/N", help="run only shard K (0..N-1) of N, into its own log (job arrays)")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="N processes on this machine: one grid, one quota, one result (default 1)")
+    run.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster (an address, or auto); needs the ray extra")
+    run.add_argument("--actors", type=int, default=2, metavar="N", help="with --ray: shard actors (default 2)")
+    run.add_argument("--sim-url", help=argparse.SUPPRESS)  # a fleet's built-in target, started by its parent
+    run.add_argument("--fleet", help=argparse.SUPPRESS)  # the fleet coordinator's socket, for a worker
     run.set_defaults(func=_run)
 
     plan = sub.add_parser("plan", help="grid size, estimated tokens and time; sends nothing")

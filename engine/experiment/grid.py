@@ -22,9 +22,10 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
@@ -234,6 +235,29 @@ def _keyed(grid: Grid, models: Sequence[int]) -> Iterator[tuple[str, int, int, f
                 yield final.hexdigest(), i, p, temperature, repeat
 
 
+def shard_of(key: str, count: int) -> int:
+    """The shard (0..count-1) of a task key: its first 48 bits mod ``count``; any string works.
+
+    The key is a uniform hash, so shards are even; keys of another shape are hashed by their bytes
+    the same way on every machine (never Python's salted ``hash``).
+    Usage: ``shard_of(task.key, 16)``
+    """
+    try:
+        value = int(key[:12], 16)
+    except ValueError:
+        value = int.from_bytes(key.encode()[:12].ljust(12, b"\0"), "big")
+    return value % count
+
+
+@runtime_checkable
+class BatchLookup(Protocol):
+    """A set of done keys that answers a batch of keys at once (e.g. ``engine.experiment.keys.KeySet``)."""
+
+    def contains_many(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each key is in the set. Usage: ``done.contains_many(["0123456789abcdef0123"])``"""
+        ...
+
+
 @dataclass(slots=True)
 class Skipped:
     """How many tasks a lazy grid passed over as already done, so far. Usage: ``skipped.count``"""
@@ -243,9 +267,14 @@ class Skipped:
 
 def iter_tasks(
     grid: Grid, questions: Sequence[Question], models: Sequence[ModelSpec], *, done: Container[str] = (),
-    skipped: Skipped | None = None,
+    skipped: Skipped | None = None, shard: tuple[int, int] | None = None,
 ) -> Iterator[Task]:
     """Yield the tasks of ``models`` not in ``done``, models interleaved so each stays busy.
+
+    ``shard=(k, n)`` keeps only the tasks of shard ``k`` of ``n`` (:func:`shard_of`):
+    every worker of a fleet walks the same grid and keeps its own slice; ``skipped`` then counts
+    only that slice's done tasks. A ``done`` that is a :class:`BatchLookup` (a compact
+    ``KeySet``) is asked a batch of keys at a time.
 
     ``grid`` is ``build_grid(spec, questions, targets)`` (its prompts were built, and checked,
     there); ``questions`` are the same questions in the same order. ``skipped`` counts the
@@ -257,23 +286,44 @@ def iter_tasks(
         raise ValueError(f"the grid has {len(grid.prompts)} questions, {len(questions)} were given")
     index = {m.name: i for i, m in enumerate(grid.models)}
     return _tasks(grid, questions, models, [index[m.name] for m in models], done,
-                  skipped if skipped is not None else Skipped())  # fmt: skip
+                  skipped if skipped is not None else Skipped(), shard)  # fmt: skip
+
+
+_BATCH = 1024  # keys asked of a KeySet at once: one binary search per batch instead of per key
 
 
 def _tasks(
     grid: Grid, questions: Sequence[Question], models: Sequence[ModelSpec], picked: Sequence[int],
-    done: Container[str], skipped: Skipped,
+    done: Container[str], skipped: Skipped, shard: tuple[int, int] | None,
 ) -> Iterator[Task]:
     spec_of = {i: m for i, m in zip(picked, models, strict=True)}
     target_of = {i: Target(id=grid.models[i].target, simulated=grid.models[i].simulated) for i in picked}
     own = {i for i in picked if grid.models[i].system is not None}
     sent = {(i, p): messages_for(grid.models[i], prompt.messages) for i in own for p, prompt in enumerate(grid.prompts)}
-    for key, i, p, temperature, repeat in _keyed(grid, picked):
+    keyed: Iterator[tuple[str, int, int, float, int]] = _keyed(grid, picked)
+    if shard is not None:
+        k, n = shard
+        keyed = (row for row in keyed if shard_of(row[0], n) == k)
+    if isinstance(done, BatchLookup):
+        for batch in _batches(keyed):
+            for (key, i, p, temperature, repeat), found in zip(batch, done.contains_many([r[0] for r in batch]), strict=True):
+                if found:
+                    skipped.count += 1
+                else:
+                    messages = sent[i, p] if i in own else grid.prompts[p].messages
+                    yield Task(key, spec_of[i], questions[p], temperature, repeat, messages, target_of[i])
+        return
+    for key, i, p, temperature, repeat in keyed:
         if key not in done:
             messages = sent[i, p] if i in own else grid.prompts[p].messages
             yield Task(key, spec_of[i], questions[p], temperature, repeat, messages, target_of[i])
         else:
             skipped.count += 1
+
+
+def _batches(rows: Iterator[tuple[str, int, int, float, int]]) -> Iterator[list[tuple[str, int, int, float, int]]]:
+    while batch := list(itertools.islice(rows, _BATCH)):
+        yield batch
 
 
 def grid_size(spec: Spec, n_questions: int) -> int:

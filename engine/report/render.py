@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.report.model import Report
+from engine.results.paths import run_dir_of_log
 
 __all__ = [
     "render_markdown", "render_terminal", "report_sections", "report_to_csv", "report_to_json", "simulation_banner",
@@ -250,7 +251,7 @@ def render_markdown(report: Report, *, charts: Sequence[Path] = (), page: str | 
     Usage: ``Path("report.md").write_text(render_markdown(report))``
     """
     banner = simulation_banner(report)
-    lines = [*([f"> **{banner[0]}** — {banner[1]}", ""] if banner else []), f"# Report: {report.source.parent.name}", "",
+    lines = [*([f"> **{banner[0]}** — {banner[1]}", ""] if banner else []), f"# Report: {run_dir_of_log(report.source).name}", "",
              *(f"{s}\n" for s in summary_lines(report))]  # fmt: skip
     for title, (headers, rows, keys) in report_sections(report):
         lines += [f"## {title}", "", *_md_table(headers, rows, keys), ""]

@@ -24,7 +24,7 @@ import polars as pl
 
 from engine.errors import ReportError
 from engine.experiment.grid import Grid
-from engine.results.paths import RunPaths
+from engine.results.paths import RunPaths, run_dir_of_log
 
 __all__ = ["SCOPE_FIELDS", "Scope", "ScopeSummary", "load_grid", "split_scope"]
 
@@ -73,7 +73,7 @@ def load_grid(path: str | Path) -> Grid | None:
     Usage: ``load_grid(Path("runs/x"))``
     """
     p = Path(path)
-    root = p if p.is_dir() else p.parent
+    root = p if p.is_dir() else run_dir_of_log(p)
     file = RunPaths(root).grid
     try:
         data = file.read_bytes()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.results.stamps import file_fingerprint, grid_digest, read_json, write_json_atomic
+from engine.results.stamps import grid_digest, logs_fingerprint, read_json, write_json_atomic
 
 __all__ = ["STAMP_FILE", "Fingerprint", "log_fingerprint", "report_is_current", "write_stamp"]
 
@@ -28,7 +28,7 @@ Fingerprint = dict[str, list[int] | str | None]
 
 
 def log_fingerprint(run_dir: Path) -> Fingerprint:
-    """The log's (size, mtime ns, inode) and the grid's digest; None for a missing file.
+    """Every log's (size, mtime ns, inode) by name (shard logs too) and the grid's digest (None if missing).
 
     Usage: ``log_fingerprint(Path("runs/memorisation"))["results.jsonl"]``
     """
@@ -36,7 +36,7 @@ def log_fingerprint(run_dir: Path) -> Fingerprint:
         grid: str | None = grid_digest((run_dir / "grid.json").read_bytes())
     except OSError:
         grid = None
-    return {"results.jsonl": file_fingerprint(run_dir / "results.jsonl"), "grid.json": grid}
+    return {**logs_fingerprint(run_dir), "grid.json": grid}
 
 
 def report_is_current(run_dir: Path, needed: Sequence[str]) -> bool:

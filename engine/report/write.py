@@ -29,6 +29,7 @@ from engine.report.model import Report
 from engine.report.render import render_markdown, render_terminal, report_to_csv, report_to_json
 from engine.report.stamp import log_fingerprint, report_is_current, write_stamp
 from engine.report.vega import vega_bundle
+from engine.results.paths import run_dir_of_log
 
 REPORT_FILE = "report.md"
 HTML_FILE = "report.html"
@@ -84,7 +85,7 @@ def write_report(
     """
     stamp = log_fingerprint(Path(run_dir)) if Path(run_dir).is_dir() else None
     report = report or build_report(run_dir, by=by, seed=seed, bootstrap=bootstrap, extras=True)
-    out_dir = report.source.parent
+    out_dir = run_dir_of_log(report.source)
     pngs: list[Path] = []
     if charts:
         from engine.report.charts import write_charts  # matplotlib is slow to import; only when drawing

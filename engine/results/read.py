@@ -22,6 +22,7 @@ import orjson
 import polars as pl
 
 from engine.errors import LogError, ReportError
+from engine.results.paths import run_dir_of_log, run_logs
 from engine.results.record import READ_SCHEMA, READABLE_VERSIONS, RECORD_FIELDS, SCHEMA_VERSION
 
 _BLOCK_BYTES = 8 << 20  # parsed at a time: memory follows the columns kept, not the size of the file
@@ -93,7 +94,18 @@ def read_records(
     Duplicates are kept (the last record of a key wins; dedupe with ``is_last_distinct``).
     Usage: ``read_records(Path("runs/x/results.jsonl"), ["status"], ["object"])``
     """
-    file = Path(file)
+    frames = list(record_frames(Path(file), fields, tags, compact=compact, required=required))
+    return pl.concat(frames, how="vertical")
+
+
+def record_frames(
+    file: Path, fields: Sequence[str], tags: Sequence[str] = (), *, compact: bool = False,
+    required: Sequence[str] = (),
+) -> Iterator[pl.DataFrame]:  # fmt: skip
+    """:func:`read_records` a block at a time (at least one frame, maybe empty); the same checks.
+
+    Usage: ``for frame in record_frames(log, ["status"]): ...``
+    """
     unknown = [f for f in (*fields, *required) if f not in READ_SCHEMA]
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a field of a schema-{SCHEMA_VERSION} record")
@@ -113,7 +125,7 @@ def read_records(
             frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in columns if c in _COMPACT)
         return frame
 
-    frames: list[pl.DataFrame] = []
+    empty = True
     for offset, block in _blocks(file):
         try:
             frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
@@ -122,10 +134,10 @@ def read_records(
         versions = frame.get_column("v")
         if any(frame.get_column(c).null_count() for c in checked) or not versions.is_in(READABLE_VERSIONS).all():
             raise _locate(file, offset, block, schema, checked)
-        frames.append(shape(frame))
-    if not frames:
-        return shape(pl.read_ndjson(io.BytesIO(b""), schema=schema))
-    return pl.concat(frames, how="vertical")
+        empty = False
+        yield shape(frame)
+    if empty:
+        yield shape(pl.read_ndjson(io.BytesIO(b""), schema=schema))
 
 
 def _blocks(file: Path) -> Iterator[tuple[int, bytes]]:
@@ -219,15 +231,27 @@ def _open(file: Path) -> io.BufferedIOBase:
 
 
 def log_file(path: str | Path) -> Path:
+    """The run's log a path names: a run directory's ``results.jsonl`` (or, sharded, its first shard log)."""
     p = Path(path)
     if p.suffix == ".toml" and p.is_file():
         raise ReportError(f"{p} is a spec file; pass its run directory ({_run_dir_of(p)})")
     file = p / RESULTS_FILE if p.is_dir() else p
+    if p.is_dir() and not file.is_file() and (logs := run_logs(p)):
+        return logs[0]
     if p.is_dir() and not file.is_file() and (p / (RESULTS_FILE + COMPRESSED_SUFFIX)).is_file():
         file = p / (RESULTS_FILE + COMPRESSED_SUFFIX)  # committed evidence, compressed
     if not file.is_file():
         raise ReportError(f"no results log at {file}")
     return file
+
+
+def log_files(file: Path) -> list[Path]:
+    """Every log of the run a log belongs to (its shards too); just ``file`` when it is not in a run directory.
+
+    Usage: ``log_files(log_file("runs/x"))``
+    """
+    logs = run_logs(run_dir_of_log(file))
+    return logs if file in logs else [file]
 
 
 def _run_dir_of(spec_path: Path) -> str:
@@ -256,7 +280,9 @@ def load_raw(file: Path, columns: Sequence[str] | None, *, compact: bool) -> pl.
         raise ReportError(f"unknown log field {unknown[0]!r}")
     fields = [c for c in wanted if c in READ_SCHEMA]
     picked = tags if "tags" in wanted else [tag_cols[c] for c in wanted if c in tag_cols]
-    df = read_records(file, fields, picked, compact=compact)
+    # Every shard's log, the log changed last read last: its record of a key wins (see dedupe).
+    frames = [read_records(f, fields, picked, compact=compact) for f in log_files(file)]
+    df = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     if df.is_empty():
         raise ReportError(f"results log {file} has no records")
     return df

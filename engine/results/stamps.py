@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 
 from engine.experiment.grid import Grid
-from engine.results.paths import RunPaths
+from engine.results.paths import RunPaths, run_logs
 
-__all__ = ["file_fingerprint", "grid_digest", "is_complete", "mark_complete", "read_json", "write_json_atomic"]
+__all__ = ["file_fingerprint", "grid_digest", "is_complete", "logs_fingerprint", "mark_complete", "read_json", "write_json_atomic"]
 
 _COMPLETE_FORMAT = 1
 
@@ -41,6 +41,14 @@ def file_fingerprint(path: Path) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def logs_fingerprint(root: Path) -> dict[str, list[int] | None]:
+    """The fingerprint of every log of a run directory (``results.jsonl`` and each shard log), by name.
+
+    Usage: ``logs_fingerprint(Path("runs/x"))["results.jsonl"]``
+    """
+    return {str(log.relative_to(root)): file_fingerprint(log) for log in run_logs(root)}
 
 
 def grid_digest(grid_json: bytes) -> str:
@@ -70,7 +78,7 @@ def write_json_atomic(path: Path, doc: object) -> None:
 
 
 def _complete_key(paths: RunPaths, grid: Grid) -> dict[str, Any]:
-    return {"format": _COMPLETE_FORMAT, "log": file_fingerprint(paths.results), "grid": grid_digest(grid.to_json())}
+    return {"format": _COMPLETE_FORMAT, "log": logs_fingerprint(paths.root), "grid": grid_digest(grid.to_json())}
 
 
 def is_complete(paths: RunPaths, grid: Grid, *, retry_failed: bool) -> bool:
@@ -84,7 +92,7 @@ def is_complete(paths: RunPaths, grid: Grid, *, retry_failed: bool) -> bool:
     if paths.started.exists():
         return False
     stamp = read_json(paths.complete)
-    if not isinstance(stamp, dict) or stamp.get("log") is None:
+    if not isinstance(stamp, dict) or not stamp.get("log"):
         return False
     if {k: stamp.get(k) for k in ("format", "log", "grid")} != _complete_key(paths, grid):
         return False

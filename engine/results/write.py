@@ -14,7 +14,7 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ class LogWriter:
         self.close()
 
 
-def in_flight_at_stop(paths: RunPaths, finished: frozenset[str]) -> int | None:
+def in_flight_at_stop(paths: RunPaths, finished: Container[str]) -> int | None:
     """Requests the last run sent but never finished: in flight when it stopped (paid for, lost).
 
     Reads the write-ahead journal (one line per attempt sent); None when the last run kept none.

@@ -32,6 +32,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,7 +120,7 @@ class BatchRoute:
     def __init__(
         self, *, models: Sequence[ModelSpec], grid: Grid, questions: Sequence[Question], scorer: Scorer,
         settings: BatchSpec, max_tokens: int, folder: Path, urls: Mapping[str, str], keys: Mapping[str, str | None],
-        transport: Transport, attempts: int, done: frozenset[str], counters: Counters, run_name: str,
+        transport: Transport, attempts: int, done: AbstractSet[str], counters: Counters, run_name: str,
         console: Console | None = None, kill_at: str | None = None,
     ) -> None:  # fmt: skip
         self.models = {m.name: m for m in models}
@@ -485,7 +486,7 @@ Preflight = Callable[[Transport, str, dict[str, str], str, str], Awaitable[None]
 async def open_batch_route(
     *, spec_models: Sequence[ModelSpec], settings: BatchSpec, max_tokens: int, attempts: int, grid: Grid,
     questions: Sequence[Question], scorer: Scorer, run_dir: Path, run_name: str, urls: Mapping[str, str],
-    make_transport: Callable[[int], Transport], transports: list[Transport], done: frozenset[str],
+    make_transport: Callable[[int], Transport], transports: list[Transport], done: AbstractSet[str],
     counters: Counters, console: Console | None, preflight: Preflight,
 ) -> BatchRoute | None:  # fmt: skip
     """The route for the spec's batch-mode models, their endpoints checked (None when it has none).

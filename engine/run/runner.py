@@ -26,6 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,12 @@ from engine.experiment.spec import SIM_URL, Spec, load_spec
 from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
 from engine.results.paths import RunPaths, check_owner, prepare_run_dir
-from engine.results.scan import EMPTY_SCAN, LogScan, scan_log
+from engine.results.scan import EMPTY_SCAN, LogScan, scan_logs
+from engine.results.shards import Shard
 from engine.results.stamps import is_complete, mark_complete
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
 from engine.run.batch import BatchRoute, open_batch_route, set_aside
+from engine.run.fleet import FleetLink, refuse_what_a_fleet_cannot_run, share_limits
 from engine.run.interrupts import Interrupts, exit_code_of, signal_name
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
@@ -72,6 +75,9 @@ class RunOptions:
     report: bool = True  # write the report at the end
     write_ahead: bool = False  # journal each request before sending it, to count what a crash left in flight
     locked_by_caller: bool = False  # the caller holds the run directory's lock already (engine replicate)
+    shard: Shard | None = None  # run only this shard of the grid, into its own log (engine.run.workers)
+    sim_url: str | None = None  # a built-in target already serving this spec (started by the fleet's parent)
+    fleet: str | None = None  # the fleet's coordinator (engine.run.fleet): pauses shared, progress reported
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -178,12 +184,18 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
             )
     # Who answers each model is part of every key: a changed target is asked everything again.
     grid = build_grid(spec, questions, model_targets(spec, questions))
-    paths = RunPaths(run_dir_of(spec, options.out))
+    if options.shard is not None:
+        refuse_what_a_fleet_cannot_run(spec, f"--shard {options.shard.index}/{options.shard.count}")
+    paths = RunPaths(run_dir_of(spec, options.out), options.shard)
     check_owner(paths, spec.name)  # a log of another experiment is refused before it is read
     if hold is not None and not options.locked_by_caller:
-        hold.enter_context(RunLock(paths.root))
-    complete = not options.fresh and is_complete(paths, grid, retry_failed=options.retry_failed)
-    scan = EMPTY_SCAN if options.fresh or complete else scan_log(paths.results)
+        hold.enter_context(RunLock(paths.root, shard=options.shard))
+    # The complete stamp vouches for an unsharded run's logs; a shard has no stamp of its own.
+    complete = options.shard is None and not options.fresh and is_complete(
+        paths, grid, retry_failed=options.retry_failed
+    )
+    # Every log of the run directory, not only this shard's: a run re-sharded finds every finished key.
+    scan = EMPTY_SCAN if options.fresh or complete else scan_logs(paths.logs)
     return Prepared(
         spec=spec, spec_text=spec_text, questions=questions, scorer=scorer, paths=paths, scan=scan, grid=grid,
         complete=complete,
@@ -192,19 +204,22 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
 
 @contextlib.contextmanager
 def local_targets(
-    spec: Spec, questions: Sequence[Question], *, while_starting: Callable[[], object] | None = None
+    spec: Spec, questions: Sequence[Question], *, while_starting: Callable[[], object] | None = None,
+    sim_url: str | None = None,
 ) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
     ``while_starting`` runs once the built-in target's process is spawned and before it is waited
-    for, so this process's own preparing overlaps the target's start-up on another core.
+    for, so this process's own preparing overlaps the target's start-up on another core. With
+    ``sim_url`` the built-in target is the one already serving there (a fleet's, so its quota is
+    the fleet's), not a new one.
     Yields ``({model label: base_url}, sim process or None)``.
     Usage: ``with local_targets(spec, questions) as (urls, sim): ...``
     """
     urls: dict[str, str] = {}
     sim: SimProcess | None = None
     with contextlib.ExitStack() as stack:
-        if any(m.base_url == SIM_URL for m in spec.models):
+        if sim_url is None and any(m.base_url == SIM_URL for m in spec.models):
             sim = SimProcess(sim_config(spec, questions))
             stack.push(sim)  # stopped on the way out, whatever happens from here on
             sim.start()
@@ -221,8 +236,8 @@ def local_targets(
             if model.gguf is not None:
                 urls[model.name] = servers[model.gguf]
             elif model.base_url == SIM_URL:
-                assert sim is not None
-                urls[model.name] = sim.wait_ready()
+                assert sim is not None or sim_url is not None
+                urls[model.name] = sim.wait_ready() if sim is not None else str(sim_url)
             else:
                 assert model.base_url is not None
                 urls[model.name] = model.base_url
@@ -290,7 +305,7 @@ async def run_prepared(
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
-    if prepared.complete or _nothing_to_send(prepared, done):
+    if prepared.complete or _nothing_to_send(prepared, done, options.shard):
         # Every task is in the log: no built-in target, no local model server, no connection.
         in_flight = _prepare_log(prepared, options)
         if not prepared.complete:  # else its stamp stands: the log is as it was
@@ -300,10 +315,14 @@ async def run_prepared(
             failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
             interrupted=False, in_flight_at_last_stop=in_flight,
         )  # fmt: skip
-    with local_targets(spec, prepared.questions, while_starting=_load_http_client) as (urls, sim):
+    with local_targets(
+        spec, prepared.questions, while_starting=_load_http_client, sim_url=options.sim_url
+    ) as (urls, sim):
         transports: list[Transport] = []
         try:
-            pools = await _open_pools(prepared, urls, make_transport, transports, done=done, skipped=skipped)
+            pools = await _open_pools(
+                prepared, urls, make_transport, transports, done=done, skipped=skipped, shard=options.shard
+            )
             route = await open_batch_route(
                 spec_models=spec.models, settings=spec.batch, max_tokens=spec.max_tokens, attempts=spec.max_attempts,
                 grid=prepared.grid, questions=prepared.questions, scorer=prepared.scorer, run_dir=paths.root,
@@ -319,7 +338,8 @@ async def run_prepared(
                 total=prepared.grid.size, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route)
+            link = FleetLink(options.fleet) if options.fleet else None
+            await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route, link, skipped)
             target_requests = _target_requests(sim)
         finally:
             for transport in transports:
@@ -340,7 +360,7 @@ async def run_prepared(
     )
 
 
-def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
+def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | None) -> bool:
     """True when every task of the grid is in ``done`` (lazily: stops at the first one left).
 
     Fewer finished keys than grid tasks settles it without walking the grid: a resume of a large,
@@ -348,7 +368,7 @@ def _nothing_to_send(prepared: Prepared, done: frozenset[str]) -> bool:
     """
     if len(done) < prepared.grid.size:
         return False
-    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done)
+    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done, shard=_pair(shard))
     return next(tasks, None) is None
 
 
@@ -376,9 +396,13 @@ def _mark_if_complete(prepared: Prepared, options: RunOptions, *, missing: int, 
     failed before (without ``retry_failed``) are not counted here, so such a log is never vouched
     for as all-ok.
     """
-    if missing == 0:
+    if missing == 0 and options.shard is None:  # a shard's log is one of several: no stamp
         all_ok = failed == 0 and (options.retry_failed or not prepared.scan.failed)
         mark_complete(prepared.paths, prepared.grid, all_ok=all_ok)
+
+
+def _pair(shard: Shard | None) -> tuple[int, int] | None:
+    return None if shard is None else (shard.index, shard.count)
 
 
 def _aiohttp_transport(concurrency: int) -> Transport:
@@ -399,7 +423,7 @@ def retry_policy(spec: Spec) -> RetryPolicy:
 
 async def _open_pools(
     prepared: Prepared, urls: Mapping[str, str], make_transport: Callable[[int], Transport],
-    transports: list[Transport], *, done: frozenset[str], skipped: Skipped,
+    transports: list[Transport], *, done: AbstractSet[str], skipped: Skipped, shard: Shard | None = None,
 ) -> list[Pool]:  # fmt: skip
     """Step 1: one connection pool per endpoint (checked by a preflight), one client and limiter per quota.
 
@@ -427,10 +451,13 @@ async def _open_pools(
             if not (online := [m for m in group.models if m.mode == "online"]):
                 continue
             client = ChatClient(
-                base_url=base_url, api_key=key, transport=transport, limiter=EndpointLimiter(group.limits),
+                # A shard of a fleet paces at its share of the quota: the fleet holds the quota, not each worker.
+                base_url=base_url, api_key=key, transport=transport,
+                limiter=EndpointLimiter(share_limits(group.limits, shard.count if shard else 1)),
                 policy=policy, label=group.label,
             )
-            tasks = iter_tasks(prepared.grid, prepared.questions, online, done=done, skipped=skipped)
+            tasks = iter_tasks(prepared.grid, prepared.questions, online, done=done, skipped=skipped,
+                               shard=_pair(shard))  # fmt: skip
             pools.append(Pool(client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens))
     return pools
 
@@ -445,10 +472,11 @@ def _prepare_log(prepared: Prepared, options: RunOptions) -> int | None:
 
 async def _run_pools(
     prepared: Prepared, options: RunOptions, pools: list[Pool], progress: Progress, counters: Counters,
-    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None,
+    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None, link: FleetLink | None = None,
+    skipped: Skipped | None = None,
 ) -> None:  # fmt: skip
-    """Step 3: run the grid with the live progress and the signal watcher, writing every record
-    (the batch route's too, through the same writer, side by side with the online pools)."""
+    """Step 3: run the grid with the live progress and the signal watcher (and the fleet's link), writing every
+    record (the batch route's too, through the same writer, side by side with the online pools)."""
     paths = prepared.paths
     journal = paths.started if options.write_ahead else None
     with LogWriter(paths.results, fsync=options.fsync or prepared.spec.fsync, journal=journal) as writer:
@@ -458,6 +486,8 @@ async def _run_pools(
                 tg.start_soon(progress.run)
                 if options.report:
                     tg.start_soon(functools.partial(anyio.to_thread.run_sync, _load_report_modules))
+                if link is not None:
+                    tg.start_soon(link.run, [p.client for p in pools], counters, skipped or Skipped())
                 async with anyio.create_task_group() as work:
                     if route is not None:
                         work.start_soon(route.run, writer, stop)

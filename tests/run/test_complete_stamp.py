@@ -36,7 +36,7 @@ def test_a_finished_run_is_stamped_and_its_rerun_reads_no_log(tmp_path: Path, mo
     first = run_experiment(spec, options=options(out))
     assert first.finished == 150 and (out / "complete.json").is_file()
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "scan_log", no_scan)
+        patch.setattr(runner, "scan_logs", no_scan)
         again = run_experiment(spec, options=options(out))
     assert again.finished == 0 and again.already_done == 150 and again.requests == 0
 
@@ -72,7 +72,7 @@ def test_a_changed_grid_voids_the_stamp(tmp_path: Path, monkeypatch: pytest.Monk
     # Back to the first grid: every task is in the log, the scan says so, and the stamp follows.
     narrower = run_experiment(write_spec(tmp_path), options=options(out))
     assert narrower.finished == 0 and narrower.already_done == 150
-    monkeypatch.setattr(runner, "scan_log", no_scan)
+    monkeypatch.setattr(runner, "scan_logs", no_scan)
     assert run_experiment(write_spec(tmp_path), options=options(out)).requests == 0
 
 
@@ -85,7 +85,7 @@ def test_failed_tasks_are_asked_again_despite_the_stamp_unless_told_not_to(
     stamp = orjson.loads((out / "complete.json").read_bytes())
     assert stamp["all_ok"] is False
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "scan_log", no_scan)  # every task has a record: the stamp settles it
+        patch.setattr(runner, "scan_logs", no_scan)  # every task has a record: the stamp settles it
         kept = run_experiment(failing, options=options(out, retry_failed=False))
     assert kept.requests == 0 and kept.already_done == 150
     retried = run_experiment(write_spec(tmp_path, extra="max_attempts = 1"), options=options(out))

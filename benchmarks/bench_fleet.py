@@ -1,0 +1,185 @@
+"""Scale-out figures: --workers 2 vs 1, a quota held by the fleet, shards as separate commands.
+
+Every figure runs the real command line (``python -m engine run ...``) against the built-in target,
+each in a fresh run directory, and checks the merged logs hold every key exactly once.
+
+    python benchmarks/bench_fleet.py                       # everything (~3 min on a quiet 2-core machine)
+    python benchmarks/bench_fleet.py --only throughput     # or: quota, shards
+    python benchmarks/bench_fleet.py --tasks 20000         # a smaller throughput grid, for a smoke run
+
+Throughput: latency 0, concurrency 64 per worker, ``--tasks`` tasks (100,000 by default), the
+same grid run with ``--workers 1`` and ``--workers 2`` (median of ``--repeat`` alternating runs).
+The built-in target is one process (one core) serving every worker, so on a 2-core machine the
+engine's workers and the target share two cores: the ratio says how much of the client's own
+CPU limit a second worker lifts while the target keeps up, not what two machines would do.
+
+Quota: 6,000 requests/min enforced by the target over every 1 s window (and every minute); the
+spec names the quota; ``--workers 2`` (and ``--ray auto`` with ``--ray``): goodput as a share
+of the quota, and the share of requests answered 429.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spec(root: Path, *, tasks: int, concurrency: int, sim: str, extra: str = "") -> Path:
+    """One model, ``tasks`` tasks (100 questions x repeats), temperature 0 (answers alike in any order)."""
+    questions = 100
+    lines = ["id,question,answer", *(f"q{i},What is the number for Object {i}?,{10000 + i}" for i in range(questions))]
+    (root / "questions.csv").write_text("\n".join(lines) + "\n")
+    spec = root / "spec.toml"
+    spec.write_text(
+        f'name = "fleet"\nquestions = "questions.csv"\ntemperatures = [0.0]\nrepeats = {tasks // questions}\n'
+        f'max_tokens = 16\n\n[[models]]\nname = "m"\nbase_url = "sim"\nconcurrency = {concurrency}\n{extra}\n'
+        f"[sim]\n{sim}\n"
+    )
+    return spec
+
+
+def _run(spec: Path, out: Path, *flags: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "engine", "run", str(spec), "--out", str(out), "--quiet",
+                           "--no-report", *flags], capture_output=True, text=True, check=False, cwd=ROOT)  # fmt: skip
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"engine run {' '.join(flags)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall, done.stdout
+
+
+def _keys(run: Path) -> tuple[int, int]:
+    """(records, distinct keys) over every log of a run."""
+    logs = [*run.glob("results.jsonl"), *(run / "results").glob("shard-*.jsonl")]
+    keys = [orjson.loads(line)["key"] for log in logs for line in log.read_bytes().splitlines()]
+    return len(keys), len(set(keys))
+
+
+def _summary_number(stdout: str, label: str) -> int:
+    for part in stdout.replace("\n", " · ").split(" · "):
+        part = part.strip()
+        if part.startswith(label):
+            return int(part[len(label):].strip().split()[0].replace(",", ""))
+    raise SystemExit(f"no {label!r} in the summary:\n{stdout}")
+
+
+def throughput(root: Path, tasks: int, repeat: int) -> dict[str, Any]:
+    spec = _spec(root, tasks=tasks, concurrency=64, sim="latency_ms = 0")
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(repeat):
+        for workers in (1, 2):
+            out = root / f"tp-{workers}-{r}"
+            wall, _ = _run(spec, out, "--workers", str(workers))
+            records, distinct = _keys(out)
+            assert records == distinct == tasks, (records, distinct, tasks)
+            rates[workers].append(tasks / wall)  # wall includes start-up (target, imports): the user's view
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    return {"tasks": tasks, "w1_rps": one, "w2_rps": two, "ratio": two / one, "all": rates}
+
+
+def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
+    rpm, seconds = 6000, 30
+    tasks = rpm // 60 * seconds
+    sim = f"latency_ms = 20\nquota_window_s = 1.0\nrpm = {rpm}\n"
+    spec = _spec(root, tasks=tasks, concurrency=32, sim=sim, extra=f"rpm = {rpm}")
+    rows = []
+    modes = [("--workers 2", ["--workers", "2"])] + ([("--ray auto", ["--ray", "auto", "--actors", "2"])] if ray else [])
+    for label, flags in modes:
+        out = root / f"quota-{label.split()[0].strip('-')}"
+        wall, stdout = _run(spec, out, *flags)
+        records, distinct = _keys(out)
+        limited = _summary_number(stdout, "429s")
+        requests = _summary_number(stdout, "requests")
+        # Goodput over the sending time: the wall clock less the start-up before the first request.
+        span = _span(out)
+        rows.append({"mode": label, "tasks": tasks, "records": records, "distinct": distinct,
+                     "goodput_share": distinct / span / (rpm / 60), "share_429": limited / max(1, requests),
+                     "wall_s": wall, "span_s": span})  # fmt: skip
+    return rows
+
+
+def _span(run: Path) -> float:
+    logs = [*run.glob("results.jsonl"), *(run / "results").glob("shard-*.jsonl")]
+    starts, ends = [], []
+    for log in logs:
+        for line in log.read_bytes().splitlines():
+            r = orjson.loads(line)
+            starts.append(r["t_start"])
+            ends.append(r["t_end"])
+    return max(ends) - min(starts)
+
+
+def shards(root: Path) -> dict[str, Any]:
+    spec = _spec(root, tasks=20_000, concurrency=32, sim="latency_ms = 0")
+    _run(spec, root / "single")
+    env_out = root / "sharded"
+    for k in range(4):
+        if k == 2:  # killed partway, then rerun
+            proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "--out", str(env_out), "--quiet",
+                                     "--no-report", "--shard", f"{k}/4"], cwd=ROOT)  # fmt: skip
+            time.sleep(3)
+            proc.kill()
+            proc.wait()
+        _run(spec, env_out, "--shard", f"{k}/4")
+    reports = []
+    for run in (root / "single", env_out):
+        done = subprocess.run([sys.executable, "-m", "engine", "report", str(run), "--format", "json"],
+                              capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+        doc = orjson.loads(done.stdout)
+        reports.append({"overall": doc["overall"], "tasks": doc["tasks"]})
+    records, distinct = _keys(env_out)
+    return {"identical": reports[0] == reports[1], "tasks": reports[0]["tasks"], "records": records,
+            "distinct": distinct}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("throughput", "quota", "shards"))
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--ray", action="store_true", help="also the quota with --ray auto (needs the ray extra)")
+    args = parser.parse_args()
+    uptime = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        root = Path(tmp)
+        print(f"{os.cpu_count()} cores · {_cpu()} · {time.strftime('%Y-%m-%d')} · load {uptime[0]:.2f}")
+        if args.only in (None, "throughput"):
+            t = throughput(root, args.tasks, args.repeat)
+            print(f"throughput, {t['tasks']:,} tasks: --workers 1 {t['w1_rps']:,.0f}/s, --workers 2 "
+                  f"{t['w2_rps']:,.0f}/s, ratio {t['ratio']:.2f} (medians of {args.repeat}; all {t['all']})")
+        if args.only in (None, "quota"):
+            for row in quota(root, ray=args.ray):
+                print(f"quota 6,000/min over 1 s windows, {row['mode']}: goodput {row['goodput_share']:.1%} of the "
+                      f"quota, 429s {row['share_429']:.2%} of requests, {row['distinct']:,}/{row['tasks']:,} keys "
+                      f"({row['records']:,} records)")
+        if args.only in (None, "shards"):
+            s = shards(root)
+            print(f"--shard k/4 (one killed, rerun) vs one process: report identical {s['identical']}, "
+                  f"{s['distinct']:,} keys / {s['records']:,} records of {s['tasks']:,} tasks")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
