@@ -38,7 +38,15 @@ from typing import Any
 
 from engine.errors import EngineError, SpecError, TrainError
 from engine.local.gguf import engine_metadata
-from engine.local.train import BASES, TrainSettings, default_settings, train, train_key
+from engine.local.train import (
+    BASES,
+    TrainSettings,
+    available_cores,
+    default_settings,
+    resolve_precision,
+    train,
+    train_key,
+)
 from engine.results.lock import RunLock
 from engine.run.interrupts import Interrupted, Interrupts
 from engine.study.finetune import DEFAULT_SYSTEM, build_finetune_report
@@ -64,7 +72,7 @@ class ReplicationPlan:
     sets_dir: Path
     models: tuple[tuple[str, int, Path], ...]  # (label, wordings per fact, GGUF path)
     settings: TrainSettings
-    threads: int = 1
+    threads: int | None = None  # None: every core (one model at a time beat two side by side; results.md)
     system: str = DEFAULT_SYSTEM
 
 
@@ -120,8 +128,8 @@ def load_plan(spec_path: Path) -> ReplicationPlan:
     base = _typed(table, "base", str, "smollm2")
     if base not in BASES:
         raise _fail("base", f"must be one of {', '.join(BASES)}, got {base!r}")
-    threads = _typed(table, "threads", int, 1)
-    if threads < 1:
+    threads = _typed(table, "threads", int)
+    if threads is not None and threads < 1:
         raise _fail("threads", f"must be at least 1, got {threads}")
     lr = _typed(table, "lr", (int, float))
     try:
@@ -240,9 +248,12 @@ def build_models(
                 raise TrainError(f"{sets.paths[n]} contains evaluation questions of {questions}; refusing to train")
             reports.append(report)
     builds = []
+    threads = plan.threads or available_cores()
+    settings, choice = resolve_precision(plan.settings, threads=threads)
+    say(f"precision {choice.reason}")
     for label, n, gguf in plan.models:
         dataset = sets.paths[n]
-        key = train_key(dataset, plan.settings)
+        key = train_key(dataset, settings)
         meta = _reusable(gguf, key)
         if meta is not None:
             say(f"{label}: reusing {gguf} (same data and settings)")
@@ -255,8 +266,8 @@ def build_models(
                 )
             )
             continue
-        say(f"{label}: training on {dataset.name} ({plan.settings.base}, {plan.threads} thread(s))")
-        result = train(dataset, out=gguf, settings=plan.settings, threads=plan.threads, log=_prefixed(say, label))
+        say(f"{label}: training on {dataset.name} ({settings.base}, {threads} thread(s))")
+        result = train(dataset, out=gguf, settings=settings, threads=threads, log=_prefixed(say, label))
         say(f"{label}: done in {result.seconds:.1f} s -> {gguf} ({result.kind})")
         builds.append(
             ModelBuild(
