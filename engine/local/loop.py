@@ -33,7 +33,10 @@ from typing import Any
 from engine.errors import TrainError
 from engine.local.progress import TrainProgress
 
-__all__ = ["BUCKET_BATCHES", "Example", "FitResult", "batches", "collate", "fit", "padding_share"]
+__all__ = [
+    "BUCKET_BATCHES", "Example", "FitResult", "batches", "collate", "fit", "make_optimizer", "padding_share", "shared_prefix",
+    "train_step",
+]
 
 BUCKET_BATCHES = 8
 """Length grouping: after the shuffle, each window of this many batches is sorted by length."""
@@ -93,8 +96,22 @@ def padding_share(groups: Sequence[Sequence[Example]]) -> float:
     return 1.0 - used / cells if cells else 0.0
 
 
-def collate(torch: Any, batch: Sequence[Example], pad: int) -> tuple[Any, Any, Any]:
-    """Inputs, targets and the loss mask of one right-padded batch.
+def shared_prefix(examples: Sequence[Example]) -> int:
+    """Length of the prompt start every example shares (system message, chat markup), loss-free.
+
+    Capped one short of the shortest prompt, so no prefix position ever predicts a reply token.
+    Usage: ``p = shared_prefix(examples)``
+    """
+    first = examples[0].prompt
+    p = min(len(ex.prompt) for ex in examples) - 1
+    for ex in examples:
+        while p > 0 and ex.prompt[:p] != first[:p]:
+            p -= 1
+    return max(0, p)
+
+
+def collate(torch: Any, batch: Sequence[Example], pad: int, *, shared: int = 0) -> tuple[Any, Any, Any]:
+    """Inputs, targets and the loss mask of one right-padded batch, after the ``shared`` prefix.
 
     Usage: ``inputs, targets, mask = collate(torch, batch, pad=2)``
     """
@@ -106,10 +123,14 @@ def collate(torch: Any, batch: Sequence[Example], pad: int) -> tuple[Any, Any, A
         ids[i, : len(row)] = torch.tensor(row)
         # Position p predicts token p+1: the loss covers exactly the reply tokens.
         mask[i, len(ex.prompt) - 1 : len(row) - 1] = True
-    return ids[:, :-1], ids[:, 1:], mask
+    return ids[:, shared:-1], ids[:, shared + 1 :], mask[:, shared:]
 
 
-def _optimizer(torch: Any, model: Any, lr: float) -> Any:
+def make_optimizer(torch: Any, model: Any, lr: float) -> Any:
+    """AdamW over ``model``'s parameters, fused where torch has the CPU kernel.
+
+    Usage: ``optimizer = make_optimizer(torch, model, 2e-4)``
+    """
     try:
         # One fused pass per parameter instead of about ten element-wise ones.
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
@@ -137,11 +158,12 @@ def fit(
     """
     started = time.monotonic()
     pad = examples[0].reply[-1]
+    shared = shared_prefix(examples)
     rng = random.Random(seed)
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = steps_per_epoch * epochs
     warm = max(1, int(total * warmup))
-    optimizer = _optimizer(torch, model, lr)
+    optimizer = make_optimizer(torch, model, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
     )
@@ -155,7 +177,7 @@ def fit(
         groups = batches(examples, batch_size, rng)
         all_groups.extend(groups)
         for step, batch in enumerate(groups):
-            value = _step(torch, model, optimizer, batch, pad, bf16)
+            value = train_step(torch, model, optimizer, batch, pad=pad, bf16=bf16, shared=shared)
             schedule.step()
             if not math.isfinite(value):
                 raise TrainError(f"training diverged at epoch {epoch + 1} (loss {value}); lower the learning rate")
@@ -170,11 +192,20 @@ def fit(
     )
 
 
-def _step(torch: Any, model: Any, optimizer: Any, batch: Sequence[Example], pad: int, bf16: bool) -> float:
-    """One optimiser step on ``batch``; returns its loss."""
-    inputs, targets, mask = collate(torch, batch, pad)
+def train_step(
+    torch: Any, model: Any, optimizer: Any, batch: Sequence[Example], *, pad: int, bf16: bool, shared: int = 0
+) -> float:
+    """One optimiser step on ``batch``; returns its loss. ``shared``: see :func:`shared_prefix`.
+
+    Usage: ``loss = train_step(torch, model, optimizer, batch, pad=2, bf16=False)``
+    """
+    inputs, targets, mask = collate(torch, batch, pad, shared=shared)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = model.hidden(inputs)[mask]
+        if shared:
+            prefix = torch.tensor(batch[0].prompt[:shared], dtype=torch.long)
+            hidden = model.hidden_shared(prefix, inputs)[mask]
+        else:
+            hidden = model.hidden(inputs)[mask]
         logits = model.logits(hidden).float()
     loss = torch.nn.functional.cross_entropy(logits, model.compact(targets[mask]))
     optimizer.zero_grad(set_to_none=True)

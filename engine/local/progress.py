@@ -86,7 +86,7 @@ class TrainProgress:
         """Step ``step`` (0-based) of ``epoch`` (0-based) finished with ``loss``."""
         now = self.clock()
         if step == 0:
-            self._epoch_started, self._epoch_sum, self._epoch_steps = now, 0.0, 0
+            self._epoch_sum, self._epoch_steps = 0.0, 0
         self._done_steps += 1
         self._epoch_sum += loss
         self._epoch_steps += 1
@@ -100,7 +100,7 @@ class TrainProgress:
         """``epoch`` (0-based) finished; ``loss`` is its mean loss per example."""
         now = self.clock()
         took = now - self._epoch_started
-        self._last_line = now
+        self._last_line = self._epoch_started = now
         self._emit(
             f"epoch {epoch + 1}/{self._epochs}: loss {loss:.4f}, {self._steps_per_epoch} steps in"
             f" {format_duration(took)} ({self._rate(now):.2f} steps/s, {now - self._started:.0f} s in total)",
