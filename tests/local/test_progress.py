@@ -16,7 +16,7 @@ class Clock:
 
 
 def test_redirected_output_gets_a_line_at_the_first_step_then_every_ten_seconds() -> None:
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     progress = TrainProgress(write=lines.append, clock=clock, every=10.0)
     progress.start(epochs=2, steps_per_epoch=4)
     for epoch in range(2):

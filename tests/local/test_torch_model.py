@@ -46,7 +46,7 @@ def test_shared_prefix_path_gives_the_plain_path_loss_and_gradients(keep: list[i
             hidden = model.hidden(inputs)[mask]
         loss = torch.nn.functional.cross_entropy(model.logits(hidden), model.compact(targets[mask]))
         model.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
         return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain_loss, plain = loss_and_grads(0)

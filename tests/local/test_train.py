@@ -252,26 +252,24 @@ def test_engine_imports_without_torch() -> None:
 
 
 @needs_server
-@pytest.mark.slow  # about a minute: ENGINE_SLOW_TESTS=1 or -m slow
+@pytest.mark.slow  # a few minutes: ENGINE_SLOW_TESTS=1 or -m slow
 def test_smollm2_finetune_exports_a_model_llama_cpp_agrees_with(
     small_set: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
+    import torch  # an optional dependency: imported where used, so collection works without it
+
+    from engine.local.parity import PARITY_PROMPTS, greedy_parity
     from engine.local.serve import llama_server
-    from engine.local.torch_model import LlamaModel
 
     dataset, _ = small_set
     settings = default_settings("smollm2", epochs=1, batch_size=20, file_type="f32")
     result = train(dataset, out=tmp_path / "ft.gguf", settings=settings)
     assert result.kind == KIND_FINETUNE and model_kind(result.out) == KIND_FINETUNE
+    assert result.precision in ("fp32", "bf16") and meta_precision(result.out) == result.precision
     loaded = read_gguf(result.out)
     assert loaded.config.n_layers == 30 and loaded.config.tied_embeddings
-    model = LlamaModel.from_tensors(loaded.config, loaded.tensors).eval()
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    with llama_server(result.out, n_parallel=1, n_ctx=512) as base_url, httpx.Client(timeout=120) as client:
-        origin = base_url.removesuffix("/v1")
-        prompt = client.post(f"{origin}/apply-template", json={"messages": messages}).json()["prompt"]
-        ids = client.post(f"{origin}/tokenize", json={"content": prompt, "add_special": True, "parse_special": True})
-        text = client.post(f"{origin}/detokenize", json={"tokens": _greedy_torch(model, ids.json()["tokens"], 8, 2)})
-        body = {"messages": messages, "max_tokens": 8, "temperature": 0}
-        theirs = client.post(f"{base_url}/chat/completions", json=body).json()["choices"][0]["message"]["content"]
-    assert text.json()["content"] == theirs
+    # The model as trained (in memory) against llama.cpp on the exported f32 file: same greedy tokens.
+    with llama_server(result.out, n_parallel=1, n_ctx=1024) as base_url:
+        report = greedy_parity(torch, result.model, base_url, PARITY_PROMPTS, max_tokens=16)
+    assert report.identical, report.describe()
+    assert sum(len(case.torch_tokens) for case in report.cases) >= 8 * 4
