@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -331,6 +332,9 @@ def train(
     torch.manual_seed(s.seed)
     source = smollm2_path()
     model, kind = _initial_model(s, examples, source)
+    steps = math.ceil(len(examples) / s.batch_size) * s.epochs
+    params = sum(p.numel() for p in model.parameters())
+    report.note(f"model {kind}, {params / 1e6:.1f} M parameters: {steps} steps ahead")
     fitted = fit(
         torch, model, examples, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed,
         warmup=s.warmup, bf16=bool(s.bf16), progress=report,

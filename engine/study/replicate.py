@@ -72,7 +72,7 @@ class ReplicationPlan:
     sets_dir: Path
     models: tuple[tuple[str, int, Path], ...]  # (label, wordings per fact, GGUF path)
     settings: TrainSettings
-    threads: int | None = None  # None: every core (one model at a time beat two side by side; results.md)
+    threads: int | None = None  # None: every core, one model at a time (side by side: no clear gain, results.md)
     system: str = DEFAULT_SYSTEM
 
 

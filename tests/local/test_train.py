@@ -73,7 +73,8 @@ def test_tiny_training_learns_and_writes_a_gguf(tiny_model: TinyModel) -> None:
     assert len(result.epoch_losses) == 40 and len(epoch_lines) == 40
     # Before the epochs: what is being done and the precision chosen; then a line after the first step.
     assert lines[0].startswith("tokenising 20 examples") and lines[1] == "precision fp32: as requested"
-    assert re.match(r"epoch 1/40 step 1/2: loss \d+\.\d{4} .* steps/s, ETA \d+:\d\d$", lines[2])
+    assert re.match(r"model tiny-from-scratch, \d+\.\d M parameters: 80 steps ahead$", lines[2])
+    assert re.match(r"epoch 1/40 step 1/2: loss \d+\.\d{4} .* steps/s, ETA \d+:\d\d$", lines[3])
     assert result.precision == "fp32" and meta_precision(result.out) == "fp32"
     assert result.epoch_losses[-1] < result.epoch_losses[0] / 10
     assert all(b <= a * 1.5 for a, b in zip(result.epoch_losses, result.epoch_losses[5:], strict=False))
@@ -155,7 +156,8 @@ def test_progress_reaches_a_redirected_file_while_training_runs(
     lines = log.read_text(encoding="utf-8").splitlines()
     assert still_running, lines  # the line was in the file before training finished
     assert lines[0].startswith("tokenising 20 examples") and lines[1] == "precision fp32: as requested"
-    assert re.match(r"epoch 1/5000 step 1/2: loss \d+\.\d{4} .* steps/s, ETA \d+:\d\d", lines[2])
+    assert lines[2].startswith("model tiny-from-scratch") and lines[2].endswith("10000 steps ahead")
+    assert re.match(r"epoch 1/5000 step 1/2: loss \d+\.\d{4} .* steps/s, ETA \d+:\d\d", lines[3])
     assert not (tmp_path / "m.gguf").exists()
 
 
