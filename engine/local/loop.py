@@ -10,6 +10,9 @@ docs/results.md, "Training speed"):
   batch; :func:`batches` shuffles, then sorts each window of a few batches by
   length before cutting it, so a batch holds examples of nearly one length and
   the order of batches is still random;
+- *the shared prefix*: every example starts with the same system message and
+  chat markup (:func:`shared_prefix`); each batch computes it once and every row
+  attends to it (``LlamaModel.hidden_shared``: the same loss and gradients);
 - *the optimiser*: AdamW's fused CPU kernel makes one pass over the 135 M
   parameters instead of a dozen element-wise passes;
 - *precision*: bf16 autocast where :mod:`engine.local.precision` chose it.
