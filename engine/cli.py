@@ -150,10 +150,19 @@ def _data_leakage(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from engine.local.train import train
+    from engine.local.progress import TrainProgress
+    from engine.local.train import default_settings, train
 
-    result = train(args.dataset, out=args.out, base=args.base, epochs=args.epochs, log=print)
-    print(result)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    bf16 = {"auto": None, "fp32": False, "bf16": True}[args.precision]
+    # auto (None) keeps the base's default: the CPU decides for smollm2; tiny is fp32, too small to gain.
+    settings = default_settings(args.base, epochs=args.epochs, bf16=bf16)
+    result = train(
+        args.dataset, out=args.out, settings=settings, threads=args.threads,
+        progress=TrainProgress.to_stream(sys.stdout),
+    )
+    print(result, flush=True)
     return 0
 
 
@@ -281,6 +290,9 @@ def _add_study_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     train.add_argument("--base", default="smollm2", choices=("smollm2", "tiny"),
                        help="smollm2 (SmolLM2-135M-Instruct) or tiny (random init, for tests)")
     train.add_argument("--epochs", type=int, help="default: the base's own (3 for smollm2, 40 for tiny)")
+    train.add_argument("--threads", type=int, help="torch threads (default: every core this process may use)")
+    train.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                       help="auto (default): bf16 only where the CPU runs it natively and measurably faster")
     train.set_defaults(func=_train)
 
     rep = sub.add_parser("replicate", help="the whole study: build sets, train, serve, evaluate, report")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -74,15 +75,42 @@ class _Block(nn.Module):
         k = self.attn_k(h).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         v = self.attn_v(h).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        if self.n_kv != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        # Right padding only, so a causal mask is all the masking needed.
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # Right padding only, so a causal mask is all the masking needed; grouped K/V heads are
+        # shared by their query heads inside the kernel (no repeat_interleave copies).
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         x = x + self.attn_output(a.transpose(1, 2).reshape(b, t, -1))
+        return self._ffn(x)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ffn_norm(x)
         out: torch.Tensor = x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
         return out
+
+    def forward_shared(
+        self, x: torch.Tensor, p: int, rest: tuple[int, int], cos: torch.Tensor, sin: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``x``: (p + b*t, dim), the shared prefix's p tokens once, then b rows of t tokens each."""
+        b, t = rest
+        gqa = self.n_kv != self.n_heads
+        h = self.attn_norm(x)
+        q, k, v = self.attn_q(h), self.attn_k(h), self.attn_v(h)
+
+        def split(z: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+            prefix = z[:p].view(1, p, heads, self.hd).transpose(1, 2)
+            rows = z[p:].view(b, t, heads, self.hd).transpose(1, 2)
+            return prefix, rows
+
+        (qp, qr), (kp, kr), (vp, vr) = split(q, self.n_heads), split(k, self.n_kv), split(v, self.n_kv)
+        qp, kp = _rope(qp, cos[:p], sin[:p]), _rope(kp, cos[:p], sin[:p])
+        qr, kr = _rope(qr, cos[p:], sin[p:]), _rope(kr, cos[p:], sin[p:])
+        ap = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
+        # Each row attends to the prefix (computed once, broadcast) and causally to itself.
+        keys = torch.cat((kp.expand(b, -1, -1, -1), kr), dim=2)
+        values = torch.cat((vp.expand(b, -1, -1, -1), vr), dim=2)
+        ar = F.scaled_dot_product_attention(qr, keys, values, attn_mask=mask, enable_gqa=gqa)
+        a = torch.cat((ap.transpose(1, 2).reshape(p, -1), ar.transpose(1, 2).reshape(b * t, -1)))
+        return self._ffn(x + self.attn_output(a))
 
 
 class LlamaModel(nn.Module):
@@ -138,15 +166,35 @@ class LlamaModel(nn.Module):
         """Map vocabulary ids to this model's rows (identity for a full model)."""
         return ids if self.keep_ids is None else self.id_map[ids]
 
+    def _rotary(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # (t, head_dim/2) per call: a few thousand numbers, far below one layer's work.
+        angles = torch.outer(torch.arange(t, device=device, dtype=torch.float32), self.inv_freq)
+        return angles.cos(), angles.sin()
+
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Final normed hidden states, (batch, time, dim), for vocabulary ids."""
-        t = ids.shape[1]
-        angles = torch.outer(torch.arange(t, device=ids.device, dtype=torch.float32), self.inv_freq)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = self._rotary(ids.shape[1], ids.device)
         x = self.token_embd(self.compact(ids))
         for block in self.blocks:
             x = block(x, cos, sin)
         normed: torch.Tensor = self.output_norm(x)
+        return normed
+
+    def hidden_shared(self, prefix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``hidden(cat(prefix, row))[p:]`` for every row, the prefix computed once for the batch.
+
+        ``prefix``: (p,) ids every row starts with; ``rows``: (batch, time) ids after it. The same
+        numbers as :meth:`hidden` on the full rows (up to rounding), with p x (batch - 1) fewer
+        positions through every layer. Usage: ``model.hidden_shared(ids[0, :p], ids[:, p:])``
+        """
+        p, (b, t) = prefix.shape[0], rows.shape
+        cos, sin = self._rotary(p + t, rows.device)
+        x = self.token_embd(self.compact(torch.cat((prefix, rows.reshape(-1)))))
+        mask = torch.ones((t, p + t), dtype=torch.bool, device=rows.device)
+        mask[:, p:] = torch.ones((t, t), dtype=torch.bool, device=rows.device).tril()
+        for block in self.blocks:
+            x = cast(_Block, block).forward_shared(x, p, (b, t), cos, sin, mask)
+        normed: torch.Tensor = self.output_norm(x[p:].view(b, t, -1))
         return normed
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

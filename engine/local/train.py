@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +44,9 @@ from engine.local.gguf import (
     read_gguf,
     write_gguf,
 )
+from engine.local.loop import Example, fit
+from engine.local.precision import CpuCapability, PrecisionChoice, choose_precision, detect_capability
+from engine.local.progress import TrainProgress
 from engine.local.serve import llama_server, smollm2_path
 
 __all__ = [
@@ -51,8 +54,10 @@ __all__ = [
     "Example",
     "TrainResult",
     "TrainSettings",
+    "available_cores",
     "default_settings",
     "load_dataset",
+    "resolve_precision",
     "tokenize_dataset",
     "train",
     "train_key",
@@ -60,6 +65,20 @@ __all__ = [
 
 BASES: tuple[str, ...] = ("smollm2", "tiny")
 """Accepted values of ``base``."""
+
+_RECIPE = 2
+"""Version of the training loop in every train key. 2: batches grouped by length (a different
+order, so a different model from the same data and settings than version 1's plain shuffle)."""
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count).
+
+    Usage: ``torch.set_num_threads(available_cores())``
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,7 +94,7 @@ class TrainSettings:
     batch_size: int = 8
     seed: int = 0
     warmup: float = 0.1
-    bf16: bool = True
+    bf16: bool | None = None  # None: by the CPU (resolve_precision); True/False: bf16 autocast or fp32
     file_type: str = "q8_0"
     tiny_dim: int = 128
     tiny_layers: int = 2
@@ -118,8 +137,12 @@ def default_settings(base: str = "smollm2", **overrides: Any) -> TrainSettings:
 def train_key(dataset_jsonl: str | Path, settings: TrainSettings) -> str:
     """20-hex key of (dataset bytes, settings): equal keys mean the same model would be trained.
 
-    Usage: ``train_key("ft/train-5.jsonl", default_settings())``
+    The precision must be resolved (``bf16`` True or False, see :func:`resolve_precision`): it
+    changes the model, so it is part of the key; the thread count is not (rounding only).
+    Usage: ``train_key("ft/train-5.jsonl", default_settings(bf16=True))``
     """
+    if settings.bf16 is None:
+        raise TrainError("train_key needs a resolved precision (resolve_precision first)")
     try:
         data = Path(dataset_jsonl).read_bytes()
     except OSError as exc:
@@ -128,20 +151,10 @@ def train_key(dataset_jsonl: str | Path, settings: TrainSettings) -> str:
     if settings.base != "tiny":
         # The tiny model's shape does not change a fine-tune: keep its key stable.
         relevant = {k: v for k, v in relevant.items() if not k.startswith("tiny_")}
+    relevant["recipe"] = _RECIPE
     digest = hashlib.sha256(data)
     digest.update(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()[:20]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Example:
-    """One tokenised training example: prompt ids then reply ids (reply ends with the end token).
-
-    Usage: ``len(ex.prompt) + len(ex.reply)``
-    """
-
-    prompt: tuple[int, ...]
-    reply: tuple[int, ...]
 
 
 def load_dataset(path: str | Path) -> list[list[dict[str, str]]]:
@@ -209,7 +222,7 @@ def tokenize_dataset(conversations: Sequence[list[dict[str, str]]], *, threads: 
 class TrainResult:
     """What a training run produced; ``str()`` is the train command's output.
 
-    Usage: ``result.kind, result.seconds, result.epoch_losses[-1]``
+    Usage: ``result.kind, result.seconds, result.epoch_losses[-1], result.precision``
     """
 
     out: Path
@@ -223,6 +236,11 @@ class TrainResult:
     losses: tuple[float, ...] = field(repr=False)
     key: str
     threads: int
+    precision: str = "fp32"
+    precision_reason: str = ""
+    fit_seconds: float = 0.0
+    padding: float = 0.0  # share of the batch positions that were padding
+    model: Any = field(default=None, repr=False, compare=False)  # the trained torch model (for parity checks)
 
     def __str__(self) -> str:
         what = (
@@ -231,13 +249,16 @@ class TrainResult:
             else "tiny llama trained from scratch (not a pretrained model)"
         )
         s = self.settings
+        per_step = self.fit_seconds / self.steps if self.steps else 0.0
         return "\n".join(
             [
                 f"model: {self.out}",
                 f"kind: {self.kind} ({what})",
                 f"trained on {self.examples} examples, {s.epochs} epochs, {self.steps} steps,"
-                f" lr {s.lr:g}, batch {s.batch_size}, seed {s.seed}, {self.threads} thread(s)",
-                f"time: {self.seconds:.1f} s (tokenising {self.tokenize_seconds:.1f} s)",
+                f" lr {s.lr:g}, batch {s.batch_size}, seed {s.seed}, {self.threads} thread(s), {self.precision}",
+                f"precision: {self.precision_reason}",
+                f"time: {self.seconds:.1f} s (tokenising {self.tokenize_seconds:.1f} s, training"
+                f" {self.fit_seconds:.1f} s = {per_step:.2f} s/step, padding {self.padding:.0%})",
                 "loss per epoch: " + ", ".join(f"{x:.4f}" for x in self.epoch_losses),
             ]
         )
@@ -251,22 +272,23 @@ def _torch() -> Any:
     return torch
 
 
-def _batches(examples: Sequence[Example], size: int, rng: random.Random) -> list[list[Example]]:
-    order = list(examples)
-    rng.shuffle(order)
-    return [order[i : i + size] for i in range(0, len(order), size)]
+def resolve_precision(
+    settings: TrainSettings, *, threads: int | None = None, capability: CpuCapability | None = None
+) -> tuple[TrainSettings, PrecisionChoice]:
+    """``settings`` with ``bf16`` decided (by the CPU when it is None), and the choice with its reason.
 
-
-def _collate(torch: Any, batch: Sequence[Example], pad: int) -> tuple[Any, Any, Any]:
-    rows = [list(ex.prompt) + list(ex.reply) for ex in batch]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width - 1), dtype=torch.bool)
-    for i, (row, ex) in enumerate(zip(rows, batch, strict=True)):
-        ids[i, : len(row)] = torch.tensor(row)
-        # Position p predicts token p+1: the loss covers exactly the reply tokens.
-        mask[i, len(ex.prompt) - 1 : len(row) - 1] = True
-    return ids[:, :-1], ids[:, 1:], mask
+    ``capability`` replaces the CPU's own (tests inject one); it is only probed when needed.
+    Usage: ``settings, choice = resolve_precision(default_settings()); print(choice.reason)``
+    """
+    if settings.bf16 is not None:
+        choice = choose_precision("bf16" if settings.bf16 else "fp32", capability)
+        return settings, choice
+    if capability is None:
+        torch = _torch()
+        torch.set_num_threads(threads or available_cores())
+        capability = detect_capability(torch)
+    choice = choose_precision("auto", capability)
+    return replace(settings, bf16=choice.bf16), choice
 
 
 def train(
@@ -278,30 +300,45 @@ def train(
     lr: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
-    threads: int = 1,
+    threads: int | None = None,
     settings: TrainSettings | None = None,
     log: Callable[[str], None] | None = None,
+    progress: TrainProgress | None = None,
+    capability: CpuCapability | None = None,
 ) -> TrainResult:
     """Train on ``dataset_jsonl`` and write a GGUF to ``out``; None settings take the base's defaults.
 
     ``settings`` (if given) replaces ``base``/``epochs``/``lr``/``batch_size``/``seed``.
-    ``log`` receives one line per epoch. Deterministic for a given seed and thread count.
+    ``threads``: default every core this process may use. ``progress`` reports steps and epochs
+    (default: lines through ``log``, at most every 10 s, and one per epoch). ``capability``
+    replaces the CPU probe behind precision "auto". Deterministic for a given seed and thread count.
 
     Usage: ``train("ft/train-5.jsonl", out=Path("models/ft-5x.gguf"), base="tiny", epochs=30)``
     """
     torch = _torch()
     s = settings or default_settings(base, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     s.validate()
-    key = train_key(dataset_jsonl, s)
-    conversations = load_dataset(dataset_jsonl)
-    torch.set_num_threads(threads)
+    threads = threads or available_cores()
+    report = progress or TrainProgress(write=log or (lambda _line: None))
     started = time.monotonic()
+    conversations = load_dataset(dataset_jsonl)
+    report.note(f"tokenising {len(conversations)} examples with llama.cpp ({threads} thread(s))")
+    torch.set_num_threads(threads)
     examples = tokenize_dataset(conversations, threads=threads)
     tokenize_seconds = time.monotonic() - started
+    s, choice = resolve_precision(s, threads=threads, capability=capability)
+    key = train_key(dataset_jsonl, s)
+    report.note(f"precision {choice.reason}")
     torch.manual_seed(s.seed)
     source = smollm2_path()
     model, kind = _initial_model(s, examples, source)
-    losses, epoch_losses = _fit(torch, model, examples, s, log or (lambda _line: None), started)
+    steps = math.ceil(len(examples) / s.batch_size) * s.epochs
+    params = sum(p.numel() for p in model.parameters())
+    report.note(f"model {kind}, {params / 1e6:.1f} M parameters: {steps} steps ahead")
+    fitted = fit(
+        torch, model, examples, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed,
+        warmup=s.warmup, bf16=bool(s.bf16), progress=report,
+    )
     seconds = time.monotonic() - started
     model.eval()
     write_gguf(
@@ -321,8 +358,11 @@ def train(
             "engine.lr": float(s.lr),
             "engine.batch_size": s.batch_size,
             "engine.seed": s.seed,
+            "engine.precision": choice.precision,
+            "engine.precision_reason": choice.reason,
+            "engine.threads": threads,
             "engine.train_seconds": float(round(seconds, 1)),
-            "engine.final_loss": float(epoch_losses[-1]),
+            "engine.final_loss": float(fitted.epoch_losses[-1]),
         },
     )
     return TrainResult(
@@ -330,13 +370,18 @@ def train(
         kind=kind,
         settings=s,
         examples=len(examples),
-        steps=len(losses),
+        steps=len(fitted.losses),
         seconds=seconds,
         tokenize_seconds=tokenize_seconds,
-        epoch_losses=tuple(epoch_losses),
-        losses=tuple(losses),
+        epoch_losses=tuple(fitted.epoch_losses),
+        losses=tuple(fitted.losses),
         key=key,
         threads=threads,
+        precision=choice.precision,
+        precision_reason=choice.reason,
+        fit_seconds=fitted.seconds,
+        padding=fitted.padding,
+        model=model,
     )
 
 
@@ -358,49 +403,3 @@ def _initial_model(s: TrainSettings, examples: Sequence[Example], source: Path) 
     )
     seen = {t for ex in examples for t in ex.prompt + ex.reply}
     return LlamaModel(cfg, keep_ids=sorted(seen)), KIND_TINY
-
-
-def _fit(
-    torch: Any, model: Any, examples: Sequence[Example], s: TrainSettings, say: Callable[[str], None],
-    started: float,
-) -> tuple[list[float], list[float]]:
-    """Step 2: the training loop (AdamW, warm-up then linear decay, loss on replies only).
-
-    Returns the loss of every step and the mean loss of every epoch; says one line per epoch.
-    """
-    pad = examples[0].reply[-1]
-    rng = random.Random(s.seed)
-    steps_per_epoch = math.ceil(len(examples) / s.batch_size)
-    total = steps_per_epoch * s.epochs
-    warm = max(1, int(total * s.warmup))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
-    )
-    model.train()
-    losses: list[float] = []
-    epoch_losses: list[float] = []
-    for epoch in range(s.epochs):
-        epoch_sum = 0.0
-        for batch in _batches(examples, s.batch_size, rng):
-            inputs, targets, mask = _collate(torch, batch, pad)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-                hidden = model.hidden(inputs)[mask]
-                logits = model.logits(hidden).float()
-            loss = torch.nn.functional.cross_entropy(logits, model.compact(targets[mask]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainError(f"training diverged at epoch {epoch + 1} (loss {value}); lower the learning rate")
-            losses.append(value)
-            epoch_sum += value * len(batch)
-        epoch_losses.append(epoch_sum / len(examples))
-        say(
-            f"epoch {epoch + 1}/{s.epochs}: loss {epoch_losses[-1]:.4f}"
-            f" ({time.monotonic() - started:.0f} s)"
-        )
-    return losses, epoch_losses

@@ -33,6 +33,7 @@ or, to only build the models (e.g. in the background): ``python -m engine.study.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +45,15 @@ import orjson
 
 from engine.errors import EngineError, SpecError, TrainError
 from engine.local.gguf import engine_metadata
-from engine.local.train import BASES, TrainSettings, default_settings, train, train_key
+from engine.local.train import (
+    BASES,
+    TrainSettings,
+    available_cores,
+    default_settings,
+    resolve_precision,
+    train,
+    train_key,
+)
 from engine.results.lock import RunLock
 from engine.run.interrupts import Interrupted, Interrupts
 from engine.study.controls import ChanceLevel, chance_level
@@ -92,7 +101,7 @@ class ReplicationPlan:
     sets_dir: Path
     models: tuple[PlannedModel, ...]
     settings: TrainSettings  # the seed here seeds the sets' wordings and is each model's default training seed
-    threads: int = 1
+    threads: int | None = None  # None: every core, one model at a time (side by side: no clear gain, results.md)
     system: str = DEFAULT_SYSTEM
     holdout: str = "exact"
     threshold: float = DEFAULT_THRESHOLD
@@ -158,8 +167,8 @@ def load_plan(spec_path: Path) -> ReplicationPlan:
     base = _typed(table, "base", str, "smollm2")
     if base not in BASES:
         raise _fail("base", f"must be one of {', '.join(BASES)}, got {base!r}")
-    threads = _typed(table, "threads", int, 1)
-    if threads < 1:
+    threads = _typed(table, "threads", int)
+    if threads is not None and threads < 1:
         raise _fail("threads", f"must be at least 1, got {threads}")
     lr = _typed(table, "lr", (int, float))
     try:
@@ -352,6 +361,11 @@ def build_models(
     say = log or (lambda _line: None)
     paths = build_sets(plan, log=say)
     reports = check_sets_of(plan, paths)
+    # The precision is decided once, before the keys: a model's train key names the one it was trained in.
+    threads = plan.threads or available_cores()
+    resolved, choice = resolve_precision(plan.settings, threads=threads)
+    say(f"precision {choice.reason}")
+    plan = dataclasses.replace(plan, settings=resolved)
     keys = {m.label: train_key(paths[m.examples, m.shuffle], plan.settings_of(m)) for m in plan.models}
     reused = {m.label for m in plan.models if _reusable(m.gguf, keys[m.label]) is not None}
     lines = plan_lines(plan.evaluated, {m.label: m.examples for m in plan.models}, base=plan.settings.base,
@@ -375,8 +389,8 @@ def build_models(
                 )
             )
             continue
-        say(f"{label}: training on {dataset.name} ({settings.base}, seed {settings.seed}, {plan.threads} thread(s))")
-        result = train(dataset, out=gguf, settings=settings, threads=plan.threads, log=_prefixed(say, label))
+        say(f"{label}: training on {dataset.name} ({settings.base}, seed {settings.seed}, {threads} thread(s))")
+        result = train(dataset, out=gguf, settings=settings, threads=threads, log=_prefixed(say, label))
         say(f"{label}: done in {result.seconds:.1f} s -> {gguf} ({result.kind})")
         builds.append(
             ModelBuild(

@@ -113,3 +113,20 @@ def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"engine {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), [(["--threads", "0"], "--threads"), (["--precision", "fp16"], "--precision")]
+)
+def test_bad_train_options_are_one_line_and_exit_2(
+    args: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "set.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    try:  # argparse's own checks exit; the engine's return the code
+        code = main(["train", str(data), "--out", str(tmp_path / "m.gguf"), *args])
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and named in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "m.gguf").exists()

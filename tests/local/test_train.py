@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -39,8 +40,13 @@ def tiny_model(small_set: tuple[Path, dict[str, str]], tmp_path_factory: pytest.
     dataset, _ = small_set
     out = tmp_path_factory.mktemp("model") / "tiny.gguf"
     lines: list[str] = []
-    result = train(dataset, out=out, base="tiny", epochs=40, batch_size=10, log=lines.append)
+    # One thread: the suite runs beside other work, where a second thread mostly waits.
+    result = train(dataset, out=out, base="tiny", epochs=40, batch_size=10, threads=1, log=lines.append)
     return result, lines
+
+
+def meta_precision(path: Path) -> object:
+    return engine_metadata(path).get("engine.precision")
 
 
 def _greedy_torch(model: Any, ids: list[int], n: int, stop: int) -> list[int]:
@@ -63,7 +69,13 @@ def test_tiny_training_learns_and_writes_a_gguf(tiny_model: TinyModel) -> None:
     result, lines = tiny_model
     assert result.kind == KIND_TINY
     assert result.examples == 20 and result.steps == 40 * 2
-    assert len(result.epoch_losses) == 40 and len(lines) == 40
+    epoch_lines = [line for line in lines if re.match(r"epoch \d+/40: loss \d", line)]
+    assert len(result.epoch_losses) == 40 and len(epoch_lines) == 40
+    # Before the epochs: what is being done and the precision chosen; then a line after the first step.
+    assert lines[0].startswith("tokenising 20 examples") and lines[1] == "precision fp32: as requested"
+    assert re.match(r"model tiny-from-scratch, \d+\.\d M parameters: 80 steps ahead$", lines[2])
+    assert re.match(r"epoch 1/40 step 1/2: loss \d+\.\d{4} .* steps/s, ETA \d+:\d\d$", lines[3])
+    assert result.precision == "fp32" and meta_precision(result.out) == "fp32"
     assert result.epoch_losses[-1] < result.epoch_losses[0] / 10
     assert all(b <= a * 1.5 for a, b in zip(result.epoch_losses, result.epoch_losses[5:], strict=False))
     assert result.out.is_file() and model_kind(result.out) == KIND_TINY
@@ -103,6 +115,52 @@ def test_tiny_model_served_recalls_training_and_matches_torch(
     assert text == theirs
 
 
+@needs_server
+def test_exported_gguf_answers_the_prompt_set_exactly_as_the_trained_torch_model(tiny_model: TinyModel) -> None:
+    import torch  # an optional dependency: imported where used, so collection works without it
+
+    from engine.local.parity import PARITY_PROMPTS, greedy_parity
+    from engine.local.serve import llama_server
+
+    result, _ = tiny_model
+    assert result.model is not None and result.model.keep_ids is not None  # the compact model as trained
+    with llama_server(result.out, n_parallel=1, n_ctx=1024) as base_url:
+        report = greedy_parity(torch, result.model, base_url, PARITY_PROMPTS, max_tokens=12)
+    assert len(report.cases) == len(PARITY_PROMPTS) == 8
+    assert report.identical, report.describe()
+    # Not vacuous: the fact questions get a reply of several tokens from both.
+    assert sum(len(case.torch_tokens) >= 4 for case in report.cases) >= 4
+    assert report.describe().startswith("8/8 prompts identical")
+
+
+@needs_server
+def test_progress_reaches_a_redirected_file_while_training_runs(
+    small_set: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    dataset, _ = small_set
+    log = tmp_path / "train.log"
+    # Many epochs: the run lasts long past its first progress line; the test stops it there.
+    command = [sys.executable, "-m", "engine", "train", str(dataset), "--out", str(tmp_path / "m.gguf"),
+               "--base", "tiny", "--epochs", "5000", "--threads", "1"]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            # Poll the file, not the clock: no assertion here depends on the machine's speed.
+            while process.poll() is None and "step 1/" not in log.read_text(encoding="utf-8", errors="replace"):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.1)
+            still_running = process.poll() is None
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert still_running, lines  # the line was in the file before training finished
+    assert lines[0].startswith("tokenising 20 examples") and lines[1] == "precision fp32: as requested"
+    assert lines[2].startswith("model tiny-from-scratch") and lines[2].endswith("10000 steps ahead")
+    assert re.match(r"epoch 1/5000 step 1/2: loss \d+\.\d{4} .* steps/s, ETA \d+:\d\d", lines[3])
+    assert not (tmp_path / "m.gguf").exists()
+
+
 def test_compact_export_keeps_probabilities() -> None:
     import torch  # an optional dependency: imported where used, so collection works without it
 
@@ -138,13 +196,17 @@ def test_settings_defaults_and_validation(tmp_path: Path) -> None:
         default_settings("tiny", colour="red")
     data = tmp_path / "a.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
-    base = default_settings("smollm2")
-    assert train_key(data, base) == train_key(data, TrainSettings(base="smollm2"))
-    assert train_key(data, base) != train_key(data, default_settings("smollm2", lr=1e-4))
+    base = default_settings("smollm2", bf16=True)
+    assert train_key(data, base) == train_key(data, TrainSettings(base="smollm2", bf16=True))
+    assert train_key(data, base) != train_key(data, default_settings("smollm2", lr=1e-4, bf16=True))
+    # The precision changes the model, so it changes the key; an unresolved precision has no key.
+    assert train_key(data, base) != train_key(data, default_settings("smollm2", bf16=False))
+    with pytest.raises(TrainError, match="resolve"):
+        train_key(data, default_settings("smollm2"))
     # The tiny model's shape is irrelevant to a fine-tune, so it does not change its key.
-    assert train_key(data, base) == train_key(data, default_settings("smollm2", tiny_dim=256))
+    assert train_key(data, base) == train_key(data, default_settings("smollm2", tiny_dim=256, bf16=True))
     data.write_text(data.read_text() + data.read_text())
-    assert train_key(data, base) != train_key(tmp_path / "a.jsonl", default_settings("smollm2", seed=1))
+    assert train_key(data, base) != train_key(tmp_path / "a.jsonl", default_settings("smollm2", seed=1, bf16=True))
 
 
 def test_bad_datasets_raise(tmp_path: Path) -> None:
@@ -163,10 +225,10 @@ def test_bad_datasets_raise(tmp_path: Path) -> None:
 def test_collate_puts_loss_on_reply_only() -> None:
     import torch  # an optional dependency: imported where used, so collection works without it
 
-    from engine.local.train import Example, _collate
+    from engine.local.loop import Example, collate
 
     batch = [Example(prompt=(5, 6, 7), reply=(8, 2)), Example(prompt=(5, 6), reply=(9, 9, 2))]
-    inputs, targets, mask = _collate(torch, batch, pad=2)
+    inputs, targets, mask = collate(torch, batch, pad=2)
     assert inputs.tolist() == [[5, 6, 7, 8], [5, 6, 9, 9]]
     assert targets[mask].tolist() == [8, 2, 9, 9, 2]
 
@@ -192,26 +254,24 @@ def test_engine_imports_without_torch() -> None:
 
 
 @needs_server
-@pytest.mark.slow  # about a minute: ENGINE_SLOW_TESTS=1 or -m slow
+@pytest.mark.slow  # a few minutes: ENGINE_SLOW_TESTS=1 or -m slow
 def test_smollm2_finetune_exports_a_model_llama_cpp_agrees_with(
     small_set: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
+    import torch  # an optional dependency: imported where used, so collection works without it
+
+    from engine.local.parity import PARITY_PROMPTS, greedy_parity
     from engine.local.serve import llama_server
-    from engine.local.torch_model import LlamaModel
 
     dataset, _ = small_set
     settings = default_settings("smollm2", epochs=1, batch_size=20, file_type="f32")
     result = train(dataset, out=tmp_path / "ft.gguf", settings=settings)
     assert result.kind == KIND_FINETUNE and model_kind(result.out) == KIND_FINETUNE
+    assert result.precision in ("fp32", "bf16") and meta_precision(result.out) == result.precision
     loaded = read_gguf(result.out)
     assert loaded.config.n_layers == 30 and loaded.config.tied_embeddings
-    model = LlamaModel.from_tensors(loaded.config, loaded.tensors).eval()
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    with llama_server(result.out, n_parallel=1, n_ctx=512) as base_url, httpx.Client(timeout=120) as client:
-        origin = base_url.removesuffix("/v1")
-        prompt = client.post(f"{origin}/apply-template", json={"messages": messages}).json()["prompt"]
-        ids = client.post(f"{origin}/tokenize", json={"content": prompt, "add_special": True, "parse_special": True})
-        text = client.post(f"{origin}/detokenize", json={"tokens": _greedy_torch(model, ids.json()["tokens"], 8, 2)})
-        body = {"messages": messages, "max_tokens": 8, "temperature": 0}
-        theirs = client.post(f"{base_url}/chat/completions", json=body).json()["choices"][0]["message"]["content"]
-    assert text.json()["content"] == theirs
+    # The model as trained (in memory) against llama.cpp on the exported f32 file: same greedy tokens.
+    with llama_server(result.out, n_parallel=1, n_ctx=1024) as base_url:
+        report = greedy_parity(torch, result.model, base_url, PARITY_PROMPTS, max_tokens=16)
+    assert report.identical, report.describe()
+    assert sum(len(case.torch_tokens) for case in report.cases) >= 8 * 4

@@ -46,7 +46,7 @@ def _spec(folder: Path, extra: str = 'base = "tiny"\nepochs = 40\nbatch_size = 1
 
 def test_plan_defaults(tmp_path: Path) -> None:
     plan = load_plan(_spec(tmp_path, extra=""))
-    assert plan.settings.base == "smollm2" and plan.settings.epochs == 3 and plan.threads == 1
+    assert plan.settings.base == "smollm2" and plan.settings.epochs == 3 and plan.threads is None
     assert plan.models == (
         PlannedModel(label="ft-5x", examples=5, seed=0, shuffle=False, gguf=(tmp_path / "models" / "ft-5x.gguf").resolve()),
     )
@@ -57,7 +57,7 @@ def test_plan_defaults(tmp_path: Path) -> None:
 def test_the_project_replication_spec_loads() -> None:
     plan = load_plan(ROOT / "data" / "replication.toml")
     assert [m.examples for m in plan.models] == [5, 10, 25, 50]
-    assert plan.settings.base == "smollm2" and plan.threads == 1
+    assert plan.settings.base == "smollm2" and plan.threads is None  # every core
 
 
 @pytest.mark.parametrize(
