@@ -55,7 +55,8 @@ from engine.endpoint.transport import Transport
 from engine.experiment.grid import Grid, Task, iter_tasks
 from engine.experiment.questions import Question
 from engine.experiment.scoring import Scorer
-from engine.experiment.spec import BatchSpec, ModelSpec
+from engine.experiment.settings import BatchSpec
+from engine.experiment.spec import ModelSpec
 from engine.results.ledger import Ledger, read_ledger, write_durable
 from engine.results.record import Record
 from engine.results.write import LogWriter
