@@ -63,7 +63,7 @@ from engine.results.write import LogWriter
 from engine.run.batch_chunks import Chunk, Chunker, keys_after, replay
 from engine.run.scheduler import Counters, StopSignal, make_record
 
-__all__ = ["BATCH_DIR", "KILL_ENV", "BatchRoute", "open_batch_route", "online_clients", "set_aside"]
+__all__ = ["BATCH_DIR", "KILL_ENV", "BatchRoute", "online_clients", "open_batch_route", "set_aside"]
 
 BATCH_DIR = "batches"
 KILL_ENV = "ENGINE_BATCH_KILL_AT"

@@ -168,7 +168,7 @@ def test_resubmit_online_asks_errored_and_expired_items_through_the_online_api(
     assert counts["created"] == chunks(out) == 4 and counts["expired"] == 1  # no second-round batch, even resumed
     assert counts["chat"] == len(online)  # each asked online once (the target has no online faults here)
     # Each online record says why: the batch it expired in, or the item's error, with that batch's id.
-    assert all(len(r["requeued"]) == 1 and "(batch " in r["requeued"][0] and r["attempts"] == 2  # type: ignore[arg-type]
+    assert all(len(r["requeued"]) == 1 and "(batch " in r["requeued"][0] and r["attempts"] == 2  # type: ignore[arg-type,index]
                and r.get("batch_id") is None for r in online)  # fmt: skip
     expired = [r for r in online if r["requeued"][0].startswith("expired")]  # type: ignore[index]
     errored = [r for r in online if "server_error" in r["requeued"][0]]  # type: ignore[index]
