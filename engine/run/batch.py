@@ -361,7 +361,8 @@ class BatchRoute:
         steps = collections.Counter(c.step for c in self.chunks.values())
         running = steps["created"]
         line = (f"batches: {len(self.chunks):,} chunks · {running:,} in progress · {steps['written']:,} done · "
-                f"{self.tally.logged:,} tasks logged · {self.tally.requeued:,} requeued")
+                f"{self.tally.logged:,} tasks logged · {self.tally.requeued:,} requeued"
+                + (f" · {self.tally.online:,} asked online" if self.online is not None else ""))
         now = time.monotonic()
         if line != self._last_line and now - self._last_print >= 2.0:
             self.console.print(line, highlight=False)
