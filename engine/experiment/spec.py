@@ -11,7 +11,6 @@ Usage::
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -25,57 +24,21 @@ from engine.endpoint.limits import LimitConfig
 from engine.endpoint.retry import RetryPolicy
 from engine.errors import ConfigError, ScorerError, SpecError
 from engine.experiment.scoring import SCORERS, get_scorer
+from engine.experiment.settings import (
+    BatchSpec,
+    Price,
+    QuotaSpec,
+    TableChecker,
+    or_default,
+)
 from engine.sim.config import QUOTA_SCOPES, Faults, SimConfig
 
 SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
-MODES = ("online", "batch")
-BATCH_APIS = ("chat", "anthropic")  # the APIs a provider's Batch API takes (OpenAI Batch; Message Batches)
-RESUBMIT = ("batch",)  # where errored or expired items go again: a new batch
 
 
 _RETRY = RetryPolicy()  # frozen: read for its defaults only
 _LIMITS = LimitConfig()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Price:
-    """A model's price in dollars per million tokens, as the provider lists it for its online API.
-
-    The batch route costs half of it (both providers' Batch APIs; see docs/batch.md).
-    Usage: ``Price(input=0.15, output=0.60).cost(1_000_000, 0)  # 0.15``
-    """
-
-    input: float
-    output: float
-
-    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """Dollars for these tokens at the online price."""
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
-
-
-BATCH_DISCOUNT = 0.5  # a Batch API token costs half an online one, at OpenAI and at Anthropic
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BatchSpec:
-    """The ``[batch]`` table: how models with ``mode = "batch"`` are chunked, polled and resubmitted.
-
-    ``max_requests``/``max_mb`` default to each provider's own limit (OpenAI 50,000 requests and
-    200 MB per file; Anthropic 100,000 and 256 MB per batch); a smaller value only makes more chunks.
-    ``enqueued_tokens`` is the provider's enqueued-token limit for one model (prompt tokens of the
-    batches in progress): a chunk is submitted only when it fits beside those still running.
-    Usage: ``load_spec(path).batch.poll_s``
-    """
-
-    max_requests: int | None = None
-    max_mb: float | None = None
-    enqueued_tokens: int | None = None
-    poll_s: float = 30.0  # first wait between polls of one batch; doubles up to poll_max_s
-    poll_max_s: float = 600.0
-    resubmit: str = "batch"  # errored/expired items go to a new batch (the one choice so far)
-    max_rounds: int = 3  # batches one task may go through before it is logged as failed
-    timeout_s: float = 600.0  # per upload, download or control request
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,18 +67,6 @@ class ModelSpec:
         """Where requests go and whose key pays (URL or GGUF file, key variable): models sharing this
         pair share one connection pool; a quota is per model unless a [quotas] table pools them."""
         return (self.base_url or f"gguf:{self.gguf}", self.api_key_env)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class QuotaSpec:
-    """A ``[quotas.NAME]`` table: one quota several models of one endpoint share, as a provider pools them.
-
-    Usage: ``spec.quotas["azure"].rpm``
-    """
-
-    rpm: float | None = None  # None: the shared limiter learns the quota from 429s and headers
-    tpm: float | None = None
-    concurrency: int = _LIMITS.concurrency
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,50 +117,8 @@ def load_spec(path: Path) -> Spec:
     return _Checker(path).spec(raw)
 
 
-class _Checker:
+class _Checker(TableChecker):
     """Validates one raw TOML document, naming the file and field in every error."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, where: str, problem: str) -> SpecError:
-        where = where.rstrip(". ")
-        return SpecError(f"{self.path}: {where}: {problem}" if where else f"{self.path}: {problem}")
-
-    def known_keys(self, table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-        for key in table:
-            if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                raise self.fail(where or key, f"unknown key {key!r} (known: {hint})")
-
-    def string(self, table: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str | None:
-        value = table.get(key)
-        if value is None:
-            if required:
-                raise self.fail(f"{where}{key}", "required, but missing")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(f"{where}{key}", f"must be a non-empty string, got {value!r}")
-        return value
-
-    def boolean(self, table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-        value = table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(f"{where}{key}", f"must be true or false, got {value!r}")
-        return value
-
-    def number(self, table: Mapping[str, Any], key: str, where: str, *, low: float, high: float = math.inf,
-               integer: bool = False, low_open: bool = False) -> Any:
-        value = table.get(key)
-        if value is None:
-            return None
-        kind = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise self.fail(f"{where}{key}", f"must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if not (low < value if low_open else low <= value) or value > high or value != value:
-            bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
-            raise self.fail(f"{where}{key}", f"must be {bound}, got {value!r}")
-        return value
 
     def spec(self, raw: dict[str, Any]) -> Spec:
         allowed = {f.name for f in fields(Spec)} - {"path"}
@@ -253,7 +162,7 @@ class _Checker:
         if replication is not None and not isinstance(replication, dict):
             raise self.fail("replication", "must be a table")
         defaults = Spec(path=self.path, name=name, questions=Path(questions), models=checked)
-        max_tokens = _or(self.number(raw, "max_tokens", "", low=1, integer=True), defaults.max_tokens)
+        max_tokens = or_default(self.number(raw, "max_tokens", "", low=1, integer=True), defaults.max_tokens)
         self.api_limits(checked, temps, max_tokens)
         return Spec(
             path=self.path,
@@ -261,67 +170,23 @@ class _Checker:
             questions=(self.path.parent / questions),
             models=checked,
             temperatures=temps,
-            repeats=_or(self.number(raw, "repeats", "", low=1, integer=True), defaults.repeats),
+            repeats=or_default(self.number(raw, "repeats", "", low=1, integer=True), defaults.repeats),
             system=self.string(raw, "system", ""),
             prompt=prompt,
             max_tokens=max_tokens,
             scorer=scorer,
             scorer_pattern=scorer_pattern,
-            timeout_s=_or(self.number(raw, "timeout_s", "", low=0, low_open=True), defaults.timeout_s),
-            max_attempts=_or(self.number(raw, "max_attempts", "", low=1, integer=True), defaults.max_attempts),
-            backoff_base_s=_or(self.number(raw, "backoff_base_s", "", low=0), defaults.backoff_base_s),
-            backoff_cap_s=_or(self.number(raw, "backoff_cap_s", "", low=0), defaults.backoff_cap_s),
-            max_retry_wait_s=_or(self.number(raw, "max_retry_wait_s", "", low=0), defaults.max_retry_wait_s),
+            timeout_s=or_default(self.number(raw, "timeout_s", "", low=0, low_open=True), defaults.timeout_s),
+            max_attempts=or_default(self.number(raw, "max_attempts", "", low=1, integer=True), defaults.max_attempts),
+            backoff_base_s=or_default(self.number(raw, "backoff_base_s", "", low=0), defaults.backoff_base_s),
+            backoff_cap_s=or_default(self.number(raw, "backoff_cap_s", "", low=0), defaults.backoff_cap_s),
+            max_retry_wait_s=or_default(self.number(raw, "max_retry_wait_s", "", low=0), defaults.max_retry_wait_s),
             fsync=fsync,
             sim=self.sim(raw.get("sim", {})),
             quotas=quotas,
             batch=self.batch(raw.get("batch", {})),
             replication=replication,
         )
-
-    def batch(self, raw: Any) -> BatchSpec:
-        """The [batch] table, each default BatchSpec's own."""
-        if not isinstance(raw, dict):
-            raise self.fail("batch", "must be a table")
-        self.known_keys(raw, {f.name for f in fields(BatchSpec)}, "batch")
-        defaults = BatchSpec()
-        resubmit = self.string(raw, "resubmit", "batch.") or defaults.resubmit
-        if resubmit not in RESUBMIT:
-            raise self.fail("batch.resubmit", f"must be one of {', '.join(RESUBMIT)}, got {resubmit!r}")
-        return BatchSpec(
-            max_requests=self.number(raw, "max_requests", "batch.", low=1, high=100_000, integer=True),
-            max_mb=self.number(raw, "max_mb", "batch.", low=0, high=256, low_open=True),
-            enqueued_tokens=self.number(raw, "enqueued_tokens", "batch.", low=1, integer=True),
-            poll_s=_or(self.number(raw, "poll_s", "batch.", low=0, low_open=True), defaults.poll_s),
-            poll_max_s=_or(self.number(raw, "poll_max_s", "batch.", low=0, low_open=True), defaults.poll_max_s),
-            resubmit=resubmit,
-            max_rounds=_or(self.number(raw, "max_rounds", "batch.", low=1, high=100, integer=True),
-                           defaults.max_rounds),
-            timeout_s=_or(self.number(raw, "timeout_s", "batch.", low=0, low_open=True), defaults.timeout_s),
-        )
-
-    def price(self, raw: Any, where: str) -> Price | None:
-        """``price = { input = 0.15, output = 0.60 }``: dollars per million tokens, both required."""
-        if raw is None:
-            return None
-        if not isinstance(raw, dict):
-            raise self.fail(f"{where}price", "must be a table { input = DOLLARS, output = DOLLARS } per million tokens")
-        self.known_keys(raw, {"input", "output"}, f"{where}price")
-        for key in ("input", "output"):
-            if key not in raw:
-                raise self.fail(f"{where}price.{key}", "required, but missing (dollars per million tokens)")
-        return Price(input=float(self.number(raw, "input", f"{where}price.", low=0)),
-                     output=float(self.number(raw, "output", f"{where}price.", low=0)))
-
-    def mode(self, raw: Mapping[str, Any], where: str, api: str, gguf: str | None) -> str:
-        mode = self.string(raw, "mode", where) or "online"
-        if mode not in MODES:
-            raise self.fail(f"{where}mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "batch" and gguf is not None:
-            raise self.fail(f"{where}mode", "a gguf model has no Batch API; use mode = \"online\"")
-        if mode == "batch" and api not in BATCH_APIS:
-            raise self.fail(f"{where}mode", f"batch takes api {' or '.join(BATCH_APIS)}, not {api!r}")
-        return mode
 
     def api_limits(self, models: tuple[ModelSpec, ...], temperatures: tuple[float, ...], max_tokens: int) -> None:
         """What an API refuses, found before a run rather than as a 400 on every task."""
@@ -408,7 +273,7 @@ class _Checker:
             api_key_env=self.string(raw, "api_key_env", where),
             rpm=self.number(raw, "rpm", where, low=0, low_open=True),
             tpm=self.number(raw, "tpm", where, low=0, low_open=True),
-            concurrency=_or(
+            concurrency=or_default(
                 self.number(raw, "concurrency", where, low=1, high=10_000, integer=True), defaults.concurrency
             ),
             quota=quota,
@@ -439,19 +304,7 @@ class _Checker:
 
     def quotas(self, raw: Any, models: tuple[ModelSpec, ...]) -> dict[str, QuotaSpec]:
         """The [quotas.NAME] tables, each named by at least one model, whose models share one endpoint."""
-        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-            raise self.fail("quotas", "must hold [quotas.NAME] tables of rpm, tpm and concurrency")
-        checked: dict[str, QuotaSpec] = {}
-        for name, table in raw.items():
-            where = f"quotas.{name}."
-            self.known_keys(table, {f.name for f in fields(QuotaSpec)}, f"quotas.{name}")
-            checked[name] = QuotaSpec(
-                rpm=self.number(table, "rpm", where, low=0, low_open=True),
-                tpm=self.number(table, "tpm", where, low=0, low_open=True),
-                concurrency=_or(
-                    self.number(table, "concurrency", where, low=1, high=10_000, integer=True), _LIMITS.concurrency
-                ),
-            )
+        checked = self.quota_tables(raw)
         members: dict[str, list[ModelSpec]] = {name: [] for name in checked}
         for index, model in enumerate(models):
             if model.quota is None:
@@ -553,8 +406,3 @@ def _where(model: ModelSpec) -> str:
 def _carries_secrets(url: str) -> bool:
     parts = urlsplit(url)
     return bool(parts.username or parts.password or parts.query or parts.fragment)
-
-
-def _or(value: Any, default: Any) -> Any:
-    """``value`` unless it was absent; unlike ``or``, keeps a real 0."""
-    return default if value is None else value

@@ -45,6 +45,7 @@ import polars as pl
 
 from engine.errors import ReportError
 from engine.report import stats
+from engine.report.cost import COST_FIELDS, cost_query, cost_table, run_prices
 from engine.report.extras import (
     REPLY_FIELDS,
     ReplyLimits,
@@ -116,7 +117,9 @@ def build_report(
     flags = _task_flags(scope.inside)
     del raw
     more = [histogram_query(flags), traffic_query(flags)] if extras else []
-    cells, latency, span, unknown, targets, *extra = pl.collect_all([*_aggregates(flags, cols.cells), *more])
+    cells, latency, span, unknown, targets, costs, *extra = pl.collect_all(
+        [*_aggregates(flags, cols.cells), cost_query(flags), *more]
+    )
     cells = cells.with_columns(pl.col(pl.Categorical).cast(pl.String))
     latency = latency.with_columns(pl.col(pl.Categorical).cast(pl.String))
     firsts = cells.group_by("model").agg(pl.col("first").min()).sort("first")
@@ -150,6 +153,7 @@ def build_report(
         traffic=traffic_of(extra[1]) if extras else None,
         replies=replies_sample(flags, cols.has_difficulty, reply_limits or ReplyLimits()) if extras else None,
         seed_groups=seeds if seeds.height else None, seed_comparisons=seed_pairs if seed_pairs.height else None,
+        cost=cost_table(costs, run_prices(file), models),
     )  # fmt: skip
 
 
@@ -179,8 +183,7 @@ def _columns(tags: Sequence[str], by: str | Sequence[str] | None, *, has_grid: b
     scope_fields = [f for f in SCOPE_FIELDS if f not in record_fields] if has_grid else []
     fields = [*record_fields, *scope_fields, "status", "outcome", "latency_ms", "prompt_tokens",
               "completion_tokens", "t_start", "t_end", "simulated"]  # fmt: skip
-    if "target" not in fields:
-        fields.append("target")
+    fields += [f for f in ("target", *COST_FIELDS) if f not in fields]
     return _Columns(
         by=by_cols, cluster=cluster, custom_cluster=custom_cluster, has_difficulty=has_difficulty,
         cells=cell_keys, read=[*fields, *tag_fields],

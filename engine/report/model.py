@@ -88,6 +88,8 @@ class Report:
     # Models labelled GROUP-sK (training seeds), grouped (engine.report.seeds); None when no label names a seed.
     seed_groups: pl.DataFrame | None = None
     seed_comparisons: pl.DataFrame | None = None
+    # Tokens and cost per model at the run's spec prices (engine.report.cost); None when the spec gives no price.
+    cost: pl.DataFrame | None = None
 
     @property
     def duplicates(self) -> int:

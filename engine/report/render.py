@@ -106,6 +106,25 @@ def _latency_rows(df: pl.DataFrame) -> _Rows:
     return headers, rows, 1
 
 
+def _cost_rows(df: pl.DataFrame) -> _Rows:
+    def dollars(x: float | None) -> str:
+        return "n/a" if x is None else f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.6f}"
+
+    def num(x: int | None) -> str:
+        return "n/a" if x is None else f"{x:,}"
+
+    rows = [[r["model"], num(r["tasks"]), num(r["batch_tasks"]), num(r["prompt_tokens"]), num(r["completion_tokens"]),
+             dollars(r["cost_online"]), dollars(r["cost"])] for r in df.iter_rows(named=True)]  # fmt: skip
+    priced = df.drop_nulls("cost")
+    if priced.height > 1:
+        rows.append(["all priced models", num(int(priced["tasks"].sum())), num(int(priced["batch_tasks"].sum())),
+                     num(int(priced["prompt_tokens"].sum())), num(int(priced["completion_tokens"].sum())),
+                     dollars(float(priced["cost_online"].sum())), dollars(float(priced["cost"].sum()))])  # fmt: skip
+    headers = ["model", "tasks", "via batch", "prompt tokens", "completion tokens", "cost all online",
+               "cost (batch at half)"]  # fmt: skip
+    return headers, rows, 1
+
+
 def _target_rows(df: pl.DataFrame) -> _Rows:
     said = {True: "yes: engine's built-in simulation", False: "no", None: "mixed or unknown"}
     rows = [[r["model"], r["target"] or "unknown", said[r["simulated"]]] for r in df.iter_rows(named=True)]
@@ -132,6 +151,8 @@ def report_sections(report: Report) -> list[tuple[str, _Rows]]:
     if report.seed_comparisons is not None:
         out.append(("Seed-group comparisons (objects and seeds resampled)", _seed_comparison_rows(report.seed_comparisons)))
     out.append(("Latency and tokens (answered tasks)", _latency_rows(report.latency)))
+    if report.cost is not None:
+        out.append(("Tokens and cost (every task, at the spec's prices)", _cost_rows(report.cost)))
     return out
 
 
@@ -282,6 +303,7 @@ def report_to_json(report: Report) -> str:
         "models": report.targets.to_dicts(),
         **{name: _with_targets(df, report).to_dicts() for name, df in report.rate_tables().items()},
         "comparisons": report.comparisons.to_dicts(), "latency": report.latency.to_dicts(),
+        "cost": None if report.cost is None else report.cost.to_dicts(),
     }  # fmt: skip
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 

@@ -6,7 +6,10 @@ Models with ``mode = "batch"`` are not asked one request at a time: their tasks 
 create), the batches are polled with backoff, their results downloaded, matched to tasks by
 ``custom_id`` (the task key) and written as ordinary records through the run's one log writer, with
 ``route: "batch"`` and the batch id. Items that errored (server side), expired or were cancelled go
-into a new chunk, their reasons kept for the record (``requeued``), up to ``max_rounds`` batches.
+into a new chunk, their reasons kept for the record (``requeued``), up to ``max_rounds`` batches;
+with ``resubmit = "online"`` they are asked through the model's online API instead (one client per
+model, paced by its own rpm/tpm/concurrency) and logged with ``route: "online"`` and the same reasons.
+What goes into a chunk, and where a resumed run stands, is :mod:`engine.run.batch_chunks`.
 
 Crash safety: every step is appended to the ledger (:mod:`engine.results.ledger`) and fsync'd
 around the request it records: "uploading" before an upload and "uploaded" with the file id after;
@@ -17,55 +20,53 @@ name and the batch metadata (the chunk id) rather than made twice. Records a kil
 put in the log (after the "writing" offset) are not written again.
 
 Test hook: ``ENGINE_BATCH_KILL_AT=<step>`` makes the process SIGKILL itself the first time it passes
-that step (chunked, uploaded, created, polled, downloading, writing), for the kill tests.
+that step (chunked, uploaded, created, polled, downloading, writing, online), for the kill tests.
 
 Usage (what the runner does)::
 
-    route = BatchRoute(prepared=..., urls=urls, transport=transport, done=done, counters=counters, ...)
+    route = await open_batch_route(spec_models=spec.models, settings=spec.batch, ...)
     await route.run(writer, stop)
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
-import orjson
 from rich.console import Console
 
 from engine.endpoint.apis import API, NoText
 from engine.endpoint.batch import BatchHttp, BatchStatus, ItemResult, batch_headers
-from engine.endpoint.batch_anthropic import MAX_BYTES as ANTHROPIC_BYTES
-from engine.endpoint.batch_anthropic import MAX_REQUESTS as ANTHROPIC_REQUESTS
 from engine.endpoint.batch_anthropic import AnthropicBatch
-from engine.endpoint.batch_openai import MAX_BYTES as OPENAI_BYTES
-from engine.endpoint.batch_openai import MAX_REQUESTS as OPENAI_REQUESTS
 from engine.endpoint.batch_openai import OpenAIBatch
-from engine.endpoint.client import Completion
-from engine.endpoint.limits import prompt_token_estimate
+from engine.endpoint.client import ChatClient, Completion
+from engine.endpoint.limits import EndpointLimiter, LimitConfig
+from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
-from engine.experiment.grid import Grid, Task, iter_tasks
+from engine.experiment.grid import Grid, Task
 from engine.experiment.questions import Question
 from engine.experiment.scoring import Scorer
-from engine.experiment.spec import BatchSpec, ModelSpec
-from engine.results.ledger import Ledger, read_ledger, write_durable
+from engine.experiment.settings import BatchSpec
+from engine.experiment.spec import ModelSpec
+from engine.results.ledger import Ledger, write_durable
 from engine.results.record import Record
 from engine.results.write import LogWriter
+from engine.run.batch_chunks import Chunk, Chunker, keys_after, replay
 from engine.run.scheduler import Counters, StopSignal, make_record
 
-__all__ = ["BATCH_DIR", "KILL_ENV", "BatchRoute", "Chunk", "open_batch_route", "set_aside"]
+__all__ = ["BATCH_DIR", "KILL_ENV", "BatchRoute", "online_clients", "open_batch_route", "set_aside"]
 
 BATCH_DIR = "batches"
 KILL_ENV = "ENGINE_BATCH_KILL_AT"
-_LIMITS = {"chat": (OPENAI_REQUESTS, OPENAI_BYTES), "anthropic": (ANTHROPIC_REQUESTS, ANTHROPIC_BYTES)}
 
 
 class Wire(Protocol):
@@ -84,27 +85,6 @@ class Wire(Protocol):
 
 
 @dataclass(slots=True)
-class Chunk:
-    """One chunk of one model's tasks and how far it got (replayed from the ledger on resume)."""
-
-    id: str
-    model: str
-    api: str
-    keys: list[str]
-    tokens: int
-    step: str = "chunked"  # the last step the ledger holds for it
-    file_id: str | None = None
-    batch_id: str | None = None
-    created_at: float = 0.0
-    status: BatchStatus | None = None
-    outputs: list[str] = field(default_factory=list)
-    offset: int | None = None  # the log's size when writing began
-    tasks: dict[str, Task] = field(default_factory=dict)
-    next_poll: float = 0.0
-    wait: float = 0.0
-
-
-@dataclass(slots=True)
 class Tally:
     """What the route has done this run, for progress and tests."""
 
@@ -112,6 +92,7 @@ class Tally:
     ended: int = 0
     logged: int = 0
     requeued: int = 0
+    online: int = 0  # asked through the online API (resubmit = "online")
 
 
 class BatchRoute:
@@ -121,7 +102,7 @@ class BatchRoute:
         self, *, models: Sequence[ModelSpec], grid: Grid, questions: Sequence[Question], scorer: Scorer,
         settings: BatchSpec, max_tokens: int, folder: Path, urls: Mapping[str, str], keys: Mapping[str, str | None],
         transport: Transport, attempts: int, done: AbstractSet[str], counters: Counters, run_name: str,
-        console: Console | None = None, kill_at: str | None = None,
+        console: Console | None = None, kill_at: str | None = None, online: Mapping[str, ChatClient] | None = None,
     ) -> None:  # fmt: skip
         self.models = {m.name: m for m in models}
         self.grid, self.questions, self.scorer = grid, questions, scorer
@@ -136,8 +117,10 @@ class BatchRoute:
             self.wires[model.name] = OpenAIBatch(http) if model.api == "chat" else AnthropicBatch(http)
         self.chunks: dict[str, Chunk] = {}
         self.history: dict[str, list[str]] = collections.defaultdict(list)  # key -> reasons of earlier rounds
-        self.queues: dict[str, collections.deque[Task]] = {m: collections.deque() for m in self.models}
-        self.fresh: dict[str, Iterator[Task]] = {}
+        # resubmit = "online": a client per model, and the tasks waiting for it
+        self.online, self.asking = online, collections.deque[Task]() if online is not None else None
+        self.chunker = Chunker(models=models, settings=settings, max_tokens=max_tokens, wires=self.wires,
+                               history=self.history, online=self.asking)  # fmt: skip
         self.tally = Tally()
         self._last_line = ""
         self._last_print = 0.0
@@ -147,12 +130,15 @@ class BatchRoute:
     async def run(self, writer: LogWriter, stop: StopSignal) -> Tally:
         """Submit, poll, download and write until every batch-mode task is logged (or a stop is asked)."""
         with Ledger(self.folder) as ledger:
-            self._replay()
-            self._gather_tasks()
+            self.chunks, history = replay(self.folder, self.settings.poll_s)
+            self.history.update(history)
+            self.chunker.gather(self.chunks, self.grid, self.questions, self.done)
             while not stop.requested:
                 self._submit_room(ledger)
+                if self.asking:
+                    await self._ask_online(writer, stop)
                 open_chunks = [c for c in self.chunks.values() if c.step != "written"]
-                if not open_chunks:
+                if not open_chunks and not self.asking:
                     break
                 for chunk in sorted(open_chunks, key=lambda c: c.id):
                     if stop.requested:
@@ -246,7 +232,7 @@ class BatchRoute:
         """Records of the chunk's results through the run's writer; what needs another batch, requeued."""
         written: set[str] = set()
         if chunk.step == "writing" and chunk.offset is not None:
-            written = _keys_after(writer.path, chunk.offset)  # a killed write put these in already
+            written = keys_after(writer.path, chunk.offset)  # a killed write put these in already
         else:
             chunk.offset = writer.path.stat().st_size if writer.path.exists() else 0
             ledger.append({"step": "writing", "chunk": chunk.id, "offset": chunk.offset})
@@ -266,7 +252,10 @@ class BatchRoute:
         chunk.step = "written"
         for key, reason in requeued.items():
             self.history[key].append(reason)
-            self.queues[chunk.model].append(chunk.tasks[key])
+            if self.asking is not None:
+                self.asking.append(chunk.tasks[key])
+            else:
+                self.chunker.requeue(chunk.tasks[key])
         self.tally.requeued += len(requeued)
 
     def _records(self, chunk: Chunk, wire: Wire) -> tuple[list[Record], dict[str, str]]:
@@ -304,111 +293,54 @@ class BatchRoute:
             records.append(record)
         return records, requeued
 
+    # -- resubmit = "online" -----------------------------------------------------------------
+
+    async def _ask_online(self, writer: LogWriter, stop: StopSignal) -> None:
+        """The tasks waiting for the online API, each model's at its own concurrency."""
+        assert self.asking is not None and self.online is not None
+        self._reached("online")
+        by_model: dict[str, list[Task]] = collections.defaultdict(list)
+        while self.asking:
+            task = self.asking.popleft()
+            by_model[task.model.name].append(task)
+        async with anyio.create_task_group() as tg:
+            for name, tasks in by_model.items():
+                shared = iter(tasks)  # next() never awaits: each task goes to one worker
+                for _ in range(min(len(tasks), self.models[name].concurrency)):
+                    tg.start_soon(self._online_worker, self.online[name], shared, writer, stop)
+
+    async def _online_worker(self, client: ChatClient, tasks: Iterator[Task], writer: LogWriter,
+                             stop: StopSignal) -> None:  # fmt: skip
+        """Ask each task once through the online API (the client retries); log it with why batches did not answer."""
+        for task in tasks:
+            if stop.requested:
+                return  # left unasked: a resume finds its reasons in the ledger and asks it online then
+            t_start = time.time()
+            completion = await client.complete(
+                model=task.model.model, messages=task.messages, temperature=task.temperature,
+                max_tokens=self.max_tokens, params=task.model.params, api=task.model.api,
+                on_send=functools.partial(writer.started, task.key) if writer.journaling else None,
+            )  # fmt: skip
+            earlier = self.history.get(task.key, [])
+            completion.attempts += len(earlier)  # the batches it went through count as attempts, as on the batch route
+            record = make_record(task, completion, self.scorer, t_start, time.time())
+            record["route"], record["requeued"] = "online", list(earlier)
+            writer.write([record])
+            self.counters.count(record)
+            self.tally.logged += 1
+            self.tally.online += 1
+
     # -- chunks ------------------------------------------------------------------------------
 
     def _submit_room(self, ledger: Ledger) -> None:
         """Cut new chunks while tasks are left and the enqueued-token room allows."""
         for name, model in self.models.items():
-            while (chunk := self._next_chunk(model)) is not None:
+            while (chunk := self.chunker.next_chunk(model, self.chunks)) is not None:
                 write_durable(self._chunk_file(chunk.chunk), b"".join(line + b"\n" for line in chunk.lines))
                 ledger.append({"step": "chunked", "chunk": chunk.chunk.id, "model": name, "api": model.api,
                                "n": len(chunk.chunk.keys), "tokens": chunk.chunk.tokens})
                 self.chunks[chunk.chunk.id] = chunk.chunk
                 self._reached("chunked")
-
-    def _next_chunk(self, model: ModelSpec) -> _Cut | None:
-        max_requests, max_bytes = _LIMITS[model.api]
-        if self.settings.max_requests:
-            max_requests = min(max_requests, self.settings.max_requests)
-        if self.settings.max_mb:
-            max_bytes = min(max_bytes, int(self.settings.max_mb * 1024 * 1024))
-        room = None
-        running = 0
-        if self.settings.enqueued_tokens:
-            running = sum(c.tokens for c in self.chunks.values()
-                          if c.model == model.name and c.step not in ("ended", "downloaded", "writing", "written"))
-            room = self.settings.enqueued_tokens - running
-        wire = self.wires[model.name]
-        url = API[model.api].path
-        lines: list[bytes] = []
-        tasks: dict[str, Task] = {}
-        size = tokens = 0
-        while len(lines) < max_requests:
-            task = self._take(model.name)
-            if task is None:
-                break
-            body = API[model.api].body(model.model, task.messages, task.temperature, self.max_tokens, model.params)
-            line = wire.line(task.key, body, url)
-            cost = _tokens(task)
-            if lines and (size + len(line) + 1 > max_bytes or (room is not None and tokens + cost > room)):
-                self.queues[model.name].appendleft(task)  # the next chunk's first
-                break
-            if room is not None and cost > room and running:  # not even one fits beside what runs: wait
-                self.queues[model.name].appendleft(task)
-                return None
-            lines.append(line)
-            tasks[task.key] = task
-            size += len(line) + 1
-            tokens += cost
-        if not lines:
-            return None
-        chunk_id = f"c{len(self.chunks) + 1:05d}"
-        chunk = Chunk(id=chunk_id, model=model.name, api=model.api, keys=list(tasks), tokens=tokens, tasks=tasks)
-        return _Cut(chunk=chunk, lines=lines)
-
-    def _take(self, model: str) -> Task | None:
-        queue = self.queues[model]
-        if queue:
-            return queue.popleft()
-        return next(self.fresh[model], None)
-
-    # -- resume ------------------------------------------------------------------------------
-
-    def _replay(self) -> None:
-        """Rebuild every chunk's state and each key's earlier reasons from the ledger."""
-        for event in read_ledger(self.folder):
-            step, chunk_id = event["step"], event.get("chunk", "")
-            if step == "chunked":
-                keys = [orjson.loads(line)["custom_id"] for line in
-                        (self.folder / f"{chunk_id}.jsonl").read_bytes().splitlines() if line.strip()]
-                self.chunks[chunk_id] = Chunk(id=chunk_id, model=event["model"], api=event["api"], keys=keys,
-                                              tokens=int(event["tokens"]))
-                continue
-            chunk = self.chunks[chunk_id]
-            chunk.step = step
-            if step == "uploaded":
-                chunk.file_id = event["file_id"]
-            elif step == "created":
-                chunk.batch_id, chunk.created_at = event["batch_id"], float(event["at"])
-            elif step == "ended":
-                chunk.status = BatchStatus(id=chunk.batch_id or "", state=event["state"], ended=True,
-                                           downloads=tuple(event["downloads"]), failure=event.get("failure"))
-            elif step == "downloaded":
-                chunk.outputs = list(event["files"])
-            elif step == "writing":
-                chunk.offset = int(event["offset"])
-            elif step == "written":
-                for key, reason in event.get("requeued", {}).items():
-                    self.history[key].append(reason)
-        for chunk in self.chunks.values():
-            if chunk.step == "created":  # poll at once: the batch may have ended while no run watched it
-                chunk.next_poll, chunk.wait = 0.0, self.settings.poll_s
-
-    def _gather_tasks(self) -> None:
-        """The tasks of unfinished chunks (one pass over the grid), and a lazy source of the rest per model."""
-        open_keys = {k: c for c in self.chunks.values() if c.step != "written" for k in c.keys}
-        models = list(self.models.values())
-        if open_keys:
-            for task in iter_tasks(self.grid, self.questions, models, done=self.done):
-                if (chunk := open_keys.get(task.key)) is not None:
-                    chunk.tasks[task.key] = task
-            for chunk in self.chunks.values():
-                if chunk.step != "written" and len(chunk.tasks) != len(chunk.keys):
-                    # The spec changed under a batch in flight: its other keys are no longer in the grid.
-                    chunk.keys = [k for k in chunk.keys if k in chunk.tasks]
-        skip = self.done | frozenset(open_keys)
-        for model in models:
-            self.fresh[model.name] = iter_tasks(self.grid, self.questions, [model], done=skip)
 
     # -- small things ------------------------------------------------------------------------
 
@@ -429,21 +361,12 @@ class BatchRoute:
         steps = collections.Counter(c.step for c in self.chunks.values())
         running = steps["created"]
         line = (f"batches: {len(self.chunks):,} chunks · {running:,} in progress · {steps['written']:,} done · "
-                f"{self.tally.logged:,} tasks logged · {self.tally.requeued:,} requeued")
+                f"{self.tally.logged:,} tasks logged · {self.tally.requeued:,} requeued"
+                + (f" · {self.tally.online:,} asked online" if self.online is not None else ""))
         now = time.monotonic()
         if line != self._last_line and now - self._last_print >= 2.0:
             self.console.print(line, highlight=False)
             self._last_line, self._last_print = line, now
-
-
-@dataclass(slots=True)
-class _Cut:
-    chunk: Chunk
-    lines: list[bytes]
-
-
-def _tokens(task: Task) -> int:
-    return int(prompt_token_estimate(sum(len(m["content"]) for m in task.messages), messages=len(task.messages)))
 
 
 def _completion(parsed: Any, attempts: int, status: int | None) -> Completion:
@@ -458,27 +381,9 @@ def _completion(parsed: Any, attempts: int, status: int | None) -> Completion:
                       completion_tokens=completion)
 
 
-def _keys_after(log: Path, offset: int) -> set[str]:
-    """Keys of the records in the log past ``offset`` (what a killed write already put there)."""
-    if not log.exists() or log.stat().st_size <= offset:
-        return set()
-    with log.open("rb") as fh:
-        fh.seek(offset)
-        tail = fh.read()
-    keys = set()
-    for raw in tail.split(b"\n")[:-1]:  # an unterminated last line was cut before the run began
-        try:
-            keys.add(str(orjson.loads(raw)["key"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            continue
-    return keys
-
-
 def kill_step() -> str | None:
     """The step the kill tests asked this process to die at (``ENGINE_BATCH_KILL_AT``), or None."""
     return os.environ.get(KILL_ENV) or None
-
-
 
 Preflight = Callable[[Transport, str, dict[str, str], str, str], Awaitable[None]]
 
@@ -504,11 +409,34 @@ async def open_batch_route(
     for model in models:
         await preflight(transport, urls[model.name], batch_headers(model.api, keys[model.name]), repr(model.name),
                         model.api)
+    online = None
+    if settings.resubmit == "online":
+        online_transport = make_transport(sum(m.concurrency for m in models))
+        transports.append(online_transport)
+        online = online_clients(models, urls, keys, online_transport, RetryPolicy(max_attempts=attempts))
     return BatchRoute(
         models=models, grid=grid, questions=questions, scorer=scorer, settings=settings, max_tokens=max_tokens,
         folder=run_dir / BATCH_DIR, urls=urls, keys=keys, transport=transport, attempts=attempts, done=done,
-        counters=counters, run_name=run_name, console=console, kill_at=kill_step(),
+        counters=counters, run_name=run_name, console=console, kill_at=kill_step(), online=online,
     )
+
+
+def online_clients(
+    models: Sequence[ModelSpec], urls: Mapping[str, str], keys: Mapping[str, str | None], transport: Transport,
+    policy: RetryPolicy,
+) -> dict[str, ChatClient]:  # fmt: skip
+    """One online client per batch-mode model, for ``resubmit = "online"``: its own limiter, from the model's own
+    rpm, tpm and concurrency (a model in a [quotas] table learns its quota from the replies instead).
+
+    Usage: ``online_clients(models, urls, keys, transport, RetryPolicy())["gpt-4o-mini"]``
+    """
+    return {
+        m.name: ChatClient(
+            base_url=urls[m.name], api_key=keys.get(m.name), transport=transport, policy=policy, label=m.name,
+            limiter=EndpointLimiter(LimitConfig(rpm=m.rpm, tpm=m.tpm, concurrency=m.concurrency)),
+        )
+        for m in models
+    }
 
 
 def set_aside(run_dir: Path) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from engine.endpoint.limits import prompt_token_estimate
 from engine.experiment.grid import build_messages, grid_size
 from engine.experiment.questions import Question, load_questions
-from engine.experiment.spec import BATCH_DISCOUNT, ModelSpec, Spec, load_spec
+from engine.experiment.settings import BATCH_DISCOUNT
+from engine.experiment.spec import ModelSpec, Spec, load_spec
 from engine.run.quotas import QuotaGroup, quota_groups
 
 

@@ -138,3 +138,39 @@ def test_errored_and_expired_items_are_resubmitted_with_their_reasons(tmp_path: 
     assert len(reasons) == len(requeued)  # the reasons are in the ledger too
     assert counts["created"] == chunks(out) >= 5  # four first-round chunks, then the resubmitted ones
 
+
+
+def _online_run(tmp_path: Path, out: Path, kill_at: str | None) -> tuple[list[dict[str, object]], dict[str, int]]:
+    """2 % of items errored and the second batch expired half done, with resubmit = "online"."""
+    with sim_for(tmp_path, 1000, batch_error_rate=0.02, batch_expire=(2,)) as sim:
+        spec = batch_spec(tmp_path, questions=1000, base_url=sim.base_url,
+                          batch='max_requests = 500\nresubmit = "online"')  # fmt: skip
+        if kill_at is not None:
+            killed = _run(spec, out, kill_at=kill_at)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-400:]
+            assert "results.jsonl" not in os.listdir(out) or not any(r.get("route") == "online" for r in read_log(out))
+        done = _run(spec, out)
+        assert done.returncode == 0, done.stderr.decode()[-400:]
+        stats = sim.stats()
+    return read_log(out), {"created": stats["batch"]["created"], "chat": stats["chat_requests"],
+                           "expired": stats["batch"]["expired"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("kill_at", [None, "online"])
+def test_resubmit_online_asks_errored_and_expired_items_through_the_online_api(
+    tmp_path: Path, kill_at: str | None
+) -> None:
+    out = tmp_path / "run"
+    records, counts = _online_run(tmp_path, out, kill_at)
+    assert len(records) == len({r["key"] for r in records}) == 2000
+    assert all(r["status"] == "ok" for r in records)
+    online = [r for r in records if r["route"] == "online"]
+    assert counts["created"] == chunks(out) == 4 and counts["expired"] == 1  # no second-round batch, even resumed
+    assert counts["chat"] == len(online)  # each asked online once (the target has no online faults here)
+    # Each online record says why: the batch it expired in, or the item's error, with that batch's id.
+    assert all(len(r["requeued"]) == 1 and "(batch " in r["requeued"][0] and r["attempts"] == 2  # type: ignore[arg-type,index]
+               and r.get("batch_id") is None for r in online)  # fmt: skip
+    expired = [r for r in online if r["requeued"][0].startswith("expired")]  # type: ignore[index]
+    errored = [r for r in online if "server_error" in r["requeued"][0]]  # type: ignore[index]
+    assert len(expired) == 250 and 15 <= len(errored) <= 70 and len(expired) + len(errored) == len(online)
+    assert all(r["route"] == "batch" and "requeued" not in r for r in records if r["route"] != "online")

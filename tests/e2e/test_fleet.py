@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 
 from engine.cli import main
+from tests.support.batchspec import batch_spec
 from tests.support.specs import write_spec
 
 
@@ -46,3 +47,16 @@ def test_workers_and_shards_match_one_process(tmp_path: Path, capsys: object) ->
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert out.startswith("finished: 0 tasks this run") and "requests 0 " in out
     assert len(_keys(tmp_path / "three")) == 1200
+
+
+def test_a_batch_mode_model_is_refused_in_a_fleet_with_one_line(tmp_path: Path, capsys: object) -> None:
+    spec = batch_spec(tmp_path, questions=30)  # both models mode = "batch", on the built-in target
+    for flags in (["--shard", "0/2"], ["--workers", "2"]):
+        out = tmp_path / flags[0].strip("-")
+        assert main(["run", str(spec), "--out", str(out), "--quiet", *flags]) == 2
+        captured = capsys.readouterr()  # type: ignore[attr-defined]
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in captured.err and captured.out == "", captured.err
+        assert "'ft-5x': batch mode runs in one process" in lines[0] and f"drop {' '.join(flags)}" in lines[0]
+        assert not (out / "results.jsonl").exists() and not (out / "results").exists()  # refused before running
+        assert not (out / "batches").exists()

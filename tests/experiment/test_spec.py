@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import SpecError
-from engine.experiment.spec import ModelSpec, QuotaSpec, Spec, load_spec
+from engine.experiment.settings import QuotaSpec
+from engine.experiment.spec import ModelSpec, Spec, load_spec
 from engine.sim.config import Faults, SimConfig
 from tests.conftest import BASE_SPEC, REPO, SpecDir
 

@@ -38,6 +38,7 @@ def test_a_spec_without_prices_shows_no_cost(tmp_path: Path) -> None:
     (("concurrency = 64", 'concurrency = 64\nprice = { input = 1, output = -2 }'), "price.output: must be >= 0"),
     (("poll_s = 0.05", "poll_s = 0.05\nchunk = 3"), "batch: unknown key 'chunk'"),
     (("poll_s = 0.05", "poll_s = 0"), "batch.poll_s: must be > 0"),
+    (("poll_s = 0.05", 'poll_s = 0.05\nresubmit = "later"'), "batch.resubmit: must be one of batch, online, got 'later'"),
 ])  # fmt: skip
 def test_bad_batch_settings_are_one_line(tmp_path: Path, edit: tuple[str, str], phrase: str) -> None:
     spec = batch_spec(tmp_path, questions=30)
