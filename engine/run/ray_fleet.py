@@ -26,8 +26,10 @@ from typing import Any
 
 from engine.errors import ConfigError
 from engine.results.shards import Shard
+from engine.run.endpoints import local_targets
 from engine.run.fleet import refuse_what_a_fleet_cannot_run
-from engine.run.runner import RunOptions, RunSummary, local_targets, prepare, run_experiment, write_run_report
+from engine.run.options import RunOptions, RunSummary
+from engine.run.runner import prepare, run_experiment, write_run_report
 from engine.run.workers import _stats
 
 MAX_RESTARTS = 3  # an actor killed or lost this many times gives its shard up (the log keeps what it did)

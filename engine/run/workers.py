@@ -36,9 +36,11 @@ from rich.console import Console
 from engine.errors import ConfigError, EngineError
 from engine.results.lock import RunLock
 from engine.results.paths import set_aside_logs
+from engine.run.endpoints import local_targets
 from engine.run.fleet import FleetHub, refuse_what_a_fleet_cannot_run
 from engine.run.interrupts import Interrupts
-from engine.run.runner import RunOptions, RunSummary, local_targets, prepare, write_run_report
+from engine.run.options import RunOptions, RunSummary
+from engine.run.runner import prepare, write_run_report
 from engine.sim.process import SimProcess
 
 POLL_S = 0.05  # how often the parent looks at its workers
