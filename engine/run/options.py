@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.experiment.grid import Grid
 from engine.experiment.questions import Question
@@ -41,6 +42,7 @@ class RunOptions:
     shard: Shard | None = None  # run only this shard of the grid, into its own log (engine.run.workers)
     sim_url: str | None = None  # a built-in target already serving this spec (started by the fleet's parent)
     fleet: str | None = None  # the fleet's coordinator (engine.run.fleet): pauses shared, progress reported
+    budget: Any = None  # a Ray fleet's budget actor (engine.run.budget): leases of the quota, pauses shared
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.experiment.spec import Spec
 from engine.results.shards import Shard
+from engine.run.budget import Budget, fleet_quotas
 from engine.run.endpoints import local_targets
 from engine.run.fleet import refuse_what_a_fleet_cannot_run
 from engine.run.options import RunOptions, RunSummary
@@ -54,8 +56,20 @@ def _ray() -> Any:
     return ray
 
 
+def start_budget(spec: Spec, *, actors: int) -> Any:
+    """The fleet's budget actor (:class:`~engine.run.budget.Budget`): leases the quota, relays pauses.
+
+    No CPU of its own (it answers a few calls a second), restarted whenever it dies: a restarted
+    budget grants no actor more than its even share until the leases out there have expired.
+    Usage: ``start_actors(spec_path, options, actors=2, sim_url=url, budget=start_budget(spec, actors=2))``
+    """
+    ray = _ray()
+    remote_budget = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Budget)
+    return remote_budget.remote(fleet_quotas(spec), fleet=actors)
+
+
 def start_actors(
-    spec_path: Path, options: RunOptions, *, actors: int, sim_url: str | None
+    spec_path: Path, options: RunOptions, *, actors: int, sim_url: str | None, budget: Any = None
 ) -> tuple[list[Any], list[Any]]:
     """One restartable actor per shard: (actor handles, object refs of their runs). Usage: ``ray.get(refs)``"""
     ray = _ray()
@@ -68,7 +82,8 @@ def start_actors(
     handles = [ShardActor.remote() for _ in range(actors)]  # type: ignore[attr-defined]  # made by @ray.remote
     refs = []
     for k, handle in enumerate(handles):
-        opts = dataclasses.replace(options, shard=Shard(k, actors), sim_url=sim_url, quiet=True, report=False)
+        opts = dataclasses.replace(options, shard=Shard(k, actors), sim_url=sim_url, quiet=True, report=False,
+                                   budget=budget)  # fmt: skip
         refs.append(handle.run.remote(str(spec_path.resolve()), opts))
     return handles, refs
 
@@ -90,7 +105,9 @@ def run_ray(spec_path: Path, options: RunOptions, *, address: str, actors: int) 
     if not ray.is_initialized():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False)
     with local_targets(prepared.spec, prepared.questions) as (_urls, sim):
-        _handles, refs = start_actors(spec_path, options, actors=actors, sim_url=sim.base_url if sim else None)
+        budget = start_budget(prepared.spec, actors=actors)
+        _handles, refs = start_actors(spec_path, options, actors=actors, sim_url=sim.base_url if sim else None,
+                                      budget=budget)  # fmt: skip
         results = ray.get(refs)
         target_requests = _stats(sim)
     by_model: dict[str, list[int]] = {}

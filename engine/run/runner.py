@@ -47,6 +47,7 @@ from engine.results.shards import Shard
 from engine.results.stamps import is_complete, mark_complete
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
 from engine.run.batch import BatchRoute, open_batch_route, set_aside
+from engine.run.budget import BudgetLink, link_of
 from engine.run.endpoints import (
     aiohttp_transport,
     api_headers,
@@ -175,7 +176,7 @@ async def run_prepared(
                 total=prepared.grid.size, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            link = FleetLink(options.fleet) if options.fleet else None
+            link = link_of(options)
             await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route, link, skipped)
             target_requests = _target_requests(sim)
         finally:
@@ -285,7 +286,7 @@ def _prepare_log(prepared: Prepared, options: RunOptions) -> int | None:
 
 async def _run_pools(
     prepared: Prepared, options: RunOptions, pools: list[Pool], progress: Progress, counters: Counters,
-    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None, link: FleetLink | None = None,
+    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None, link: FleetLink | BudgetLink | None = None,
     skipped: Skipped | None = None,
 ) -> None:  # fmt: skip
     """Step 3: run the grid with the live progress and the signal watcher (and the fleet's link), writing every
