@@ -18,7 +18,7 @@ from engine.experiment.grid import Grid
 from engine.experiment.questions import Question
 from engine.experiment.scoring import Scorer
 from engine.experiment.spec import Spec
-from engine.results.paths import RunPaths
+from engine.results.paths import RunPaths, describe_logs
 from engine.results.scan import LogScan
 from engine.results.shards import Shard
 from engine.run.interrupts import exit_code_of, signal_name
@@ -108,7 +108,7 @@ class RunSummary:
             rate_text = f"{errors / ok:.2%}" if ok else "n/a"
             mark = " [simulation]" if label in self.simulated else ""
             lines.append(f"  {label}{mark}: error rate {rate_text} ({errors}/{ok} answered, {failed} failed) this run")
-        lines.append(f"log: {self.run_dir / 'results.jsonl'}")
+        lines.append(f"log: {describe_logs(self.run_dir)}")
         return "\n".join(lines)
 
     def _ending(self) -> str:

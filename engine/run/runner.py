@@ -143,13 +143,15 @@ async def run_prepared(
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
-    if prepared.complete or _nothing_to_send(prepared, done, options.shard):
+    if prepared.complete or _nothing_to_send(prepared, done, options.shard, skipped):
         # Every task is in the log: no built-in target, no local model server, no connection.
         in_flight = _prepare_log(prepared, options)
         if not prepared.complete:  # else its stamp stands: the log is as it was
             _mark_if_complete(prepared, options, missing=0, failed=0)
         return RunSummary(
-            run_dir=paths.root, total=prepared.grid.size, already_done=prepared.grid.size, finished=0, ok=0,
+            # A shard counts its own slice (the fleet adds them up); an unsharded run, the whole grid.
+            run_dir=paths.root, total=prepared.grid.size, finished=0, ok=0,
+            already_done=prepared.grid.size if options.shard is None else skipped.count,
             failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
             interrupted=False, in_flight_at_last_stop=in_flight,
         )  # fmt: skip
@@ -198,16 +200,21 @@ async def run_prepared(
     )
 
 
-def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | None) -> bool:
-    """True when every task of the grid is in ``done`` (lazily: stops at the first one left).
+def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | None, skipped: Skipped) -> bool:
+    """True when every task of the grid is in ``done`` (lazily: stops at the first one left); counts into ``skipped``.
 
     Fewer finished keys than grid tasks settles it without walking the grid: a resume of a large,
     half-done grid would otherwise hash the whole done part twice (here, then in the pools).
     """
     if len(done) < prepared.grid.size:
         return False
-    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done, shard=_pair(shard))
-    return next(tasks, None) is None
+    probe = Skipped()  # counted apart: the pools count ``skipped`` again when there is something to send
+    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done, shard=_pair(shard),
+                       skipped=probe)  # fmt: skip
+    if next(tasks, None) is not None:
+        return False
+    skipped.count = probe.count
+    return True
 
 
 def _load_report_modules() -> None:
