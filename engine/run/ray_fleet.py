@@ -1,8 +1,9 @@
 """``engine run --ray ADDRESS|auto``: one Ray actor per shard, one grid, one quota, one result.
 
 Each actor (``num_cpus=1``, restartable) runs the same anyio + aiohttp client as a local run, in
-its own process, on its shard: it expands the lazy grid itself, keeps its slice, paces at its
-share of a known quota (:func:`~engine.run.fleet.share_limits`) and appends to its shard's log
+its own process, on its shard: it expands the lazy grid itself, keeps its slice, paces at the
+share of the quota the fleet's budget actor leases it (:mod:`engine.run.budget`: leases in quarter
+second slices, pauses for all, an unknown quota probed once) and appends to its shard's log
 under its shard's lock. The log is the checkpoint: an actor that is killed, or whose node is
 lost, is restarted by Ray (``max_restarts``), and its call is retried (``max_task_retries``), so
 it scans the run's logs again and sends only what is missing; at most what it had in flight is
