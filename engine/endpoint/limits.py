@@ -327,11 +327,10 @@ class EndpointLimiter:
             self._tokens.restart(until, self._last_cost)
 
     def set_quota(self, now: float, *, rpm: float | None, tpm: float | None) -> None:
-        """Pace at this quota from ``now`` (None leaves that pace as it is): a fleet's lease of its share.
+        """Pace at this quota from ``now`` (None leaves one as it is): a fleet's lease of its share.
 
-        The fleet's budget (engine.run.budget) decides the pace then: an adaptive limiter stops adapting
-        (the budget cuts for the fleet) and opens its window to the configured concurrency.
-        Usage: ``limiter.set_quota(anyio.current_time(), rpm=3000, tpm=None)``
+        The fleet's budget (engine.run.budget) then decides the pace: an adaptive limiter stops adapting
+        and opens its window. Usage: ``limiter.set_quota(anyio.current_time(), rpm=3000, tpm=None)``
         """
         margin = self.config.margin
         if rpm is not None:
@@ -352,10 +351,7 @@ class EndpointLimiter:
 
     @property
     def learned_rpm(self) -> float | None:
-        """Adaptive mode: the request quota found (one a header named, else the rate of the last 429); None yet.
-
-        Usage: ``limiter.learned_rpm  # 5880.0 after the endpoint answered 429 at 98/s``
-        """
+        """Adaptive: the request quota found (a header's, else the rate of the last 429); None yet. Usage: ``.learned_rpm``"""
         if not self.adaptive:
             return None
         if math.isfinite(self._ceiling):
