@@ -7,7 +7,8 @@ known quota should not sit idle until Ray restarts it. So the fleet has one smal
 
 - **Known quota.** A lease is a share of each quota group's ``rpm``/``tpm``: the quota divided by
   the actors holding a lease, and never more than what the other leases leave. A lease not renewed
-  within ``LEASE_S`` expires, so a dead actor's share returns to the others; a restarted actor gets
+  within ``LEASE_S`` expires, so a dead actor's share returns to the others (a lease ended or expired
+  still counts for ``WINDOW_S``, while the provider's window holds its sends); a restarted actor gets
   nothing (it holds) until the others' next renewals make room. The actor stops sending when its own
   lease runs out unrenewed (measured from when it asked, so before the budget counts it expired):
   the fleet never exceeds the quota.
@@ -52,6 +53,7 @@ from engine.run.scheduler import Counters
 
 SLICE_S = 0.25  # how often an actor renews its lease (and hears of pauses)
 LEASE_S = 0.75  # a lease not renewed this long returns to the pool: three slices, for a busy machine's delays
+WINDOW_S = 1.0  # a lease ended still counts this long: the provider's window (1 s or longer) still holds its sends
 CUT = 0.9  # a learned quota after a 429: the limiter's own near-boundary decrease, for the fleet
 CLEAN_S = 2.0  # a learned quota grows after this long without a 429 ...
 GROW_PER_S = 0.01  # ... by this share a second (the quota may have been learned low)
@@ -70,6 +72,7 @@ def fleet_quotas(spec: Spec) -> list[Quota]:
 @dataclass(slots=True)
 class _Lease:
     until: float
+    ended: bool = False  # released: its holder sends no more
     rpm: float = 0.0
     tpm: float = 0.0
 
@@ -113,14 +116,17 @@ class Budget:
 
     def release(self, holder: int) -> None:
         """``holder`` is done (its shard finished): its share returns at once. Usage: ``budget.release(0)``"""
+        now = self.clock()
         for group in self.groups:
-            group.leases.pop(holder, None)
+            if (lease := group.leases.get(holder)) is not None:
+                lease.until, lease.ended = min(lease.until, now), True
             if group.prober == holder:
                 group.prober = None
 
     def _grant(self, group: _Group, holder: int, report: dict[str, Any], now: float) -> dict[str, Any]:
-        for who in [w for w, lease in group.leases.items() if lease.until < now]:
-            del group.leases[who]  # expired: a dead actor's share returns
+        for who in [w for w, lease in group.leases.items() if lease.until + WINDOW_S < now]:
+            del group.leases[who]  # ended or expired a window ago: a dead actor's share returns
+        live = {w for w, lease in group.leases.items() if not lease.ended and lease.until >= now} | {holder}
         if (pause := float(report.get("pause") or 0.0)) > 0:
             group.paused_until = max(group.paused_until, now + pause)
         self._learn(group, holder, report, now)
@@ -128,17 +134,17 @@ class Budget:
                                  "pause": max(0.0, group.paused_until - now)}  # fmt: skip
         lease = _Lease(until=now + LEASE_S)
         if group.rpm is None and group.tpm is None:
-            if group.prober is None or (group.prober != holder and group.prober not in group.leases):
+            if group.prober is None or group.prober not in live:
                 group.prober = holder  # the first to ask (or the next, once the prober is gone) probes
             grant["hold"] = group.prober != holder and not group.open
         else:
-            live = set(group.leases) | {holder}
             for kind, quota in (("rpm", group.rpm), ("tpm", group.tpm)):
                 if quota is None:
                     continue
                 share = quota / len(live)
                 if now - self.started < LEASE_S:
                     share = min(share, quota / self.fleet)  # a restarted budget does not know the leases out there
+                # Ended and expired leases count until their window has passed: what they sent still counts.
                 others = sum(getattr(lease_, kind) for w, lease_ in group.leases.items() if w != holder)
                 granted = max(0.0, min(share, quota - others))
                 setattr(lease, kind, granted)
@@ -154,7 +160,7 @@ class Budget:
         group.limited[holder] = limited
         if group.rpm is None and report.get("learned_rpm") and (group.open or holder == group.prober):
             # The rate it met a 429 at, while it sent alone (the probe) or beside the live others (open).
-            senders = len(set(group.leases) | {holder}) if group.open else 1
+            senders = len({w for w, lease in group.leases.items() if not lease.ended} | {holder}) if group.open else 1
             group.rpm, group.learned, group.last_429 = float(report["learned_rpm"]) * senders, True, now
             return
         if holder == group.prober and report.get("open"):
