@@ -196,9 +196,7 @@ class BudgetLink:
             while True:
                 asked = anyio.current_time()
                 reports = [self._report(c, relayed[i], asked) for i, c in enumerate(clients)]
-                grants = None
-                with anyio.move_on_after(LEASE_S):
-                    grants = await self.budget.lease.remote(self.holder, reports)
+                grants = await self._ask(reports)
                 now = anyio.current_time()
                 if grants is not None:
                     valid_until = asked + LEASE_S  # the budget counts it from later: it never outlives the budget's
@@ -212,6 +210,16 @@ class BudgetLink:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self.budget.release.remote(self.holder)
+
+    async def _ask(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The budget's grants, or None when it does not answer within a lease (the lease then lapses).
+
+        A budget that died is restarted by Ray and the call retried (``max_task_retries``), so a slow
+        answer, not an error, is what a restart looks like here.
+        """
+        with anyio.move_on_after(LEASE_S):
+            return list(await self.budget.lease.remote(self.holder, reports))
+        return None
 
     @staticmethod
     def _report(client: ChatClient, relayed: float, now: float) -> dict[str, Any]:
