@@ -4,7 +4,7 @@ Every figure runs the real command line (``python -m engine run ...``) against t
 each in a fresh run directory, and checks the merged logs hold every key exactly once.
 
     python benchmarks/bench_fleet.py                       # everything (~3 min on a quiet 2-core machine)
-    python benchmarks/bench_fleet.py --only throughput     # or: quota, shards
+    python benchmarks/bench_fleet.py --only throughput     # or: quota, shards, ray-kill
     python benchmarks/bench_fleet.py --tasks 20000         # a smaller throughput grid, for a smoke run
 
 Throughput: latency 0, concurrency 64 per worker, ``--tasks`` tasks (100,000 by default), the
@@ -16,6 +16,12 @@ CPU limit a second worker lifts while the target keeps up, not what two machines
 Quota: 6,000 requests/min enforced by the target over every 1 s window (and every minute); the
 spec names the quota; ``--workers 2`` (and ``--ray auto`` with ``--ray``): goodput as a share
 of the quota, and the share of requests answered 429.
+
+Ray kill (``--only ray-kill``, needs the ray extra; not in the default set): a local Ray instance,
+2 actors, 36,000 tasks (latency 20 ms, concurrency 32), run once whole and once with actor 0's
+process SIGKILLed when a third of its shard is logged; Ray restarts it and it resumes from its log.
+Every key once (logs and ``engine report``), and the requests the target answered beyond 36,000
+(re-sent) against what the killed actor could have had in flight (its concurrency).
 """
 
 from __future__ import annotations
@@ -111,7 +117,8 @@ def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
 
 def _span(run: Path) -> float:
     logs = [*run.glob("results.jsonl"), *(run / "results").glob("shard-*.jsonl")]
-    starts, ends = [], []
+    starts: list[float] = []
+    ends: list[float] = []
     for log in logs:
         for line in log.read_bytes().splitlines():
             r = orjson.loads(line)
@@ -143,9 +150,54 @@ def shards(root: Path) -> dict[str, Any]:
             "distinct": distinct}  # fmt: skip
 
 
+def ray_kill(root: Path, *, tasks: int = 36_000, concurrency: int = 32) -> list[dict[str, Any]]:
+    """The same grid on 2 Ray actors, whole and with actor 0 killed partway; keys, re-sent, wall time."""
+    import ray  # late: the ray extra is optional, and only this figure needs it
+
+    from engine.run.endpoints import local_targets
+    from engine.run.options import RunOptions
+    from engine.run.ray_fleet import start_actors, start_budget
+    from engine.run.runner import prepare
+
+    spec = _spec(root, tasks=tasks, concurrency=concurrency, sim="latency_ms = 20")
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    rows = []
+    try:
+        for kill in (False, True):
+            out = root / f"ray-{'kill' if kill else 'whole'}"
+            options = RunOptions(out=out, quiet=True, report=False)
+            prepared = prepare(spec, options)
+            started = time.perf_counter()
+            with local_targets(prepared.spec, prepared.questions) as (_urls, sim):
+                assert sim is not None
+                budget = start_budget(prepared.spec, actors=2)
+                _handles, refs = start_actors(spec, options, actors=2, sim_url=sim.base_url, budget=budget)
+                logged_at_kill = 0
+                if kill:
+                    log = out / "results" / "shard-00-of-02.jsonl"
+                    while not log.exists() or (logged_at_kill := log.read_bytes().count(b"\n")) < tasks // 6:
+                        time.sleep(0.02)
+                    pid = orjson.loads((out / "results" / ".shard-00-of-02.lock").read_bytes())["pid"]
+                    os.kill(pid, 9)  # SIGKILL: no drain, no goodbye; Ray restarts the actor
+                results = ray.get(refs)
+                answered = int(sim.stats()["chat_requests"])
+            wall = time.perf_counter() - started
+            records, distinct = _keys(out)
+            done = subprocess.run([sys.executable, "-m", "engine", "report", str(out), "--format", "json"],
+                                  capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+            rows.append({"mode": "killed" if kill else "whole", "tasks": tasks, "records": records,
+                         "distinct": distinct, "report_tasks": orjson.loads(done.stdout)["tasks"],
+                         "answered": answered, "resent": answered - tasks, "in_flight_bound": concurrency,
+                         "logged_at_kill": logged_at_kill, "skipped_on_restart": results[0]["skipped"],
+                         "wall_s": wall})  # fmt: skip
+    finally:
+        ray.shutdown()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("throughput", "quota", "shards"))
+    parser.add_argument("--only", choices=("throughput", "quota", "shards", "ray-kill"))
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ray", action="store_true", help="also the quota with --ray auto (needs the ray extra)")
@@ -167,6 +219,13 @@ def main() -> int:
             s = shards(root)
             print(f"--shard k/4 (one killed, rerun) vs one process: report identical {s['identical']}, "
                   f"{s['distinct']:,} keys / {s['records']:,} records of {s['tasks']:,} tasks")
+        if args.only == "ray-kill":
+            for row in ray_kill(root):
+                print(f"--ray auto, 2 actors, {row['mode']}: {row['distinct']:,} keys / {row['records']:,} records "
+                      f"of {row['tasks']:,} tasks, report {row['report_tasks']:,} tasks; target answered "
+                      f"{row['answered']:,} (re-sent {row['resent']:,}, bound {row['in_flight_bound']}); "
+                      f"killed at {row['logged_at_kill']:,} logged, restart skipped {row['skipped_on_restart']:,}; "
+                      f"{row['wall_s']:.1f}s")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
 

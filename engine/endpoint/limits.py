@@ -326,6 +326,38 @@ class EndpointLimiter:
         if self._tokens is not None:
             self._tokens.restart(until, self._last_cost)
 
+    def set_quota(self, now: float, *, rpm: float | None, tpm: float | None) -> None:
+        """Pace at this quota from ``now`` (None leaves one as it is): a fleet's lease of its share.
+
+        The fleet's budget (engine.run.budget) then decides the pace: an adaptive limiter stops adapting
+        and opens its window. Usage: ``limiter.set_quota(anyio.current_time(), rpm=3000, tpm=None)``
+        """
+        margin = self.config.margin
+        if rpm is not None:
+            rate, burst = pace_of(max(rpm, 60 * self.config.min_rps) / 60, margin)
+            if self._requests is None:
+                self._requests = self._pacer_after_sent(rate, burst)
+            elif self._requests.per_second != rate:
+                self._requests.set_rate(rate, burst, now)
+            if self.adaptive:
+                self.adaptive = False
+                self._resize_window(float(self.config.concurrency))
+        if tpm is not None:
+            rate, burst = pace_of(tpm / 60, margin)
+            if self._tokens is None:
+                self._tokens = _Pacer(rate, burst)
+            elif self._tokens.per_second != rate:
+                self._tokens.set_rate(rate, burst, now)
+
+    @property
+    def learned_rpm(self) -> float | None:
+        """Adaptive: the request quota found (a header's, else the rate of the last 429); None yet. Usage: ``.learned_rpm``"""
+        if not self.adaptive:
+            return None
+        if math.isfinite(self._ceiling):
+            return self._ceiling / (1 - self.config.margin) * 60
+        return self._best * 60 if self._best > 0 else None
+
     def _on_429(self, headers: Mapping[str, str], now: float) -> None:
         self.recent_429.append(now)
         while self.recent_429[0] < now - 60:

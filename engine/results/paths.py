@@ -102,6 +102,19 @@ def run_logs(root: Path) -> list[Path]:
     return sorted(logs, key=changed)
 
 
+def describe_logs(root: Path) -> str:
+    """The logs of a run directory, as a summary or report names them: one file, or the set of shard logs.
+
+    Usage: ``describe_logs(Path("runs/x"))  # 'runs/x/results/ (4 shard logs)'``
+    """
+    logs = run_logs(root) if root.is_dir() else []
+    shards = sum(1 for p in logs if p.parent.name == SHARD_DIR)
+    if not shards:
+        return str(root / "results.jsonl")
+    also = f", and {root / 'results.jsonl'}" if len(logs) > shards else ""
+    return f"{root / SHARD_DIR}/ ({shards} shard log{'s' if shards != 1 else ''}{also})"
+
+
 def check_owner(paths: RunPaths, name: str) -> None:
     """Refuse a run directory whose log belongs to another experiment; reads, never writes.
 

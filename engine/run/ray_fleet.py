@@ -1,8 +1,9 @@
 """``engine run --ray ADDRESS|auto``: one Ray actor per shard, one grid, one quota, one result.
 
 Each actor (``num_cpus=1``, restartable) runs the same anyio + aiohttp client as a local run, in
-its own process, on its shard: it expands the lazy grid itself, keeps its slice, paces at its
-share of a known quota (:func:`~engine.run.fleet.share_limits`) and appends to its shard's log
+its own process, on its shard: it expands the lazy grid itself, keeps its slice, paces at the
+share of the quota the fleet's budget actor leases it (:mod:`engine.run.budget`: leases in quarter
+second slices, pauses for all, an unknown quota probed once) and appends to its shard's log
 under its shard's lock. The log is the checkpoint: an actor that is killed, or whose node is
 lost, is restarted by Ray (``max_restarts``), and its call is retried (``max_task_retries``), so
 it scans the run's logs again and sends only what is missing; at most what it had in flight is
@@ -25,9 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.experiment.spec import Spec
 from engine.results.shards import Shard
+from engine.run.budget import Budget, fleet_quotas
+from engine.run.endpoints import local_targets
 from engine.run.fleet import refuse_what_a_fleet_cannot_run
-from engine.run.runner import RunOptions, RunSummary, local_targets, prepare, run_experiment, write_run_report
+from engine.run.options import RunOptions, RunSummary
+from engine.run.runner import prepare, run_experiment, write_run_report
 from engine.run.workers import _stats
 
 MAX_RESTARTS = 3  # an actor killed or lost this many times gives its shard up (the log keeps what it did)
@@ -52,8 +57,20 @@ def _ray() -> Any:
     return ray
 
 
+def start_budget(spec: Spec, *, actors: int) -> Any:
+    """The fleet's budget actor (:class:`~engine.run.budget.Budget`): leases the quota, relays pauses.
+
+    No CPU of its own (it answers a few calls a second), restarted whenever it dies: a restarted
+    budget grants no actor more than its even share until the leases out there have expired.
+    Usage: ``start_actors(spec_path, options, actors=2, sim_url=url, budget=start_budget(spec, actors=2))``
+    """
+    ray = _ray()
+    remote_budget = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Budget)
+    return remote_budget.remote(fleet_quotas(spec), fleet=actors)
+
+
 def start_actors(
-    spec_path: Path, options: RunOptions, *, actors: int, sim_url: str | None
+    spec_path: Path, options: RunOptions, *, actors: int, sim_url: str | None, budget: Any = None
 ) -> tuple[list[Any], list[Any]]:
     """One restartable actor per shard: (actor handles, object refs of their runs). Usage: ``ray.get(refs)``"""
     ray = _ray()
@@ -66,7 +83,8 @@ def start_actors(
     handles = [ShardActor.remote() for _ in range(actors)]  # type: ignore[attr-defined]  # made by @ray.remote
     refs = []
     for k, handle in enumerate(handles):
-        opts = dataclasses.replace(options, shard=Shard(k, actors), sim_url=sim_url, quiet=True, report=False)
+        opts = dataclasses.replace(options, shard=Shard(k, actors), sim_url=sim_url, quiet=True, report=False,
+                                   budget=budget)  # fmt: skip
         refs.append(handle.run.remote(str(spec_path.resolve()), opts))
     return handles, refs
 
@@ -88,7 +106,9 @@ def run_ray(spec_path: Path, options: RunOptions, *, address: str, actors: int) 
     if not ray.is_initialized():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False)
     with local_targets(prepared.spec, prepared.questions) as (_urls, sim):
-        _handles, refs = start_actors(spec_path, options, actors=actors, sim_url=sim.base_url if sim else None)
+        budget = start_budget(prepared.spec, actors=actors)
+        _handles, refs = start_actors(spec_path, options, actors=actors, sim_url=sim.base_url if sim else None,
+                                      budget=budget)  # fmt: skip
         results = ray.get(refs)
         target_requests = _stats(sim)
     by_model: dict[str, list[int]] = {}

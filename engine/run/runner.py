@@ -23,133 +23,53 @@ import contextlib
 import dataclasses
 import functools
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 from rich.console import Console
 
-from engine.endpoint.apis import API
-from engine.endpoint.client import ChatClient, path_hint
+from engine.endpoint.client import ChatClient
 from engine.endpoint.limits import EndpointLimiter
-from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
-from engine.errors import ConfigError, EndpointError, EngineError, QuestionsError, TransportError
-from engine.experiment.grid import Grid, Skipped, build_grid, iter_tasks
-from engine.experiment.questions import Question, load_questions
-from engine.experiment.scoring import Scorer, get_scorer
-from engine.experiment.spec import SIM_URL, Spec, load_spec
+from engine.errors import ConfigError, EngineError, QuestionsError
+from engine.experiment.grid import Skipped, build_grid, iter_tasks
+from engine.experiment.questions import load_questions
+from engine.experiment.scoring import get_scorer
+from engine.experiment.spec import Spec, load_spec
 from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
 from engine.results.paths import RunPaths, check_owner, prepare_run_dir
-from engine.results.scan import EMPTY_SCAN, LogScan, scan_logs
+from engine.results.scan import EMPTY_SCAN, scan_logs
 from engine.results.shards import Shard
 from engine.results.stamps import is_complete, mark_complete
 from engine.results.write import LogWriter, in_flight_at_stop, repair_torn_tail
 from engine.run.batch import BatchRoute, open_batch_route, set_aside
+from engine.run.budget import BudgetLink, link_of
+from engine.run.endpoints import (
+    aiohttp_transport,
+    api_headers,
+    load_http_client,
+    local_targets,
+    preflight,
+    retry_policy,
+)
 from engine.run.fleet import FleetLink, refuse_what_a_fleet_cannot_run, share_limits
-from engine.run.interrupts import Interrupts, exit_code_of, signal_name
+from engine.run.interrupts import Interrupts
+from engine.run.options import FAILED_EXIT, Prepared, RunOptions, RunSummary
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
 from engine.run.scheduler import Counters, Pool, StopSignal, run_grid
-from engine.run.targets import model_targets, sim_config
+from engine.run.targets import model_targets
 from engine.sim.process import SimProcess
 
-FAILED_EXIT = 1  # some tasks of this run failed (the others are in the log)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RunOptions:
-    """How to run a spec; every default of a run lives here."""
-
-    out: Path | None = None  # the run directory; runs/<name> by default
-    fresh: bool = False  # start a new log (the old one is renamed aside)
-    retry_failed: bool = True  # ask again the tasks a previous run logged as failed
-    quiet: bool = False
-    fsync: str | int | None = None  # overrides the spec's fsync policy
-    grace_s: float = 10.0  # after Ctrl-C, how long requests in flight may finish
-    report: bool = True  # write the report at the end
-    write_ahead: bool = False  # journal each request before sending it, to count what a crash left in flight
-    locked_by_caller: bool = False  # the caller holds the run directory's lock already (engine replicate)
-    shard: Shard | None = None  # run only this shard of the grid, into its own log (engine.run.workers)
-    sim_url: str | None = None  # a built-in target already serving this spec (started by the fleet's parent)
-    fleet: str | None = None  # the fleet's coordinator (engine.run.fleet): pauses shared, progress reported
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Prepared:
-    """A spec with everything it needs, checked and ready to run."""
-
-    spec: Spec
-    spec_text: str
-    questions: tuple[Question, ...]
-    scorer: Scorer
-    paths: RunPaths
-    scan: LogScan
-    grid: Grid  # the models with their targets: becomes the run directory's grid.json
-    complete: bool = False  # the log holds every task of the grid (its complete stamp says so; not scanned)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RunSummary:
-    """What a run did. Usage: ``print(summary.render())``"""
-
-    run_dir: Path
-    total: int
-    already_done: int
-    finished: int
-    ok: int
-    failed: int
-    elapsed_s: float
-    requests: int
-    retries: int
-    rate_limited: int
-    interrupted: bool
-    target_requests: int | None = None  # what the built-in target says it answered, when used
-    in_flight_at_last_stop: int | None = None  # from the previous run's write-ahead journal, if it kept one
-    by_model: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # label -> (ok, errors, failed)
-    stop_signal: int | None = None  # the signal that interrupted the run
-    simulated: frozenset[str] = frozenset()  # labels answered by the built-in simulation, marked as such
-
-    @property
-    def exit_code(self) -> int:
-        """0: every task of this run ok; 1: some failed; 128 + signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
-        if self.interrupted:
-            return exit_code_of(self.stop_signal or signal.SIGINT)
-        return FAILED_EXIT if self.failed else 0
-
-    def render(self) -> str:
-        """A short plain-text summary for the terminal."""
-        rate = self.finished / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        lines = [
-            f"{self._ending()}: {self.finished:,} tasks this run "
-            f"({self.already_done:,} already in the log, {self.total:,} in the grid) in {self.elapsed_s:,.1f}s, "
-            f"{rate:,.1f} tasks/s",
-            f"requests {self.requests:,} · retries {self.retries:,} · 429s {self.rate_limited:,} · "
-            f"failed tasks {self.failed:,}",
-        ]
-        if self.in_flight_at_last_stop:
-            lines.append(
-                f"the previous run stopped with {self.in_flight_at_last_stop:,} requests in flight "
-                "(sent, never logged: asked again now, so paid for twice if the provider finished them)"
-            )
-        if self.target_requests is not None:
-            lines.append(f"built-in target (a simulation) answered {self.target_requests:,} chat requests")
-        for label, (ok, errors, failed) in self.by_model.items():
-            rate_text = f"{errors / ok:.2%}" if ok else "n/a"
-            mark = " [simulation]" if label in self.simulated else ""
-            lines.append(f"  {label}{mark}: error rate {rate_text} ({errors}/{ok} answered, {failed} failed) this run")
-        lines.append(f"log: {self.run_dir / 'results.jsonl'}")
-        return "\n".join(lines)
-
-    def _ending(self) -> str:
-        if not self.interrupted:
-            return "finished"
-        return f"interrupted ({signal_name(self.stop_signal)})" if self.stop_signal else "interrupted"
+# Also importable from here (other modules and tests do): they live in engine.run.options and .endpoints.
+__all__ = [
+    "FAILED_EXIT", "Prepared", "RunOptions", "RunSummary", "api_headers", "local_targets", "preflight", "prepare",
+    "retry_policy", "run_dir_of", "run_experiment", "run_prepared", "write_run_report",
+]  # fmt: skip
 
 
 def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack | None = None) -> Prepared:
@@ -202,88 +122,6 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
     )
 
 
-@contextlib.contextmanager
-def local_targets(
-    spec: Spec, questions: Sequence[Question], *, while_starting: Callable[[], object] | None = None,
-    sim_url: str | None = None,
-) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
-    """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
-
-    ``while_starting`` runs once the built-in target's process is spawned and before it is waited
-    for, so this process's own preparing overlaps the target's start-up on another core. With
-    ``sim_url`` the built-in target is the one already serving there (a fleet's, so its quota is
-    the fleet's), not a new one.
-    Yields ``({model label: base_url}, sim process or None)``.
-    Usage: ``with local_targets(spec, questions) as (urls, sim): ...``
-    """
-    urls: dict[str, str] = {}
-    sim: SimProcess | None = None
-    with contextlib.ExitStack() as stack:
-        if sim_url is None and any(m.base_url == SIM_URL for m in spec.models):
-            sim = SimProcess(sim_config(spec, questions))
-            stack.push(sim)  # stopped on the way out, whatever happens from here on
-            sim.start()
-        servers: dict[str, str] = {}
-        for model in spec.models:
-            if model.gguf is not None and model.gguf not in servers:
-                from engine.local.serve import llama_server
-
-                source = model.gguf if model.gguf == "smollm2" else spec.path.parent / model.gguf
-                servers[model.gguf] = stack.enter_context(llama_server(source, n_parallel=min(model.concurrency, 8)))
-        if while_starting is not None:
-            while_starting()
-        for model in spec.models:
-            if model.gguf is not None:
-                urls[model.name] = servers[model.gguf]
-            elif model.base_url == SIM_URL:
-                assert sim is not None or sim_url is not None
-                urls[model.name] = sim.wait_ready() if sim is not None else str(sim_url)
-            else:
-                assert model.base_url is not None
-                urls[model.name] = model.base_url
-        yield urls, sim
-
-
-async def preflight(
-    transport: Transport, base_url: str, headers: dict[str, str], names: str, *, api: str = "chat"
-) -> None:
-    """Check the endpoint answers HTTP at all, before anything is written. Costs no tokens.
-
-    ``GET {base_url}/models`` with the API's own headers (Anthropic's key goes in ``x-api-key``,
-    with ``anthropic-version``); only reachability, a refused key and a non-JSON 404 are judged,
-    because the model lists of the providers differ in shape and an OpenAI-compatible server
-    may have none.
-    Usage: ``await preflight(transport, "http://127.0.0.1:8000/v1", {}, "'m1'")``
-    """
-    kind = "Anthropic Messages" if api == "anthropic" else "OpenAI-compatible"
-    for attempt in range(3):
-        try:
-            response = await transport.request("GET", f"{base_url}/models", body=None, headers=headers, timeout=10)
-        except TransportError as exc:
-            if attempt == 2:
-                raise EndpointError(f"model {names}: endpoint {base_url} is unreachable ({exc})") from exc
-            await anyio.sleep(0.5 * (attempt + 1))
-            continue
-        if response.status in (401, 403):
-            raise EndpointError(f"model {names}: {base_url} refused the API key (HTTP {response.status})")
-        if response.status == 404 and not response.body.lstrip().startswith(b"{"):
-            hint = path_hint(base_url)
-            raise EndpointError(
-                f"model {names}: {base_url} does not look {kind} (GET /models answered 404, not JSON)"
-                + (f"; {hint}" if hint else "")
-            )
-        return
-
-
-def api_headers(api: str, key: str | None) -> dict[str, str]:
-    """The headers one API's requests carry besides the body's type: its version, the key where it wants it.
-
-    Usage: ``api_headers("anthropic", key)  # {'anthropic-version': '2023-06-01', 'x-api-key': ...}``
-    """
-    adapter = API[api]
-    return {**adapter.headers, **(adapter.auth(key) if key else {})}
-
-
 async def run_prepared(
     prepared: Prepared, options: RunOptions, *, transport_factory: Callable[[int], Transport] | None = None,
     console: Console | None = None, interrupts: Interrupts | None = None,
@@ -301,22 +139,24 @@ async def run_prepared(
                 prepared, options, transport_factory=transport_factory, console=console, interrupts=own
             )
     spec, paths = prepared.spec, prepared.paths
-    make_transport = transport_factory or _aiohttp_transport
+    make_transport = transport_factory or aiohttp_transport
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     stop, counters, skipped = StopSignal(), Counters(), Skipped()
-    if prepared.complete or _nothing_to_send(prepared, done, options.shard):
+    if prepared.complete or _nothing_to_send(prepared, done, options.shard, skipped):
         # Every task is in the log: no built-in target, no local model server, no connection.
         in_flight = _prepare_log(prepared, options)
         if not prepared.complete:  # else its stamp stands: the log is as it was
             _mark_if_complete(prepared, options, missing=0, failed=0)
         return RunSummary(
-            run_dir=paths.root, total=prepared.grid.size, already_done=prepared.grid.size, finished=0, ok=0,
+            # A shard counts its own slice (the fleet adds them up); an unsharded run, the whole grid.
+            run_dir=paths.root, total=prepared.grid.size, finished=0, ok=0,
+            already_done=prepared.grid.size if options.shard is None else skipped.count,
             failed=0, elapsed_s=time.monotonic() - started, requests=0, retries=0, rate_limited=0,
             interrupted=False, in_flight_at_last_stop=in_flight,
         )  # fmt: skip
     with local_targets(
-        spec, prepared.questions, while_starting=_load_http_client, sim_url=options.sim_url
+        spec, prepared.questions, while_starting=load_http_client, sim_url=options.sim_url
     ) as (urls, sim):
         transports: list[Transport] = []
         try:
@@ -338,7 +178,7 @@ async def run_prepared(
                 total=prepared.grid.size, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            link = FleetLink(options.fleet) if options.fleet else None
+            link = link_of(options)
             await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route, link, skipped)
             target_requests = _target_requests(sim)
         finally:
@@ -360,24 +200,21 @@ async def run_prepared(
     )
 
 
-def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | None) -> bool:
-    """True when every task of the grid is in ``done`` (lazily: stops at the first one left).
+def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | None, skipped: Skipped) -> bool:
+    """True when every task of the grid is in ``done`` (lazily: stops at the first one left); counts into ``skipped``.
 
     Fewer finished keys than grid tasks settles it without walking the grid: a resume of a large,
     half-done grid would otherwise hash the whole done part twice (here, then in the pools).
     """
     if len(done) < prepared.grid.size:
         return False
-    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done, shard=_pair(shard))
-    return next(tasks, None) is None
-
-
-def _load_http_client() -> None:
-    """Import the HTTP client (about 0.15 s) while the built-in target starts up on another core.
-
-    Late: a rerun with nothing to send never needs it.
-    """
-    import engine.endpoint.aiohttp_transport  # noqa: F401
+    probe = Skipped()  # counted apart: the pools count ``skipped`` again when there is something to send
+    tasks = iter_tasks(prepared.grid, prepared.questions, prepared.spec.models, done=done, shard=_pair(shard),
+                       skipped=probe)  # fmt: skip
+    if next(tasks, None) is not None:
+        return False
+    skipped.count = probe.count
+    return True
 
 
 def _load_report_modules() -> None:
@@ -403,22 +240,6 @@ def _mark_if_complete(prepared: Prepared, options: RunOptions, *, missing: int, 
 
 def _pair(shard: Shard | None) -> tuple[int, int] | None:
     return None if shard is None else (shard.index, shard.count)
-
-
-def _aiohttp_transport(concurrency: int) -> Transport:
-    """The default transport. Imported here, late, for start-up cost only (aiohttp takes a quarter
-    second to import): a rerun with nothing left to send never loads it."""
-    from engine.endpoint.aiohttp_transport import AiohttpTransport
-
-    return AiohttpTransport(concurrency=concurrency)
-
-
-def retry_policy(spec: Spec) -> RetryPolicy:
-    """The spec's retry settings as the client's policy. Usage: ``retry_policy(load_spec(path)).max_attempts``"""
-    return RetryPolicy(
-        max_attempts=spec.max_attempts, base_s=spec.backoff_base_s, cap_s=spec.backoff_cap_s,
-        max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s,
-    )
 
 
 async def _open_pools(
@@ -472,7 +293,7 @@ def _prepare_log(prepared: Prepared, options: RunOptions) -> int | None:
 
 async def _run_pools(
     prepared: Prepared, options: RunOptions, pools: list[Pool], progress: Progress, counters: Counters,
-    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None, link: FleetLink | None = None,
+    stop: StopSignal, interrupts: Interrupts, route: BatchRoute | None = None, link: FleetLink | BudgetLink | None = None,
     skipped: Skipped | None = None,
 ) -> None:  # fmt: skip
     """Step 3: run the grid with the live progress and the signal watcher (and the fleet's link), writing every

@@ -36,9 +36,11 @@ from rich.console import Console
 from engine.errors import ConfigError, EngineError
 from engine.results.lock import RunLock
 from engine.results.paths import set_aside_logs
+from engine.run.endpoints import local_targets
 from engine.run.fleet import FleetHub, refuse_what_a_fleet_cannot_run
 from engine.run.interrupts import Interrupts
-from engine.run.runner import RunOptions, RunSummary, local_targets, prepare, write_run_report
+from engine.run.options import FAILED_EXIT, RunOptions, RunSummary
+from engine.run.runner import prepare, write_run_report
 from engine.sim.process import SimProcess
 
 POLL_S = 0.05  # how often the parent looks at its workers
@@ -95,8 +97,12 @@ def run_workers(spec_path: Path, options: RunOptions, *, workers: int) -> RunSum
         raise EngineError("a worker refused to run (its reason is above)")
     total = hub.total()
     interrupted = interrupts.first is not None or any(code > 128 for code in codes)
+    # A worker with nothing to send returns before it connects, so its shard is not in the hub's counts;
+    # when every worker went through its shard, what this run did not finish was in the log already.
+    through = not interrupted and all(code in (0, FAILED_EXIT) for code in codes)
     summary = RunSummary(
-        run_dir=prepared.paths.root, total=prepared.grid.size, already_done=total.skipped, finished=total.done,
+        run_dir=prepared.paths.root, total=prepared.grid.size, finished=total.done,
+        already_done=prepared.grid.size - total.done if through else total.skipped,
         ok=total.ok, failed=total.failed, elapsed_s=time.monotonic() - started, requests=total.requests,
         retries=total.retries, rate_limited=total.rate_limited, interrupted=interrupted,
         stop_signal=interrupts.first or _signal_of(codes), target_requests=target_requests,

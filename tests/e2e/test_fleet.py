@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import orjson
@@ -31,8 +32,11 @@ def test_workers_and_shards_match_one_process(tmp_path: Path, capsys: object) ->
     assert main(["run", str(spec), "--out", str(tmp_path / "two"), "--quiet", "--workers", "2"]) == 0
     for k in range(3):  # shards as separate commands, one of them twice (the rerun sends nothing)
         assert main(["run", str(spec), "--out", str(tmp_path / "three"), "--quiet", "--shard", f"{k}/3"]) == 0
-    assert main(["run", str(spec), "--out", str(tmp_path / "three"), "--quiet", "--shard", "1/3"]) == 0
     capsys.readouterr()  # type: ignore[attr-defined]
+    assert main(["run", str(spec), "--out", str(tmp_path / "three"), "--quiet", "--shard", "1/3"]) == 0
+    rerun = capsys.readouterr().out  # type: ignore[attr-defined]
+    shard_done = int(re.search(r"\(([\d,]+) already in the log", rerun).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert 300 < shard_done < 500  # its own slice of the 1,200 (a third, give or take the hash), not the grid
     one = _keys(tmp_path / "one")
     assert len(one) == 1200
     for name in ("two", "three"):
@@ -46,6 +50,8 @@ def test_workers_and_shards_match_one_process(tmp_path: Path, capsys: object) ->
     assert main(["run", str(spec), "--out", str(tmp_path / "three"), "--quiet", "--workers", "2"]) == 0
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert out.startswith("finished: 0 tasks this run") and "requests 0 " in out
+    assert "(1,200 already in the log, 1,200 in the grid)" in out
+    assert f"log: {tmp_path / 'three' / 'results'}/ (3 shard logs)" in out
     assert len(_keys(tmp_path / "three")) == 1200
 
 

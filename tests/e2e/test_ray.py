@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.run.ray_fleet import start_actors
+from engine.run.ray_fleet import start_actors, start_budget
 from engine.run.runner import RunOptions, local_targets, prepare
 from tests.support.specs import write_spec
 
@@ -37,7 +37,8 @@ def test_killed_actor_restarts_and_resumes_its_shard(local_ray: None, tmp_path: 
     prepared = prepare(spec, options)
     with local_targets(prepared.spec, prepared.questions) as (_urls, sim):
         assert sim is not None
-        _handles, refs = start_actors(spec, options, actors=2, sim_url=sim.base_url)
+        budget = start_budget(prepared.spec, actors=2)  # the spec names no quota: one actor probes, then all send
+        _handles, refs = start_actors(spec, options, actors=2, sim_url=sim.base_url, budget=budget)
         shard_log = tmp_path / "run" / "results" / "shard-00-of-02.jsonl"
         deadline = time.monotonic() + 60
         while (not shard_log.exists() or shard_log.stat().st_size < 20_000) and time.monotonic() < deadline:

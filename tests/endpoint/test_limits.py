@@ -455,3 +455,18 @@ def test_retry_after_as_an_http_date() -> None:
     assert retry_after({"retry-after": past}, now=now) == 0.0  # a date gone by: no wait, never negative
     assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
     assert retry_after({"retry-after": "Sunday, 06-Nov-94 08:49:37 GMT"}) == 0.0  # the obsolete RFC 850 form
+
+
+def test_a_leased_quota_paces_an_adaptive_limiter_and_a_named_quota_is_what_it_learned() -> None:
+    async def main() -> tuple[float | None, float | None, bool, int, float | None]:
+        limiter = EndpointLimiter(LimitConfig(concurrency=8))  # unknown quota: adaptive, one request first
+        before = limiter.learned_rpm
+        limiter.learn(status=200, headers={"x-ratelimit-limit-requests": "6000"})
+        learned = limiter.learned_rpm
+        limiter.set_quota(anyio.current_time(), rpm=3000, tpm=None)  # a fleet's lease of half
+        return before, learned, limiter.adaptive, limiter.window, limiter.rate
+
+    before, learned, adaptive, window, rate = anyio.run(main)
+    assert before is None and learned == pytest.approx(6000.0)
+    assert not adaptive and window == 8  # the budget decides the pace now; the window opens
+    assert rate == pytest.approx(3000 / 60 * 0.98)
