@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.report.model import Report
-from engine.results.paths import run_dir_of_log
+from engine.results.paths import describe_logs, run_dir_of_log
+from engine.results.shards import SHARD_DIR
 
 __all__ = [
     "render_markdown", "render_terminal", "report_sections", "report_to_csv", "report_to_json", "simulation_banner",
@@ -175,6 +176,11 @@ def simulation_banner(report: Report) -> tuple[str, str] | None:
                                 f"{', '.join(others)}: real targets (see Targets).")  # fmt: skip
 
 
+
+def _log_label(source: Path) -> str:
+    """The log a report read: the file, or for a sharded run the set of its shard logs."""
+    return describe_logs(run_dir_of_log(source)) if source.parent.name == SHARD_DIR else str(source)
+
 def summary_lines(report: Report) -> list[str]:
     """The paragraphs opening a report (Markdown backticks for names). Usage: ``summary_lines(report)[0]``"""
     cluster = "objects (tag `object`)" if report.cluster == "object" else "question ids (no `object` tag)"
@@ -188,7 +194,7 @@ def summary_lines(report: Report) -> list[str]:
                    "counted here, in no rate.")  # fmt: skip
     described = scope.describe()
     return [
-        f"Log `{report.source}`: {report.tasks:,} tasks{grid}{span} ({report.duplicates:,} duplicate records "
+        f"Log `{_log_label(report.source)}`: {report.tasks:,} tasks{grid}{span} ({report.duplicates:,} duplicate records "
         f"dropped, last record per task wins); {report.answered:,} answered, {report.failed:,} infrastructure "
         f"failures.{unknown}",
         *([described] if described else []),

@@ -392,12 +392,13 @@ async def open_batch_route(
     *, spec_models: Sequence[ModelSpec], settings: BatchSpec, max_tokens: int, attempts: int, grid: Grid,
     questions: Sequence[Question], scorer: Scorer, run_dir: Path, run_name: str, urls: Mapping[str, str],
     make_transport: Callable[[int], Transport], transports: list[Transport], done: AbstractSet[str],
-    counters: Counters, console: Console | None, preflight: Preflight,
+    counters: Counters, console: Console | None, preflight: Preflight, policy: RetryPolicy | None = None,
 ) -> BatchRoute | None:  # fmt: skip
     """The route for the spec's batch-mode models, their endpoints checked (None when it has none).
 
     ``preflight(transport, base_url, headers, names, api)`` is the runner's reachability check; the
-    transport made here is appended to ``transports`` for the caller to close.
+    transport made here is appended to ``transports`` for the caller to close. ``policy`` is the
+    spec's retry policy, for items resubmitted online (default: ``attempts`` tries, default backoff).
     Usage: ``route = await open_batch_route(spec_models=spec.models, settings=spec.batch, ...)``
     """
     models = [m for m in spec_models if m.mode == "batch"]
@@ -413,7 +414,7 @@ async def open_batch_route(
     if settings.resubmit == "online":
         online_transport = make_transport(sum(m.concurrency for m in models))
         transports.append(online_transport)
-        online = online_clients(models, urls, keys, online_transport, RetryPolicy(max_attempts=attempts))
+        online = online_clients(models, urls, keys, online_transport, policy or RetryPolicy(max_attempts=attempts))
     return BatchRoute(
         models=models, grid=grid, questions=questions, scorer=scorer, settings=settings, max_tokens=max_tokens,
         folder=run_dir / BATCH_DIR, urls=urls, keys=keys, transport=transport, attempts=attempts, done=done,

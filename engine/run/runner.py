@@ -168,7 +168,7 @@ async def run_prepared(
                 grid=prepared.grid, questions=prepared.questions, scorer=prepared.scorer, run_dir=paths.root,
                 run_name=spec.name, urls=urls, make_transport=make_transport, transports=transports, done=done,
                 counters=counters, console=None if options.quiet else console or Console(stderr=True),
-                preflight=lambda t, u, h, n, a: preflight(t, u, h, n, api=a),
+                preflight=lambda t, u, h, n, a: preflight(t, u, h, n, api=a), policy=retry_policy(spec),
             )  # fmt: skip
             # Everything checked: only now is the run directory written to.
             in_flight = _prepare_log(prepared, options)

@@ -43,6 +43,8 @@ def test_workers_and_shards_match_one_process(tmp_path: Path, capsys: object) ->
         keys = _keys(tmp_path / name)
         assert len(keys) == len(set(keys)) == 1200 and set(keys) == set(one)
     assert (tmp_path / "two" / "report.md").is_file()
+    # The report names the set of shard logs it read, not one of them.
+    assert f"Log `{tmp_path / 'two' / 'results'}/ (2 shard logs)`" in (tmp_path / "two" / "report.md").read_text()
     reference = _overall(tmp_path / "one", capsys)
     assert _overall(tmp_path / "two", capsys) == reference
     assert _overall(tmp_path / "three", capsys) == reference
