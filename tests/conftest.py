@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +105,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)} (marker {marker!r})"))
         if item.get_closest_marker("slow") is not None and not slow_asked:
             item.add_marker(pytest.mark.skip(reason="slow (about a minute): set ENGINE_SLOW_TESTS=1 or run -m slow"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Signals as a terminal delivers them, however the suite was started.
+
+    Started under ``nohup`` or as a background job, this process (and every engine it starts)
+    would inherit SIGHUP or SIGINT ignored, and the engine rightly keeps an ignored signal
+    ignored; the signal tests are about a terminal's Ctrl-C and hang-up, so they get those.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
