@@ -7,7 +7,7 @@ three for the length of a run, so none of them ends the engine in the middle of 
 - before the grid starts (checks, starting local targets, preflight) nothing has been sent, so a
   signal raises :class:`Interrupted` at once and the run unwinds, writing nothing;
 - while the grid runs, the first signal asks it to stop sending and let requests in flight finish,
-  the second to stop now (see ``runner._watch_signals``); neither leaves a torn log;
+  the second to stop now (see ``send._watch_signals``); neither leaves a torn log;
 - after the grid (closing the log, stopping targets, the report) a first signal is only noted, a
   second raises :class:`Interrupted`.
 
@@ -92,7 +92,7 @@ def interrupt_behind(exc: BaseException) -> Interrupted | None:
 class Interrupts:
     """Catches SIGINT, SIGTERM and SIGHUP while entered (main thread only; elsewhere it does nothing).
 
-    Usage: see the module docstring; ``runner._watch_signals`` turns them into a graceful stop.
+    Usage: see the module docstring; ``send._watch_signals`` turns them into a graceful stop.
     """
 
     def __init__(self) -> None:
