@@ -38,6 +38,8 @@ from typing import Any
 
 import orjson
 
+from engine.bench.throughput import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -205,7 +207,7 @@ def main() -> int:
     uptime = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
         root = Path(tmp)
-        print(f"{os.cpu_count()} cores · {_cpu()} · {time.strftime('%Y-%m-%d')} · load {uptime[0]:.2f}")
+        print(f"{os.cpu_count()} cores · {machine()['cpu']} · {time.strftime('%Y-%m-%d')} · load {uptime[0]:.2f}")
         if args.only in (None, "throughput"):
             t = throughput(root, args.tasks, args.repeat)
             print(f"throughput, {t['tasks']:,} tasks: --workers 1 {t['w1_rps']:,.0f}/s, --workers 2 "
@@ -229,15 +231,6 @@ def main() -> int:
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

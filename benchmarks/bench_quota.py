@@ -25,6 +25,7 @@ from pathlib import Path
 import anyio
 import httpx
 
+from engine.bench.throughput import machine
 from engine.run.runner import RunOptions, prepare, run_prepared
 from engine.sim.config import SimConfig
 from engine.sim.process import SimProcess
@@ -61,15 +62,6 @@ class Result:
     after_pause: float | None  # goodput in the seconds after the forced pause
     after_pause_429: int | None  # quota 429s in those seconds
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _questions(path: Path, n: int) -> None:
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=float, help="run only the scenarios of this rpm")
     args = parser.parse_args(argv)
-    print(f"machine: nproc {os.cpu_count()}, {_cpu()}, Python {platform.python_version()}")
+    print(f"machine: nproc {os.cpu_count()}, {machine()['cpu']}, Python {platform.python_version()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {os.getloadavg()}")
     print("sim latency 20 ± 5 ms, engine concurrency 64; goodput = answered/s ÷ quota (forced pause left out)\n")
     print("| scenario | answered | requests | 429 (quota) | 429 share | goodput | after the pause (3 s) | failed | elapsed | goal |")

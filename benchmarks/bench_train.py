@@ -38,6 +38,8 @@ from pathlib import Path
 
 import orjson
 
+from engine.bench.throughput import machine
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,16 +48,6 @@ def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def prepare(folder: Path) -> Path:
@@ -221,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.local.train import available_cores
 
     cores = available_cores()
-    print(f"{cpu_model()}, nproc {os.cpu_count()}, {cores} core(s) for this process, torch {torch.__version__}")
+    print(f"{machine()['cpu']}, nproc {os.cpu_count()}, {cores} core(s) for this process, torch {torch.__version__}")
     print(f"start: {load()}")
     print("capability and precision probe:")
     print("\n".join(capability_lines(cores)))
