@@ -17,7 +17,7 @@ from engine.endpoint.apis import API
 from engine.endpoint.client import path_hint
 from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
-from engine.errors import EndpointError, TransportError
+from engine.errors import EndpointError, EngineError, TransportError
 from engine.experiment.questions import Question
 from engine.experiment.spec import SIM_URL, Spec
 from engine.run.targets import sim_config
@@ -128,3 +128,16 @@ def retry_policy(spec: Spec) -> RetryPolicy:
         max_attempts=spec.max_attempts, base_s=spec.backoff_base_s, cap_s=spec.backoff_cap_s,
         max_wait_s=spec.max_retry_wait_s, timeout_s=spec.timeout_s,
     )
+
+
+def count_target_requests(sim: SimProcess | None) -> int | None:
+    """The built-in target's own count of chat requests; None when it cannot say (or none ran).
+
+    Usage: ``count_target_requests(sim)``
+    """
+    if sim is None:
+        return None
+    try:
+        return int(sim.stats()["chat_requests"])
+    except EngineError:
+        return None  # the summary then has no count to print, rather than a traceback after the log is safe

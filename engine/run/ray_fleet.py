@@ -29,11 +29,10 @@ from engine.errors import ConfigError
 from engine.experiment.spec import Spec
 from engine.results.shards import Shard
 from engine.run.budget import Budget, fleet_quotas
-from engine.run.endpoints import local_targets
+from engine.run.endpoints import count_target_requests, local_targets
 from engine.run.fleet import refuse_what_a_fleet_cannot_run
 from engine.run.options import RunOptions, RunSummary
 from engine.run.runner import prepare, run_experiment, write_run_report
-from engine.run.workers import _stats
 
 MAX_RESTARTS = 3  # an actor killed or lost this many times gives its shard up (the log keeps what it did)
 
@@ -110,7 +109,7 @@ def run_ray(spec_path: Path, options: RunOptions, *, address: str, actors: int) 
         _handles, refs = start_actors(spec_path, options, actors=actors, sim_url=sim.base_url if sim else None,
                                       budget=budget)  # fmt: skip
         results = ray.get(refs)
-        target_requests = _stats(sim)
+        target_requests = count_target_requests(sim)
     by_model: dict[str, list[int]] = {}
     for r in results:
         for label, counts in r["by_model"].items():

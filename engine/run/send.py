@@ -31,7 +31,14 @@ from engine.results.shards import Shard
 from engine.results.write import LogWriter
 from engine.run.batch import BatchRoute, open_batch_route, set_aside
 from engine.run.budget import BudgetLink, link_of
-from engine.run.endpoints import api_headers, load_http_client, local_targets, preflight, retry_policy
+from engine.run.endpoints import (
+    api_headers,
+    count_target_requests,
+    load_http_client,
+    local_targets,
+    preflight,
+    retry_policy,
+)
 from engine.run.fleet import FleetLink, share_limits
 from engine.run.interrupts import Interrupts
 from engine.run.logs import mark_if_complete, prepare_log, shard_pair
@@ -39,7 +46,6 @@ from engine.run.options import Prepared, RunOptions, RunSummary
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
 from engine.run.scheduler import Counters, Pool, StopSignal, run_grid
-from engine.sim.process import SimProcess
 
 __all__ = ["send_rest"]
 
@@ -81,7 +87,7 @@ async def send_rest(
             )
             link = link_of(options)
             await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route, link, skipped)
-            target_requests = _target_requests(sim)
+            target_requests = count_target_requests(sim)
         finally:
             for transport in transports:
                 await transport.aclose()
@@ -209,13 +215,3 @@ async def _watch_signals(interrupts: Interrupts, stop: StopSignal, scope: anyio.
 
     with interrupts.delivering(asyncio.get_running_loop(), on_signal):
         await anyio.sleep_forever()
-
-
-def _target_requests(sim: SimProcess | None) -> int | None:
-    """The built-in target's own count of chat requests; None when it cannot say (or none ran)."""
-    if sim is None:
-        return None
-    try:
-        return int(sim.stats()["chat_requests"])
-    except EngineError:
-        return None  # the summary then has no count to print, rather than a traceback after the log is safe

@@ -36,12 +36,11 @@ from rich.console import Console
 from engine.errors import ConfigError, EngineError
 from engine.results.lock import RunLock
 from engine.results.paths import set_aside_logs
-from engine.run.endpoints import local_targets
+from engine.run.endpoints import count_target_requests, local_targets
 from engine.run.fleet import FleetHub, refuse_what_a_fleet_cannot_run
 from engine.run.interrupts import Interrupts
 from engine.run.options import FAILED_EXIT, RunOptions, RunSummary
 from engine.run.runner import prepare, write_run_report
-from engine.sim.process import SimProcess
 
 POLL_S = 0.05  # how often the parent looks at its workers
 PLAIN_EVERY_S = 10.0  # the merged progress line when not on a terminal
@@ -92,7 +91,7 @@ def run_workers(spec_path: Path, options: RunOptions, *, workers: int) -> RunSum
         ]
         codes = anyio.run(functools.partial(_supervise, hub, commands, Path(tmp) / "hub.sock", interrupts,
                                             options.quiet), backend="asyncio")  # fmt: skip
-        target_requests = _stats(sim)
+        target_requests = count_target_requests(sim)
     if BAD_INPUT in codes and not any(code > 128 for code in codes):
         raise EngineError("a worker refused to run (its reason is above)")
     total = hub.total()
@@ -163,13 +162,6 @@ def _show(console: Console, hub: FleetHub, workers: int) -> None:
         f"{t.requests:,} requests · {t.rate_limited:,} 429s · {t.failed:,} failed · {hub.pauses} pauses shared",
         highlight=False,
     )
-
-
-def _stats(sim: SimProcess | None) -> int | None:
-    try:
-        return None if sim is None else int(sim.stats()["chat_requests"])
-    except EngineError:
-        return None
 
 
 def _signal_of(codes: list[int]) -> int | None:

@@ -144,7 +144,7 @@ def test_the_built_in_target_runs_outside_the_engines_process_group() -> None:
 
 def test_a_dead_target_makes_its_count_unreadable_not_a_crash() -> None:
     from engine.errors import EndpointError
-    from engine.run.send import _target_requests
+    from engine.run.endpoints import count_target_requests as _target_requests
 
     with SimProcess(SimConfig(facts=facts_from_csv(FACTS))) as sim:
         assert sim.pid is not None
