@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
 
@@ -121,8 +121,8 @@ class HttpProtocol(asyncio.Protocol):
         self._continued = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
         self._sim.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
