@@ -84,29 +84,24 @@ def rate_table(
     groups = cells.group_by(keys).agg(sums) if keys else cells.select(sums)
     groups = sorted_by_model(groups, keys, models)
     lo_w, hi_w = stats.wilson_interval(groups["errors"].to_numpy(), groups["n"].to_numpy(), confidence=confidence)
-    clusters = cells.filter(pl.col("n") > 0)
-    if cluster is not None:
-        # Sorted, so the same seed draws the same clusters whatever order the log came in.
-        clusters = clusters.group_by([*keys, cluster]).agg(pl.col("errors").sum(), pl.col("n").sum())
-        clusters = clusters.sort([*keys, cluster], nulls_last=True)
-    parts = clusters.partition_by(keys, as_dict=True) if keys else {(): clusters}
     boot_lo = np.full(groups.height, np.nan)
     boot_hi = np.full(groups.height, np.nan)
     n_clusters = np.zeros(groups.height, dtype=np.int64)
-    # Groups with the same clusters (every model met the same objects) share one draw.
-    shared: dict[tuple[object, ...], list[tuple[int, pl.DataFrame]]] = {}
-    for i, row in enumerate(groups.select(keys).iter_rows() if keys else [()]):
-        part = parts.get(tuple(row))
-        if part is not None and cluster is not None:
-            shared.setdefault(tuple(part.get_column(cluster).to_list()), []).append((i, part))
-            n_clusters[i] = part.height
-    for names, members in shared.items():
-        at = [i for i, _ in members]
-        boot_lo[at], boot_hi[at] = stats.cluster_bootstrap_intervals(
-            np.column_stack([p.get_column("errors").to_numpy() for _, p in members]),
-            np.column_stack([p.get_column("n").to_numpy() for _, p in members]),
-            reps=reps, seed=seed, key=(tuple(keys), cluster, names), confidence=confidence,
-        )  # fmt: skip
+    if cluster is not None:
+        # Groups with the same clusters (every model met the same objects) share one draw.
+        shared: dict[tuple[object, ...], list[tuple[int, list[int], list[int]]]] = {}
+        row_of = {row: i for i, row in enumerate(groups.select(keys).iter_rows())} if keys else {(): 0}
+        for group, names, errors, n in _clusters_per_group(cells, keys, cluster).iter_rows():
+            i = row_of[tuple(group.values())] if keys else 0
+            shared.setdefault(tuple(names), []).append((i, errors, n))
+            n_clusters[i] = len(names)
+        for names, members in shared.items():
+            at = [i for i, _, _ in members]
+            boot_lo[at], boot_hi[at] = stats.cluster_bootstrap_intervals(
+                np.array([e for _, e, _ in members], dtype=np.float64).T,
+                np.array([k for _, _, k in members], dtype=np.float64).T,
+                reps=reps, seed=seed, key=(tuple(keys), cluster, names), confidence=confidence,
+            )  # fmt: skip
     rate = pl.when(pl.col("n") > 0).then(pl.col("errors") / pl.col("n"))
     return groups.select(
         *keys, "n", "errors", rate.alias("error_rate"), "wrong", "no_answer", "failed",
@@ -115,6 +110,23 @@ def rate_table(
         boot_lo=pl.Series(boot_lo, dtype=pl.Float64).fill_nan(None),
         boot_hi=pl.Series(boot_hi, dtype=pl.Float64).fill_nan(None),
         clusters=pl.Series(n_clusters, dtype=pl.Int64),
+    )  # fmt: skip
+
+
+def _clusters_per_group(cells: pl.DataFrame, keys: Sequence[str], cluster: str) -> pl.DataFrame:
+    """One row per group that has answers: (its key values as a struct, its clusters, their errors, their answers).
+
+    One query for every group, so a table of many groups costs what one does. The clusters are
+    sorted, so the same seed draws the same clusters whatever order the log came in.
+    """
+    group = pl.struct(keys).alias("_group") if keys else pl.lit(0).alias("_group")
+    return (
+        cells.lazy()
+        .filter(pl.col("n") > 0)
+        .group_by([*keys, cluster]).agg(pl.col("errors").sum(), pl.col("n").sum())
+        .sort([*keys, cluster], nulls_last=True)
+        .group_by(group, maintain_order=True).agg(pl.col(cluster), pl.col("errors"), pl.col("n"))
+        .collect()
     )  # fmt: skip
 
 
