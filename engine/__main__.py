@@ -1,7 +1,5 @@
 """``python -m engine`` is the `engine` command."""
 
-import sys
+from engine.cli import console
 
-from engine.cli import main
-
-sys.exit(main())
+console()

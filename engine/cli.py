@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from engine import __version__
 from engine.errors import ConfigError, EngineError
@@ -335,5 +337,24 @@ def main(argv: list[str] | None = None) -> int:
         return interrupt.exit_code
 
 
+def console() -> NoReturn:
+    """The console script (``engine ...``): :func:`main`, then an exit that skips tearing down the interpreter.
+
+    Freeing every module (Polars, NumPy, aiohttp) at exit costs about 0.13 s after the work is done
+    and every file is closed. Skipped only when someone still needs the slow way: a thread that
+    must be joined, or Ray, whose exit hook stops the local instance ``ray.init`` started.
+    Usage: ``[project.scripts] engine = "engine.cli:console"``
+    """
+    code = main()
+    if "ray" in sys.modules or threading.active_count() > 1:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass  # the reader left, or a stream was closed: nothing more can reach it either way
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
