@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from engine.report.stats import derive_rng
+from engine.report.stats import derive_rng, percentile_interval
 
 __all__ = ["SEED_LABEL", "group_of", "seed_comparisons", "seed_groups"]
 
@@ -78,15 +78,6 @@ def _weights(n_objects: int, reps: int, rng: np.random.Generator) -> NDArray[np.
     return np.stack([np.bincount(d, minlength=n_objects) for d in draws]).astype(np.float64)
 
 
-def _interval(values: NDArray[np.float64], confidence: float) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
 def seed_groups(cells: pl.DataFrame, *, cluster: str, seed: int, reps: int, confidence: float) -> pl.DataFrame:
     """One row per seed group: group, seeds, mean_rate, min_rate, max_rate, sd_rate, seed_rates, lo, hi.
 
@@ -99,7 +90,7 @@ def seed_groups(cells: pl.DataFrame, *, cluster: str, seed: int, reps: int, conf
     for group, (members, errors, n) in groups.items():
         with np.errstate(invalid="ignore", divide="ignore"):
             rates = errors.sum(axis=1) / n.sum(axis=1)
-        lo, hi = _interval(_replicates(errors, n, weights, derive_rng(seed, "seed-groups", group)), confidence)
+        lo, hi = percentile_interval(_replicates(errors, n, weights, derive_rng(seed, "seed-groups", group)), confidence)
         rows.append({
             "group": group, "seeds": len(members), "mean_rate": float(np.mean(rates)),
             "min_rate": float(np.min(rates)), "max_rate": float(np.max(rates)),
@@ -128,7 +119,7 @@ def seed_comparisons(
         for b in names[i + 1:]:
             rate_a = float(np.mean(groups[a][1].sum(axis=1) / groups[a][2].sum(axis=1)))
             rate_b = float(np.mean(groups[b][1].sum(axis=1) / groups[b][2].sum(axis=1)))
-            lo, hi = _interval(draws[a] - draws[b], confidence)
+            lo, hi = percentile_interval(draws[a] - draws[b], confidence)
             rows.append({"a": a, "b": b, "rate_a": rate_a, "rate_b": rate_b, "diff": rate_a - rate_b,
                          "lo": lo, "hi": hi, "differs": bool(lo > 0 or hi < 0)})  # fmt: skip
     schema = {"a": pl.String, "b": pl.String, "rate_a": pl.Float64, "rate_b": pl.Float64, "diff": pl.Float64,

@@ -24,6 +24,12 @@ from collections.abc import Sequence
 from statistics import NormalDist
 
 import numpy as np
+
+# Loaded with this module, which a run imports while its requests are in flight, instead of at the
+# report's first bootstrap (numpy.random) and first Series made from an array (Polars reads it with
+# numpy.ma): together about 0.1 s at the end of a run otherwise.
+import numpy.ma
+import numpy.random
 from numpy.typing import ArrayLike, NDArray
 
 DEFAULT_REPS = 2000
@@ -41,6 +47,8 @@ __all__ = [
     "derive_rng",
     "paired_bootstrap_difference",
     "pairwise_differences",
+    "percentile_interval",
+    "percentile_intervals",
     "wilson_interval",
 ]
 
@@ -125,13 +133,43 @@ def bootstrap_rates(
     return out[:, 0] if flat else out
 
 
-def _percentile_interval(values: NDArray[np.float64], confidence: float) -> tuple[float, float]:
+def percentile_intervals(values: NDArray[np.float64], confidence: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The central ``confidence`` interval of each column of ``values``, NaNs left out; NaN where a column has none.
+
+    Numbers equal to ``np.quantile(finite, [alpha, 1 - alpha])`` column by column (its default
+    "linear" method, and its way of interpolating), computed for every column at once and without
+    ``np.quantile``, whose first call imports ``numpy.ma`` (about 0.05 s at the end of a run).
+    Usage: ``lo, hi = percentile_intervals(rates, 0.95)  # rates: (replicates, groups)``
+    """
+    v = np.asarray(values, dtype=np.float64)
+    flat = v.ndim == 1
+    if flat:
+        v = v[:, None]
+    finite = np.isfinite(v)
+    count = finite.sum(axis=0)
+    ordered = np.sort(np.where(finite, v, np.inf), axis=0)  # the finite values first, in order
     alpha = (1.0 - confidence) / 2.0
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    columns = np.arange(v.shape[1])
+    ends = []
+    for q in np.array([alpha, 1.0 - alpha]):
+        virtual = (count - 1) * q
+        below = np.clip(np.floor(virtual).astype(np.int64), 0, np.maximum(count - 1, 0))
+        above = np.clip(below + 1, 0, np.maximum(count - 1, 0))
+        gamma = virtual - below
+        a, b = ordered[below, columns], ordered[above, columns]
+        with np.errstate(invalid="ignore"):
+            diff = b - a
+            # As numpy's lerp: from below for gamma < 0.5, from above otherwise (the same rounding).
+            value = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+        ends.append(np.where(count > 0, value, np.nan))
+    lo, hi = ends
+    return (lo[:1], hi[:1]) if flat else (lo, hi)
+
+
+def percentile_interval(values: NDArray[np.float64], confidence: float) -> tuple[float, float]:
+    """:func:`percentile_intervals` of one series. Usage: ``lo, hi = percentile_interval(diffs, 0.95)``"""
+    lo, hi = percentile_intervals(values, confidence)
+    return float(lo[0]), float(hi[0])
 
 
 def cluster_bootstrap_interval(
@@ -181,13 +219,10 @@ def cluster_bootstrap_intervals(
     m = np.asarray(n, dtype=np.float64)
     if e.ndim != 2 or e.shape != m.shape:
         raise ValueError("errors and n must both have shape (clusters, groups)")
-    lo = np.full(e.shape[1], np.nan)
-    hi = np.full(e.shape[1], np.nan)
     if e.shape[0] < 2:
-        return lo, hi
+        return np.full(e.shape[1], np.nan), np.full(e.shape[1], np.nan)
     rates = bootstrap_rates(e, m, reps=reps, rng=derive_rng(seed, *key))
-    for g in range(e.shape[1]):
-        lo[g], hi[g] = _percentile_interval(rates[:, g], confidence)
+    lo, hi = percentile_intervals(rates, confidence)
     # The percentile bootstrap only sees variation it happens to resample. With no errors every
     # replicate is 0, so it claims 0.00-0.00 %; with one error in 50 objects the erring object is
     # drawn about Poisson(1) times, so its upper end (about 3/900) sits below even Wilson's (6.3/900),
@@ -256,7 +291,7 @@ def pairwise_differences(
             if rates is None:
                 lo, hi = float("nan"), float("nan")
             else:
-                lo, hi = _percentile_interval(rates[:, i] - rates[:, j], confidence)
+                lo, hi = percentile_interval(rates[:, i] - rates[:, j], confidence)
             if lo == hi:
                 # No replicate differed: the two series agree on every cluster (e.g. both answered
                 # all correctly). That shows no difference in this sample, not a difference known to

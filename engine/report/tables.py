@@ -90,7 +90,7 @@ def rate_table(
     if cluster is not None:
         # Groups with the same clusters (every model met the same objects) share one draw.
         shared: dict[tuple[object, ...], list[tuple[int, list[int], list[int]]]] = {}
-        row_of = {row: i for i, row in enumerate(groups.select(keys).iter_rows())} if keys else {(): 0}
+        row_of = {row: i for i, row in enumerate(zip(*(groups.get_column(k).to_list() for k in keys), strict=True))}
         for group, names, errors, n in _clusters_per_group(cells, keys, cluster).iter_rows():
             i = row_of[tuple(group.values())] if keys else 0
             shared.setdefault(tuple(names), []).append((i, errors, n))
@@ -105,10 +105,10 @@ def rate_table(
     rate = pl.when(pl.col("n") > 0).then(pl.col("errors") / pl.col("n"))
     return groups.select(
         *keys, "n", "errors", rate.alias("error_rate"), "wrong", "no_answer", "failed",
-        wilson_lo=pl.Series(lo_w, dtype=pl.Float64).fill_nan(None),
-        wilson_hi=pl.Series(hi_w, dtype=pl.Float64).fill_nan(None),
-        boot_lo=pl.Series(boot_lo, dtype=pl.Float64).fill_nan(None),
-        boot_hi=pl.Series(boot_hi, dtype=pl.Float64).fill_nan(None),
+        wilson_lo=pl.Series(lo_w, dtype=pl.Float64, nan_to_null=True),
+        wilson_hi=pl.Series(hi_w, dtype=pl.Float64, nan_to_null=True),
+        boot_lo=pl.Series(boot_lo, dtype=pl.Float64, nan_to_null=True),
+        boot_hi=pl.Series(boot_hi, dtype=pl.Float64, nan_to_null=True),
         clusters=pl.Series(n_clusters, dtype=pl.Int64),
     )  # fmt: skip
 

@@ -14,6 +14,7 @@ from engine.report.stats import (
     derive_rng,
     paired_bootstrap_difference,
     pairwise_differences,
+    percentile_intervals,
     wilson_interval,
 )
 
@@ -192,3 +193,21 @@ def test_bootstrap_intervals_of_several_groups_are_each_floored_by_their_own_wil
     assert np.all(lo <= w_lo) and np.all(hi >= w_hi)
     assert hi[1] - lo[1] > 2.5 * float(w_hi[1] - w_lo[1])  # clustered: still the bootstrap's wider interval
     assert hi[0] > 0.0
+
+
+def test_percentile_intervals_equal_numpy_quantile_per_column_with_nans_left_out() -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        values = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 4))))
+        if trial % 3 == 0:
+            values = np.round(values * 5) / 5  # ties, as rates of few clusters have
+        values[rng.random(values.shape) < rng.random() * 0.6] = np.nan
+        confidence = float(rng.choice([0.5, 0.9, 0.95, 0.99]))
+        lo, hi = percentile_intervals(values, confidence)
+        alpha = (1 - confidence) / 2
+        for c in range(values.shape[1]):
+            finite = values[:, c][np.isfinite(values[:, c])]
+            if finite.size == 0:
+                assert np.isnan(lo[c]) and np.isnan(hi[c])
+            else:  # exactly: the report's numbers must not move by a rounding
+                assert (lo[c], hi[c]) == tuple(np.quantile(finite, [alpha, 1 - alpha]))
