@@ -9,7 +9,11 @@ each time in a fresh process and a fresh run directory:
   target is started and the report is not rebuilt.
 
 Medians of 5 (``--runs``). The chart script is bundled once beforehand (a machine's first report
-pays ~2 s for it; every later one reads it from the cache). Prints one line per measure.
+pays ~2 s for it; every later one reads it from the cache), and the commands run with Python's
+bytecode cache, as Python's default and ``pip install`` give a user: an environment that sets
+``PYTHONDONTWRITEBYTECODE`` (this project's sandbox does) would otherwise recompile every engine
+module on every command, about 0.1 s. ``--no-bytecode-cache`` measures that case. Prints one
+line per measure.
 
 Usage::
 
@@ -20,6 +24,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import compileall
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,13 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "memorisation.toml"
 
 
-def engine_run(out: Path) -> float:
+def engine_run(out: Path, env: dict[str, str]) -> float:
     """Wall seconds of ``engine run EXAMPLE --out OUT --quiet`` in a fresh process."""
     engine = shutil.which("engine") or sys.executable
     argv = [engine] if engine != sys.executable else [sys.executable, "-m", "engine"]
     t = time.perf_counter()
     subprocess.run([*argv, "run", str(EXAMPLE), "--out", str(out), "--quiet"], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+                   stdout=subprocess.DEVNULL, env=env)  # fmt: skip
     return time.perf_counter() - t
 
 
@@ -57,20 +63,27 @@ def request_span(log: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each kind (default 5); medians are printed")
+    parser.add_argument("--no-bytecode-cache", action="store_true", help="keep PYTHONDONTWRITEBYTECODE if set")
     args = parser.parse_args(argv)
     from engine.report.vega import vega_bundle
 
     vega_bundle()
+    env = dict(os.environ)
+    if not args.no_bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        compileall.compile_dir(REPO / "engine", quiet=1)  # as a first run would leave it
     fresh, beyond, rerun = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-rerun-") as tmp:
         for i in range(args.runs):
             out = Path(tmp) / f"run{i}"
-            wall = engine_run(out)
+            wall = engine_run(out, env)
             fresh.append(wall)
             beyond.append(wall - request_span(out / "results.jsonl"))
             assert (out / "report.html").is_file()
-            rerun.append(engine_run(out))
+            rerun.append(engine_run(out, env))
     med = statistics.median
+    cache = "without" if args.no_bytecode_cache and os.environ.get("PYTHONDONTWRITEBYTECODE") else "with"
+    print(f"bytecode cache: {cache}")
     print(f"fresh run of the example (3,600 tasks): {med(fresh):.2f} s wall, of which beyond its requests "
           f"{med(beyond):.2f} s (median of {args.runs}; runs {', '.join(f'{b:.2f}' for b in beyond)})")
     print(f"rerun with everything done: {med(rerun):.2f} s wall (median of {args.runs}; "

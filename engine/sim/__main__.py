@@ -28,9 +28,8 @@ import orjson
 from anyio.abc import TaskStatus
 
 from engine.errors import ConfigError, EngineError
-from engine.run.targets import default_config, facts_from_csv
 from engine.sim.config import SimConfig
-from engine.sim.process import _BANNER, serve
+from engine.sim.serve import BANNER, serve
 
 _HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -42,10 +41,13 @@ class _Banner(TaskStatus[int]):
         self.host = host
 
     def started(self, value: int | None = None) -> None:
-        print(_BANNER.format(host=self.host, port=value), flush=True)
+        print(BANNER.format(host=self.host, port=value), flush=True)
 
 
 def _load_config(args: argparse.Namespace) -> SimConfig:
+    # Late: only a config naming a question file, or none, reads questions. A run's own target gets
+    # its facts inline and starts about 0.05 s sooner without the question loader's imports.
+    from engine.run.targets import default_config, facts_from_csv
 
     data: Any = None
     if args.config_json is not None:

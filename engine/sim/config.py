@@ -15,7 +15,7 @@ Usage::
 
     cfg = SimConfig(facts=facts_from_csv(Path("data/facts.csv")), accuracy={"ft-5x": {"hard": 0.7}})
     async with anyio.create_task_group() as tg:        # in-process, asyncio backend
-        port = await tg.start(engine.sim.process.serve, cfg)
+        port = await tg.start(engine.sim.serve.serve, cfg)
     with SimProcess(cfg) as sim:                       # or in a subprocess (engine.sim.process)
         sim.base_url, sim.stats()
 """

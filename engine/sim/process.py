@@ -1,20 +1,18 @@
-"""Running the sim: :func:`serve` in this process, or :class:`SimProcess` in a child process.
+"""The sim in a child process: :class:`SimProcess` (the sim in this process: :func:`engine.sim.serve.serve`).
 
 The child is ``python -m engine.sim`` (:mod:`engine.sim.__main__`), which prints the start-up
-banner (``_BANNER``) once its port is bound; :class:`SimProcess` (the parent) starts it and reads
-the banner to learn the URL.
+banner (:data:`engine.sim.serve.BANNER`) once its port is bound; :class:`SimProcess` (the parent)
+starts it and reads the banner to learn the URL. This module imports no event loop and no server,
+so a run loads it before the child is spawned at no cost to either.
 
 Usage::
 
-    async with anyio.create_task_group() as tg:        # in this process, asyncio backend
-        port = await tg.start(serve, cfg)
     with SimProcess(cfg) as sim:                       # in a child process (another core)
         sim.base_url, sim.pid, sim.stats()
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -27,15 +25,12 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-import anyio
 import orjson
-from anyio.abc import TaskStatus
 
-from engine.errors import ConfigError, EndpointError
+from engine.errors import EndpointError
 from engine.sim.config import SimConfig
-from engine.sim.server import SimServer
 
-_BANNER = "engine-sim (a simulation, not a model) listening on http://{host}:{port}/v1"
+# What engine.sim.serve.BANNER says once the port is bound.
 _BANNER_URL = re.compile(rb"listening on (http://\S+/v1)")
 
 
@@ -178,31 +173,3 @@ class SimProcess:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
-
-async def serve(
-    config: SimConfig,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the sim until cancelled; reports the bound port through ``task_status`` (asyncio only).
-
-    Usage: ``port = await tg.start(serve, cfg)``, then ``tg.cancel_scope.cancel()`` to stop.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError as exc:
-        raise ConfigError("the sim needs anyio's asyncio backend") from exc
-    sim = SimServer(config, loop)
-    try:
-        server = await loop.create_server(sim.protocol, host, port, backlog=2048)
-    except OSError as exc:
-        raise EndpointError(f"sim cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    try:
-        task_status.started(server.sockets[0].getsockname()[1])
-        await anyio.sleep_forever()
-    finally:
-        server.close()
-        # Cut open connections and their pending delayed replies so closing cannot hang.
-        sim.abort_all()

@@ -1,6 +1,6 @@
 """The sim's routing, quotas, faults and counters (part of :mod:`engine.sim`).
 
-Usage (what :func:`engine.sim.process.serve` does)::
+Usage (what :func:`engine.sim.serve.serve` does)::
 
     sim = SimServer(config, asyncio.get_running_loop())
     server = await loop.create_server(sim.protocol, "127.0.0.1", 0)

@@ -10,7 +10,7 @@ import pytest
 from engine.endpoint.aiohttp_transport import AiohttpTransport
 from engine.errors import TransportError
 from engine.sim.config import SimConfig, SimFact
-from engine.sim.process import serve
+from engine.sim.serve import serve
 
 
 def free_port() -> int:

@@ -24,7 +24,8 @@ from engine.run.targets import facts_from_csv
 from engine.sim.__main__ import main
 from engine.sim.answers import Answerer
 from engine.sim.config import Faults, SimConfig, SimFact
-from engine.sim.process import SimProcess, serve
+from engine.sim.process import SimProcess
+from engine.sim.serve import serve
 from engine.sim.server import SlidingQuota
 
 ROOT = Path(__file__).resolve().parents[2]
