@@ -40,29 +40,35 @@ EXIT_CODES = (
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.results.shards import Shard
-    from engine.run.runner import RunOptions, run_experiment
+    from engine.run.early import early_target
 
-    shard = Shard.parse(args.shard) if args.shard else None
-    if shard is not None and args.fresh:
-        raise ConfigError("--fresh and --shard do not go together: start fresh with --workers, or another --out")
-    if args.ray is not None and args.workers != 1:
-        raise ConfigError("--ray and --workers do not go together (--ray starts its own workers)")
-    options = RunOptions(
-        out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
-        fsync=_fsync(args.fsync), report=not args.no_report, write_ahead=args.write_ahead,
-        shard=shard, sim_url=args.sim_url, fleet=args.fleet,
-    )
-    if args.ray is not None:
-        from engine.run.ray_fleet import run_ray
+    # A run of its own (not a shard, a fleet's worker or a fleet) starts the built-in target, if it
+    # needs one, now: it loads on another core while this process loads the run.
+    alone = not (args.shard or args.workers != 1 or args.ray is not None or args.sim_url or args.fleet)
+    with early_target(args.spec, out=args.out, wanted=alone) as spawned:
+        from engine.results.shards import Shard
+        from engine.run.runner import RunOptions, run_experiment
 
-        summary = run_ray(args.spec, options, address=args.ray, actors=args.actors)
-    elif args.workers != 1:
-        from engine.run.workers import run_workers
+        shard = Shard.parse(args.shard) if args.shard else None
+        if shard is not None and args.fresh:
+            raise ConfigError("--fresh and --shard do not go together: start fresh with --workers, or another --out")
+        if args.ray is not None and args.workers != 1:
+            raise ConfigError("--ray and --workers do not go together (--ray starts its own workers)")
+        options = RunOptions(
+            out=args.out, fresh=args.fresh, retry_failed=not args.no_retry_failed, quiet=args.quiet,
+            fsync=_fsync(args.fsync), report=not args.no_report, write_ahead=args.write_ahead,
+            shard=shard, sim_url=args.sim_url, fleet=args.fleet,
+        )
+        if args.ray is not None:
+            from engine.run.ray_fleet import run_ray
 
-        summary = run_workers(args.spec, options, workers=args.workers)
-    else:
-        summary = run_experiment(args.spec, options=options)
+            summary = run_ray(args.spec, options, address=args.ray, actors=args.actors)
+        elif args.workers != 1:
+            from engine.run.workers import run_workers
+
+            summary = run_workers(args.spec, options, workers=args.workers)
+        else:
+            summary = run_experiment(args.spec, options=options, spawned=spawned)
     if options.fleet is None:  # a fleet's worker: its parent prints the fleet's summary
         print(summary.render())
     _say_failed(summary.failed, summary.exit_code)

@@ -27,14 +27,15 @@ from engine.sim.process import SimProcess
 @contextlib.contextmanager
 def local_targets(
     spec: Spec, questions: Sequence[Question], *, while_starting: Callable[[], object] | None = None,
-    sim_url: str | None = None,
+    sim_url: str | None = None, spawned: SimProcess | None = None,
 ) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
     ``while_starting`` runs once the built-in target's process is spawned and before it is waited
     for, so this process's own preparing overlaps the target's start-up on another core. With
     ``sim_url`` the built-in target is the one already serving there (a fleet's, so its quota is
-    the fleet's), not a new one.
+    the fleet's), not a new one; with ``spawned``, it is that child, already loading
+    (:func:`engine.run.early.early_target`), handed its config here.
     Yields ``({model label: base_url}, sim process or None)``.
     Usage: ``with local_targets(spec, questions) as (urls, sim): ...``
     """
@@ -42,9 +43,12 @@ def local_targets(
     sim: SimProcess | None = None
     with contextlib.ExitStack() as stack:
         if sim_url is None and any(m.base_url == SIM_URL for m in spec.models):
-            sim = SimProcess(sim_config(spec, questions))
+            sim = spawned or SimProcess(sim_config(spec, questions))
             stack.push(sim)  # stopped on the way out, whatever happens from here on
-            sim.start()
+            if spawned is None:
+                sim.start()
+            else:
+                sim.configure(sim_config(spec, questions))
         servers: dict[str, str] = {}
         for model in spec.models:
             if model.gguf is not None and model.gguf not in servers:

@@ -35,13 +35,14 @@ from engine.errors import ConfigError, QuestionsError
 from engine.experiment.grid import Skipped, build_grid, iter_tasks
 from engine.experiment.questions import load_questions
 from engine.experiment.scoring import get_scorer
-from engine.experiment.spec import Spec, load_spec
+from engine.experiment.spec import load_spec
 from engine.report.stamp import report_is_current
 from engine.results.lock import RunLock
 from engine.results.paths import RunPaths, check_owner
 from engine.results.scan import EMPTY_SCAN, scan_logs
 from engine.results.shards import Shard
 from engine.results.stamps import is_complete
+from engine.run.early import run_dir_of
 from engine.run.endpoints import (
     aiohttp_transport,
     api_headers,
@@ -54,6 +55,7 @@ from engine.run.interrupts import Interrupts
 from engine.run.logs import mark_if_complete, prepare_log, shard_pair
 from engine.run.options import FAILED_EXIT, Prepared, RunOptions, RunSummary
 from engine.run.targets import model_targets
+from engine.sim.process import SimProcess
 
 # Also importable from here (other modules and tests do): they live in engine.run.options and .endpoints.
 __all__ = [
@@ -114,7 +116,7 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
 
 async def run_prepared(
     prepared: Prepared, options: RunOptions, *, transport_factory: Callable[[int], Transport] | None = None,
-    console: Console | None = None, interrupts: Interrupts | None = None,
+    console: Console | None = None, interrupts: Interrupts | None = None, spawned: SimProcess | None = None,
 ) -> RunSummary:
     """Run a checked spec: start targets, preflight, then run the grid and write the log.
 
@@ -126,7 +128,8 @@ async def run_prepared(
     if interrupts is None:
         with Interrupts() as own:
             return await run_prepared(
-                prepared, options, transport_factory=transport_factory, console=console, interrupts=own
+                prepared, options, transport_factory=transport_factory, console=console, interrupts=own,
+                spawned=spawned,
             )
     paths = prepared.paths
     make_transport = transport_factory or aiohttp_transport
@@ -151,7 +154,7 @@ async def run_prepared(
 
     return await send_rest(
         prepared, options, make_transport=make_transport, console=console, interrupts=interrupts, done=done,
-        skipped=skipped, started=started,
+        skipped=skipped, started=started, spawned=spawned,
     )
 
 
@@ -180,17 +183,19 @@ def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | 
 
 def run_experiment(
     spec_path: Path, *, out: Path | None = None, fresh: bool = False, quiet: bool = False,
-    options: RunOptions | None = None,
+    options: RunOptions | None = None, spawned: SimProcess | None = None,
 ) -> RunSummary:
     """Run (or resume) the experiment a spec describes, and write its report.
 
-    Usage: ``summary = run_experiment(Path("data/memorisation.toml"))``
+    ``spawned`` is a built-in target already starting (:func:`engine.run.early.early_target`),
+    used if the run needs one. Usage: ``summary = run_experiment(Path("data/memorisation.toml"))``
     """
     options = options or RunOptions(out=out, fresh=fresh, quiet=quiet)
     with Interrupts() as interrupts, contextlib.ExitStack() as hold:
         prepared = prepare(spec_path, options, hold=hold)
         summary = anyio.run(
-            functools.partial(run_prepared, prepared, options, interrupts=interrupts), backend="asyncio"
+            functools.partial(run_prepared, prepared, options, interrupts=interrupts, spawned=spawned),
+            backend="asyncio",
         )
         if options.report and summary.finished + summary.already_done > 0:
             write_run_report(prepared.paths.root)
@@ -200,9 +205,6 @@ def run_experiment(
     return summary
 
 
-def run_dir_of(spec: Spec, out: Path | None) -> Path:
-    """The run directory: ``out``, or runs/<name> by default. Usage: ``run_dir_of(load_spec(path), None)``"""
-    return out or Path("runs") / spec.name
 
 
 def write_run_report(run_dir: Path) -> list[Path]:

@@ -46,6 +46,7 @@ from engine.run.options import Prepared, RunOptions, RunSummary
 from engine.run.progress import Progress
 from engine.run.quotas import by_endpoint, pool_size, quota_groups
 from engine.run.scheduler import Counters, Pool, StopSignal, run_grid
+from engine.sim.process import SimProcess
 
 __all__ = ["send_rest"]
 
@@ -53,17 +54,19 @@ __all__ = ["send_rest"]
 async def send_rest(
     prepared: Prepared, options: RunOptions, *, make_transport: Callable[[int], Transport], console: Console | None,
     interrupts: Interrupts, done: AbstractSet[str], skipped: Skipped, started: float,
+    spawned: SimProcess | None = None,
 ) -> RunSummary:  # fmt: skip
     """Start the targets, open the pools (preflighted) and the batch route, run them, close everything.
 
     ``done`` are the keys not to send; ``skipped`` counts those the grid passes over; ``started`` is
-    the run's start (``time.monotonic()``) for its elapsed time.
+    the run's start (``time.monotonic()``) for its elapsed time; ``spawned``, a built-in target already
+    starting, if the caller has one.
     Usage: ``await send_rest(prepared, options, make_transport=f, console=None, interrupts=i, ...)``
     """
     spec, paths = prepared.spec, prepared.paths
     stop, counters = StopSignal(), Counters()
     with local_targets(
-        spec, prepared.questions, while_starting=load_http_client, sim_url=options.sim_url
+        spec, prepared.questions, while_starting=load_http_client, sim_url=options.sim_url, spawned=spawned
     ) as (urls, sim):
         transports: list[Transport] = []
         try:

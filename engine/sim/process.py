@@ -63,21 +63,57 @@ class SimProcess:
             raise
         return self
 
+    @classmethod
+    def spawned(cls, *, host: str = "127.0.0.1", start_timeout: float = 30.0) -> SimProcess:
+        """A child started now that loads its interpreter and modules, then waits for :meth:`configure`.
+
+        For a caller that knows it will need the sim before it knows the config: the child's
+        start-up (about 0.2 s) then overlaps the caller's own. Stop it like any other (``with`` or
+        :meth:`stop`); one never configured exits on its own once its parent's end of the pipe closes.
+        Usage: ``sim = SimProcess.spawned(); ...; sim.configure(cfg); sim.wait_ready()``
+        """
+        sim = cls(host=host, start_timeout=start_timeout)
+        sim._spawn(config_on_stdin=True)
+        return sim
+
     def start(self) -> None:
         """Spawn the subprocess and hand it its config, without waiting for it to listen.
 
-        Its start-up (about 0.3 s: an interpreter and imports) then runs on another core while the
+        Its start-up (about 0.2 s: an interpreter and imports) then runs on another core while the
         caller does its own preparing; :meth:`wait_ready` waits for it. Use it inside a ``with``
         block whose exit stops the process (e.g. ``stack.push(sim); sim.start()``).
         Usage: ``sim.start(); ...; sim.wait_ready()``
         """
         if self._proc is not None:
             return
+        self._spawn(config_on_stdin=self.config is not None)
+        self.configure(self.config)
+
+    def configure(self, config: SimConfig | None) -> None:
+        """Hand a spawned child its config (None: the defaults) and let it start listening.
+
+        Usage: ``sim.configure(cfg)``
+        """
+        self.config = config
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None, "spawn the sim before configuring it"
+        try:
+            if config is not None:
+                proc.stdin.write(orjson.dumps(config.to_dict()))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once; wait_ready reports why
+
+    def stop(self) -> None:
+        """Stop the child if it runs (idempotent). Usage: ``sim.stop()``"""
+        self._stop()
+
+    def _spawn(self, *, config_on_stdin: bool) -> None:
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "engine.sim", "--host", self.host, "--port", "0", "--exit-with-parent"]
-        if self.config is not None:
+        if config_on_stdin:
             cmd += ["--config-file", "-"]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _stop, on every way out)
         # A session of its own: a terminal's Ctrl-C (sent to the whole foreground process group), a
@@ -87,13 +123,6 @@ class SimProcess:
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True
         )
-        assert self._proc.stdin is not None
-        try:
-            if self.config is not None:
-                self._proc.stdin.write(orjson.dumps(self.config.to_dict()))
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at once; wait_ready reports why
 
     def wait_ready(self) -> str:
         """Wait until the subprocess listens; returns (and sets) its ``base_url``. Usage: ``sim.wait_ready()``"""
@@ -168,8 +197,10 @@ class SimProcess:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None and not pipe.closed:
+                    with contextlib.suppress(BrokenPipeError):
+                        pipe.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None

@@ -420,7 +420,8 @@ def replicate(
 
     plan = load_plan(Path(spec_path))
     from engine.experiment.spec import load_spec
-    from engine.run.runner import RunOptions, run_dir_of, run_experiment
+    from engine.run.early import run_dir_of
+    from engine.run.runner import RunOptions, run_experiment
 
     with Interrupts(), RunLock(run_dir_of(load_spec(plan.spec_path), out)):
         started = time.monotonic()
