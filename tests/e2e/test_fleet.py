@@ -68,3 +68,25 @@ def test_a_batch_mode_model_is_refused_in_a_fleet_with_one_line(tmp_path: Path, 
         assert "'ft-5x': batch mode runs in one process" in lines[0] and f"drop {' '.join(flags)}" in lines[0]
         assert not (out / "results.jsonl").exists() and not (out / "results").exists()  # refused before running
         assert not (out / "batches").exists()
+
+
+def test_two_workers_hold_one_known_quota_that_the_target_enforces_over_one_second_windows(
+    tmp_path: Path, capsys: object
+) -> None:
+    """The quota is the fleet's, not each worker's: two workers together stay under what the target allows."""
+    rpm = 3000  # 50 a second, counted by the target over every sliding second
+    facts = Path(__file__).resolve().parents[2] / "data" / "facts.csv"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'name = "quota"\nquestions = "{facts}"\ntemperatures = [0.0]\nrepeats = 2\n\n'  # 150 x 2 = 300 tasks
+        f'[[models]]\nname = "m"\nbase_url = "sim"\nconcurrency = 16\nrpm = {rpm}\n\n'
+        f"[sim]\nlatency_ms = 10\nrpm = {rpm}\nquota_window_s = 1.0\n"
+    )
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--workers", "2"]) == 0
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    requests = int(re.search(r"requests ([\d,]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
+    limited = int(re.search(r"429s ([\d,]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
+    keys = _keys(tmp_path / "run")
+    assert len(keys) == len(set(keys)) == 300
+    # Each worker alone allowed the whole quota would send twice what the target takes: about half refused.
+    assert limited <= 0.01 * requests, out
