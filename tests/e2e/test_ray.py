@@ -52,3 +52,23 @@ def test_killed_actor_restarts_and_resumes_its_shard(local_ray: None, tmp_path: 
     assert len(keys) == len(set(keys)) == 2400
     assert results[0]["skipped"] > 0  # the restarted actor found its shard's earlier records
     assert 2400 <= answered <= 2400 + 2 * 16  # re-sent at most what the killed actor had in flight (2 models x 16)
+
+
+def test_two_actors_hold_one_known_quota_that_the_target_enforces(local_ray: None, tmp_path: Path) -> None:
+    """--ray auto with a known quota: the budget actor leases it, so the actors together stay under it."""
+    rpm = 3000  # 50 a second, counted by the target over every sliding second
+    spec = write_spec(tmp_path, name="ray-quota", repeats=2, temps="[0.0]", models=1, concurrency=16,
+                      sim=f"[sim]\nlatency_ms = 10\nrpm = {rpm}\nquota_window_s = 1.0\n")  # fmt: skip
+    spec.write_text(spec.read_text().replace("concurrency = 16\n", f"concurrency = 16\nrpm = {rpm}\n"))
+    options = RunOptions(out=tmp_path / "run", quiet=True, report=False)
+    prepared = prepare(spec, options)
+    with local_targets(prepared.spec, prepared.questions) as (_urls, sim):
+        assert sim is not None
+        budget = start_budget(prepared.spec, actors=2)
+        _handles, refs = start_actors(spec, options, actors=2, sim_url=sim.base_url, budget=budget)
+        results = ray.get(refs)
+        stats = sim.stats()
+    keys = _keys(tmp_path / "run")
+    assert len(keys) == len(set(keys)) == 300
+    assert sum(r["rate_limited"] for r in results) == stats["quota_limited"]
+    assert stats["quota_limited"] <= 0.01 * stats["chat_requests"], stats
