@@ -27,9 +27,18 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from engine.report.stats import derive_rng, percentile_interval
+from engine.report.stats import derive_rng, percentile_interval, resample_counts
 
 __all__ = ["SEED_LABEL", "group_of", "seed_comparisons", "seed_groups"]
+
+_GROUP_SCHEMA: dict[str, Any] = {
+    "group": pl.String, "seeds": pl.Int64, "mean_rate": pl.Float64, "min_rate": pl.Float64, "max_rate": pl.Float64,
+    "sd_rate": pl.Float64, "seed_rates": pl.List(pl.Float64), "lo": pl.Float64, "hi": pl.Float64,
+}  # fmt: skip
+_COMPARISON_SCHEMA: dict[str, Any] = {
+    "a": pl.String, "b": pl.String, "rate_a": pl.Float64, "rate_b": pl.Float64, "diff": pl.Float64,
+    "lo": pl.Float64, "hi": pl.Float64, "differs": pl.Boolean,
+}  # fmt: skip
 
 SEED_LABEL = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 """A model label that names a training seed: ``GROUP-sK``."""
@@ -73,11 +82,6 @@ def _replicates(errors: NDArray[np.float64], n: NDArray[np.float64], weights: ND
     return np.asarray(np.nanmean(np.take_along_axis(rates, picks, axis=1), axis=1), dtype=np.float64)
 
 
-def _weights(n_objects: int, reps: int, rng: np.random.Generator) -> NDArray[np.float64]:
-    draws = rng.integers(0, n_objects, size=(reps, n_objects))
-    return np.stack([np.bincount(d, minlength=n_objects) for d in draws]).astype(np.float64)
-
-
 def seed_groups(cells: pl.DataFrame, *, cluster: str, seed: int, reps: int, confidence: float) -> pl.DataFrame:
     """One row per seed group: group, seeds, mean_rate, min_rate, max_rate, sd_rate, seed_rates, lo, hi.
 
@@ -85,8 +89,10 @@ def seed_groups(cells: pl.DataFrame, *, cluster: str, seed: int, reps: int, conf
     Usage: ``seed_groups(cells, cluster="object", seed=0, reps=2000, confidence=0.95)``
     """
     objects, groups = _matrices(cells, cluster)
+    if not groups:  # no resampling at all then (the objects' stream is its own: no other number moves)
+        return pl.DataFrame(schema=_GROUP_SCHEMA)
     rows = []
-    weights = _weights(len(objects), reps, derive_rng(seed, "seed-groups", "objects"))
+    weights = resample_counts(derive_rng(seed, "seed-groups", "objects"), reps, len(objects))
     for group, (members, errors, n) in groups.items():
         with np.errstate(invalid="ignore", divide="ignore"):
             rates = errors.sum(axis=1) / n.sum(axis=1)
@@ -97,10 +103,7 @@ def seed_groups(cells: pl.DataFrame, *, cluster: str, seed: int, reps: int, conf
             "sd_rate": float(np.std(rates, ddof=1)) if len(members) > 1 else None,
             "seed_rates": [float(r) for r in rates], "lo": lo, "hi": hi,
         })  # fmt: skip
-    schema: dict[str, Any] = {"group": pl.String, "seeds": pl.Int64, "mean_rate": pl.Float64, "min_rate": pl.Float64,
-              "max_rate": pl.Float64, "sd_rate": pl.Float64, "seed_rates": pl.List(pl.Float64),
-              "lo": pl.Float64, "hi": pl.Float64}  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+    return pl.DataFrame(rows, schema=_GROUP_SCHEMA)
 
 
 def seed_comparisons(
@@ -112,7 +115,9 @@ def seed_comparisons(
     """
     objects, groups = _matrices(cells, cluster)
     names = [g for g in dict.fromkeys(order) if g in groups] + [g for g in groups if g not in order]
-    weights = _weights(len(objects), reps, derive_rng(seed, "seed-groups", "objects"))
+    if not groups:
+        return pl.DataFrame(schema=_COMPARISON_SCHEMA)
+    weights = resample_counts(derive_rng(seed, "seed-groups", "objects"), reps, len(objects))
     draws = {g: _replicates(e, n, weights, derive_rng(seed, "seed-compare", g)) for g, (_, e, n) in groups.items()}
     rows = []
     for i, a in enumerate(names):
@@ -122,6 +127,4 @@ def seed_comparisons(
             lo, hi = percentile_interval(draws[a] - draws[b], confidence)
             rows.append({"a": a, "b": b, "rate_a": rate_a, "rate_b": rate_b, "diff": rate_a - rate_b,
                          "lo": lo, "hi": hi, "differs": bool(lo > 0 or hi < 0)})  # fmt: skip
-    schema = {"a": pl.String, "b": pl.String, "rate_a": pl.Float64, "rate_b": pl.Float64, "diff": pl.Float64,
-              "lo": pl.Float64, "hi": pl.Float64, "differs": pl.Boolean}  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+    return pl.DataFrame(rows, schema=_COMPARISON_SCHEMA)

@@ -49,6 +49,7 @@ __all__ = [
     "pairwise_differences",
     "percentile_interval",
     "percentile_intervals",
+    "resample_counts",
     "wilson_interval",
 ]
 
@@ -94,6 +95,17 @@ def derive_rng(seed: int, *parts: object) -> np.random.Generator:
     return np.random.default_rng([int(seed), int.from_bytes(digest, "little")])
 
 
+def resample_counts(rng: np.random.Generator, reps: int, k: int) -> NDArray[np.float64]:
+    """How often each of ``k`` clusters is drawn in each of ``reps`` resamples with replacement: shape ``(reps, k)``.
+
+    Each row is one resample of ``k`` draws; a matrix product with per-cluster sums then resamples
+    any number of series at once. Usage: ``counts = resample_counts(derive_rng(0), 2000, 50)``
+    """
+    idx = rng.integers(0, k, size=(reps, k), dtype=np.int64)
+    idx += (np.arange(reps, dtype=np.int64) * k)[:, None]
+    return np.bincount(idx.ravel(), minlength=reps * k).reshape(reps, k).astype(np.float64)
+
+
 def bootstrap_rates(
     errors: ArrayLike, n: ArrayLike, *, reps: int = DEFAULT_REPS, rng: np.random.Generator
 ) -> NDArray[np.float64]:
@@ -123,9 +135,7 @@ def bootstrap_rates(
         rows = min(step, reps - start)
         # Each row of idx is one replicate: k clusters drawn with replacement. Turned into
         # counts per cluster, one matrix product then resamples every series at once.
-        idx = rng.integers(0, k, size=(rows, k), dtype=np.int64)
-        idx += (np.arange(rows, dtype=np.int64) * k)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=rows * k).reshape(rows, k).astype(np.float64)
+        counts = resample_counts(rng, rows, k)
         e_star = counts @ e
         n_star = counts @ m
         with np.errstate(invalid="ignore", divide="ignore"):
