@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 
 from engine.errors import ReportError
+from engine.results.cache import user_cache_dir
 
 __all__ = [
     "comparison_spec", "heatmap_spec", "histogram_spec", "rate_spec", "split_spec", "vega_bundle",
@@ -47,12 +48,6 @@ _RAMP = ["#fff5eb", "#fdbe85", "#fd8d3c", "#d94701", "#7f2704"]
 _WIDTH = 520
 
 
-def default_cache_dir() -> Path:
-    """Where the bundled script is kept. Usage: ``default_cache_dir() / "vega-1.9.0.js"``"""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "engine"
-
-
 def vega_bundle(cache_dir: Path | None = None) -> str:
     """The Vega, Vega-Lite and vega-embed script, from the cache or bundled by vl-convert once.
 
@@ -63,7 +58,7 @@ def vega_bundle(cache_dir: Path | None = None) -> str:
         version = importlib.metadata.version("vl-convert-python")
     except importlib.metadata.PackageNotFoundError as exc:
         raise ReportError("report.html needs the vl-convert-python package (pip install vl-convert-python)") from exc
-    cached = (cache_dir or default_cache_dir()) / f"vega-bundle-{version}.js"
+    cached = (cache_dir or user_cache_dir()) / f"vega-bundle-{version}.js"
     try:
         return cached.read_text(encoding="utf-8")
     except OSError:
