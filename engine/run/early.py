@@ -2,10 +2,10 @@
 
 The target is another process on another core, and its start-up (an interpreter and its imports,
 about 0.2 s) does not depend on anything the run prepares except its config, which it reads from a
-pipe once it is ready for it. Spawned here, as soon as the spec says the built-in target is needed,
-it loads while this process imports the run's machinery and prepares; :func:`engine.run.endpoints.local_targets`
-then hands it the config. This module imports only the spec reader and the parent side of the sim,
-so it costs nothing the run would not pay anyway.
+pipe once it is ready for it. Spawned here, as soon as the spec says the built-in target is
+needed, it loads while this process imports the run's machinery and prepares;
+:func:`engine.run.endpoints.local_targets` then hands it the config. This module imports only the
+spec reader and the parent side of the sim, so it costs nothing the run would not pay anyway.
 
 Usage::
 
@@ -36,9 +36,10 @@ def run_dir_of(spec: Spec, out: Path | None) -> Path:
 def early_target(spec_path: Path, *, out: Path | None, wanted: bool = True) -> Iterator[SimProcess | None]:
     """A built-in target spawned now and waiting for its config, or None; stopped on the way out.
 
-    None when not ``wanted`` (a caller that starts its targets another way), the spec cannot be read (the run then says why, in its own words), names no model
-    on the built-in target, or its run directory holds a complete stamp (a rerun that most likely
-    has nothing to send should not start a target it will not use).
+    None when not ``wanted`` (a caller that starts its targets another way), when the spec cannot
+    be read (the run then says why, in its own words) or names no model on the built-in target, and
+    when its run directory holds a complete stamp (a rerun that most likely has nothing to send
+    should not start a target it will not use).
     Usage: ``with early_target(spec_path, out=None) as spawned: ...``
     """
     try:
