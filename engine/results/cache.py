@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-import orjson
+from engine.results.stamps import read_json, write_json_atomic
 
 __all__ = ["file_sha256", "user_cache_dir"]
 
@@ -46,7 +46,9 @@ def file_sha256(path: Path, *, cache_dir: Path | None = None) -> str:
     st = resolved.stat()
     seen = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
     store = (cache_dir or user_cache_dir()) / _DIGESTS
-    remembered = _read(store)
+    remembered = read_json(store)
+    if not isinstance(remembered, dict):
+        remembered = {}
     entry = remembered.get(str(resolved))
     if isinstance(entry, dict) and entry.get("stat") == seen and isinstance(entry.get("sha256"), str):
         return str(entry["sha256"])
@@ -59,24 +61,7 @@ def file_sha256(path: Path, *, cache_dir: Path | None = None) -> str:
     if settled and resolved.stat().st_ctime_ns == st.st_ctime_ns:
         remembered.pop(str(resolved), None)
         remembered[str(resolved)] = {"stat": seen, "sha256": digest}
-        _write(store, dict(list(remembered.items())[-_KEEP:]))
-    return digest
-
-
-def _read(store: Path) -> dict[str, object]:
-    try:
-        data = orjson.loads(store.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write(store: Path, data: dict[str, object]) -> None:
-    partial = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(orjson.dumps(data))
-        os.replace(partial, store)  # whole or absent: a concurrent run reads the old list or the new one
-    except OSError:
         with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
+            store.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(store, dict(list(remembered.items())[-_KEEP:]))
+    return digest

@@ -19,6 +19,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -74,7 +75,8 @@ def write_json_atomic(path: Path, doc: object) -> None:
         partial.write_bytes(orjson.dumps(doc))
         os.replace(partial, path)
     except OSError:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # absent, or its directory is not one either
+            partial.unlink()
 
 
 def _complete_key(paths: RunPaths, grid: Grid) -> dict[str, Any]:
