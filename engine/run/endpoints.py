@@ -43,12 +43,13 @@ def local_targets(
     sim: SimProcess | None = None
     with contextlib.ExitStack() as stack:
         if sim_url is None and any(m.base_url == SIM_URL for m in spec.models):
-            sim = spawned or SimProcess(sim_config(spec, questions))
+            config = sim_config(spec, questions)
+            sim = spawned or SimProcess(config)
             stack.push(sim)  # stopped on the way out, whatever happens from here on
             if spawned is None:
                 sim.start()
             else:
-                sim.configure(sim_config(spec, questions))
+                sim.configure(config)
         servers: dict[str, str] = {}
         for model in spec.models:
             if model.gguf is not None and model.gguf not in servers:
