@@ -161,10 +161,11 @@ def percentile_intervals(values: NDArray[np.float64], confidence: float) -> tupl
     alpha = (1.0 - confidence) / 2.0
     columns = np.arange(v.shape[1])
     ends = []
+    last = np.maximum(count - 1, 0)
     for q in np.array([alpha, 1.0 - alpha]):
         virtual = (count - 1) * q
-        below = np.clip(np.floor(virtual).astype(np.int64), 0, np.maximum(count - 1, 0))
-        above = np.clip(below + 1, 0, np.maximum(count - 1, 0))
+        below = np.clip(np.floor(virtual).astype(np.int64), 0, last)
+        above = np.clip(below + 1, 0, last)
         gamma = virtual - below
         a, b = ordered[below, columns], ordered[above, columns]
         with np.errstate(invalid="ignore"):

@@ -59,7 +59,7 @@ class SimProcess:
         try:
             self.wait_ready()
         except BaseException:
-            self._stop()
+            self.stop()
             raise
         return self
 
@@ -104,10 +104,6 @@ class SimProcess:
         except BrokenPipeError:
             pass  # it died at once; wait_ready reports why
 
-    def stop(self) -> None:
-        """Stop the child if it runs (idempotent). Usage: ``sim.stop()``"""
-        self._stop()
-
     def _spawn(self, *, config_on_stdin: bool) -> None:
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
@@ -115,7 +111,7 @@ class SimProcess:
         cmd = [sys.executable, "-m", "engine.sim", "--host", self.host, "--port", "0", "--exit-with-parent"]
         if config_on_stdin:
             cmd += ["--config-file", "-"]
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _stop, on every way out)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop, on every way out)
         # A session of its own: a terminal's Ctrl-C (sent to the whole foreground process group), a
         # hang-up or `timeout` then reach the engine only, which lets requests in flight finish against
         # a target still alive and stops it after the log is written. If the engine dies by SIGKILL,
@@ -131,7 +127,7 @@ class SimProcess:
         return self.base_url
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop()
+        self.stop()
 
     @property
     def pid(self) -> int | None:
@@ -187,7 +183,8 @@ class SimProcess:
         lines = self._stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else "no output"
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop the child if it runs (idempotent). Usage: ``sim.stop()``"""
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
