@@ -75,13 +75,8 @@ def test_two_workers_hold_one_known_quota_that_the_target_enforces_over_one_seco
 ) -> None:
     """The quota is the fleet's, not each worker's: two workers together stay under what the target allows."""
     rpm = 3000  # 50 a second, counted by the target over every sliding second
-    facts = Path(__file__).resolve().parents[2] / "data" / "facts.csv"
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        f'name = "quota"\nquestions = "{facts}"\ntemperatures = [0.0]\nrepeats = 2\n\n'  # 150 x 2 = 300 tasks
-        f'[[models]]\nname = "m"\nbase_url = "sim"\nconcurrency = 16\nrpm = {rpm}\n\n'
-        f"[sim]\nlatency_ms = 10\nrpm = {rpm}\nquota_window_s = 1.0\n"
-    )
+    spec = write_spec(tmp_path, name="quota", repeats=2, temps="[0.0]", models=1, concurrency=16, rpm=rpm,
+                      sim=f"[sim]\nlatency_ms = 10\nrpm = {rpm}\nquota_window_s = 1.0\n")  # 150 x 2 = 300 tasks
     assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--workers", "2"]) == 0
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     requests = int(re.search(r"requests ([\d,]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]

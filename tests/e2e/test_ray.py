@@ -57,9 +57,8 @@ def test_killed_actor_restarts_and_resumes_its_shard(local_ray: None, tmp_path: 
 def test_two_actors_hold_one_known_quota_that_the_target_enforces(local_ray: None, tmp_path: Path) -> None:
     """--ray auto with a known quota: the budget actor leases it, so the actors together stay under it."""
     rpm = 3000  # 50 a second, counted by the target over every sliding second
-    spec = write_spec(tmp_path, name="ray-quota", repeats=2, temps="[0.0]", models=1, concurrency=16,
+    spec = write_spec(tmp_path, name="ray-quota", repeats=2, temps="[0.0]", models=1, concurrency=16, rpm=rpm,
                       sim=f"[sim]\nlatency_ms = 10\nrpm = {rpm}\nquota_window_s = 1.0\n")  # fmt: skip
-    spec.write_text(spec.read_text().replace("concurrency = 16\n", f"concurrency = 16\nrpm = {rpm}\n"))
     options = RunOptions(out=tmp_path / "run", quiet=True, report=False)
     prepared = prepare(spec, options)
     with local_targets(prepared.spec, prepared.questions) as (_urls, sim):
