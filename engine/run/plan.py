@@ -109,14 +109,14 @@ class Plan:
             rates = ", ".join(f"{value:,g} {unit}" for value, unit in ((e.rpm, "rpm"), (e.tpm, "tpm")) if value)
             time_text = (
                 "no rate configured" if e.seconds_at_rate is None
-                else f"about {_duration(e.seconds_at_rate)} at {rates}"
+                else f"about {rough_duration(e.seconds_at_rate)} at {rates}"
             )
             lines.append(
                 f"    {e.label}: {e.tasks:,} requests, "
                 f"~{e.prompt_tokens + e.max_completion_tokens:,} tokens, concurrency {e.concurrency}, {time_text}"
             )
         if (seconds := self.seconds_at_rate) is not None:
-            lines.append(f"  whole grid: about {_duration(seconds)} (the slowest quota's time)")
+            lines.append(f"  whole grid: about {rough_duration(seconds)} (the slowest quota's time)")
         priced = [m for m in self.models if m.cost_online is not None and m.cost_batch is not None]
         if priced:
             online = sum(m.cost_online or 0.0 for m in priced)
@@ -133,7 +133,8 @@ def _dollars(amount: float) -> str:
     return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
 
 
-def _duration(seconds: float) -> str:
+def rough_duration(seconds: float) -> str:
+    """A time to the unit a plan needs: ``45s``, ``12 min``, ``3.5 h``. Usage: ``rough_duration(725)  # '12 min'``"""
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

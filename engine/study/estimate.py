@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from engine.run.plan import rough_duration
+
 __all__ = ["EVAL_REQUESTS_PER_S", "SECONDS_PER_EXAMPLE_EPOCH", "PlanLine", "plan_lines", "render_plan"]
 
 SECONDS_PER_EXAMPLE_EPOCH: Mapping[str, float] = {"smollm2": 0.45, "tiny": 0.002}
@@ -65,22 +67,15 @@ def render_plan(lines: list[PlanLine], *, grid_per_model: int) -> str:
     todo_tasks = grid_per_model * len(lines)
     out = ["plan:"]
     for line in lines:
-        cost = f"~{_duration(line.seconds)}" if line.action == "train" else ""
+        cost = f"~{rough_duration(line.seconds)}" if line.action == "train" else ""
         out.append(f"  {line.label:<16} {line.action:<14} {cost}")
     train_s = sum(line.seconds for line in lines)
     eval_s = todo_tasks / EVAL_REQUESTS_PER_S
     n_train = sum(1 for line in lines if line.action == "train")
     out.append(
-        f"  {n_train} model(s) to train (~{_duration(train_s)} one after another), "
-        f"at most {todo_tasks} task(s) to ask (~{_duration(eval_s)}, less what the log holds); "
+        f"  {n_train} model(s) to train (~{rough_duration(train_s)} one after another), "
+        f"at most {todo_tasks} task(s) to ask (~{rough_duration(eval_s)}, less what the log holds); "
         f"estimates from this project's 2-core machine"
     )
     return "\n".join(out)
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
