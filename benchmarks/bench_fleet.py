@@ -38,7 +38,8 @@ from typing import Any
 
 import orjson
 
-from engine.bench.throughput import machine
+from engine.bench.throughput import machine, request_span
+from engine.results.paths import run_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +70,7 @@ def _run(spec: Path, out: Path, *flags: str) -> tuple[float, str]:
 
 def _keys(run: Path) -> tuple[int, int]:
     """(records, distinct keys) over every log of a run."""
-    logs = [*run.glob("results.jsonl"), *(run / "results").glob("shard-*.jsonl")]
-    keys = [orjson.loads(line)["key"] for log in logs for line in log.read_bytes().splitlines()]
+    keys = [orjson.loads(line)["key"] for log in run_logs(run) for line in log.read_bytes().splitlines()]
     return len(keys), len(set(keys))
 
 
@@ -93,7 +93,7 @@ def throughput(root: Path, tasks: int, repeat: int) -> dict[str, Any]:
             records, distinct = _keys(out)
             assert records == distinct == tasks, (records, distinct, tasks)
             rates[workers].append(tasks / wall)  # wall includes start-up (target, imports): the user's view
-            sending[workers].append(tasks / _span(out))  # first request sent to last answer logged
+            sending[workers].append(tasks / request_span(out))  # first request sent to last answer logged
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     send_one, send_two = statistics.median(sending[1]), statistics.median(sending[2])
     return {"tasks": tasks, "w1_rps": one, "w2_rps": two, "ratio": two / one, "send_w1_rps": send_one,
@@ -114,23 +114,12 @@ def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
         limited = _summary_number(stdout, "429s")
         requests = _summary_number(stdout, "requests")
         # Goodput over the sending time: the wall clock less the start-up before the first request.
-        span = _span(out)
+        span = request_span(out)
         rows.append({"mode": label, "tasks": tasks, "records": records, "distinct": distinct,
                      "goodput_share": distinct / span / (rpm / 60), "share_429": limited / max(1, requests),
                      "wall_s": wall, "span_s": span})  # fmt: skip
     return rows
 
-
-def _span(run: Path) -> float:
-    logs = [*run.glob("results.jsonl"), *(run / "results").glob("shard-*.jsonl")]
-    starts: list[float] = []
-    ends: list[float] = []
-    for log in logs:
-        for line in log.read_bytes().splitlines():
-            r = orjson.loads(line)
-            starts.append(r["t_start"])
-            ends.append(r["t_end"])
-    return max(ends) - min(starts)
 
 
 def shards(root: Path) -> dict[str, Any]:

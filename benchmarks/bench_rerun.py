@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
+from engine.bench.throughput import request_span
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "memorisation.toml"
@@ -49,15 +49,6 @@ def engine_run(out: Path, env: dict[str, str]) -> float:
                    stdout=subprocess.DEVNULL, env=env)  # fmt: skip
     return time.perf_counter() - t
 
-
-def request_span(log: Path) -> float:
-    """Seconds from the first request's start to the last one's end, as the log records them."""
-    starts, ends = [], []
-    for line in log.read_bytes().splitlines():
-        rec = orjson.loads(line)
-        starts.append(rec["t_start"])
-        ends.append(rec["t_end"])
-    return max(ends) - min(starts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"run{i}"
             wall = engine_run(out, env)
             fresh.append(wall)
-            beyond.append(wall - request_span(out / "results.jsonl"))
+            beyond.append(wall - request_span(out))
             assert (out / "report.html").is_file()
             rerun.append(engine_run(out, env))
     med = statistics.median

@@ -46,6 +46,7 @@ import orjson
 
 from engine.bench.contestants import MAX_TOKENS, MODEL, SYSTEM, bench_questions, request_body
 from engine.errors import ConfigError, EndpointError
+from engine.results.paths import run_logs
 
 __all__ = [
     "API_CONTESTANTS", "BASELINE", "CONTESTANTS", "MAX_TOKENS", "MODEL", "SLOW", "SYSTEM", "BenchConfig", "BenchRow", "BenchTable",
@@ -386,6 +387,21 @@ def machine() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "system": f"{platform.system()} {platform.release()}", "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def request_span(run_dir: Path) -> float:
+    """Seconds from a run's first request to its last answer, as its logs (every shard's) record them.
+
+    A run's time less this is what it costs beyond its requests. Usage: ``request_span(Path("runs/x"))``
+    """
+    starts: list[float] = []
+    ends: list[float] = []
+    for log in run_logs(run_dir):
+        for line in log.read_bytes().splitlines():
+            record = orjson.loads(line)
+            starts.append(record["t_start"])
+            ends.append(record["t_end"])
+    return max(ends) - min(starts)
 
 
 def main_bench(*, tasks: int, concurrency: int, latency_ms: float, repeats: int = 1) -> int:
