@@ -90,7 +90,10 @@ def _sampling(request: Mapping[str, Any], high: float, max_key: tuple[str, ...],
     temperature = 1.0 if temperature is None else temperature
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= high:
         return f"Invalid 'temperature': {temperature!r}; expected a number in [0, {high:g}].", None
-    max_tokens = next((request[k] for k in max_key if request.get(k) is not None), None)
+    max_tokens = None
+    for name in max_key:  # the first one given
+        if (max_tokens := request.get(name)) is not None:
+            break
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                    or max_tokens < least):
         return f"Invalid '{max_key[-1]}': {max_tokens!r}; expected an integer >= {least}.", None
@@ -100,8 +103,25 @@ def _sampling(request: Mapping[str, Any], high: float, max_key: tuple[str, ...],
     return "", (float(temperature), max_tokens, seed)
 
 
-def _prompt_tokens(texts: list[str | None]) -> int:
-    return sum(estimate_tokens(t) + 4 for t in texts if t is not None) + 3
+def _turns(items: list[Any], default_role: str | None) -> tuple[str | None, int] | None:
+    """(the last user text or None, the prompt tokens of every text) of message items, in one pass;
+    None when an item is not an object. The sim reads every request: one loop, no generators."""
+    last, tokens = None, 3
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        content = item.get("content")
+        text = content if isinstance(content, str) else _text_of(content)
+        if text is not None:
+            tokens += estimate_tokens(text) + 4
+            if item.get("role", default_role) == "user":
+                last = text
+    return last, tokens
+
+
+def _extra_tokens(text: str | None) -> int:
+    """The prompt tokens of a system prompt or instructions given apart from the messages."""
+    return 0 if text is None else estimate_tokens(text) + 4
 
 
 # -- Chat Completions ---------------------------------------------------------------------------
@@ -115,16 +135,15 @@ def parse_chat(request: Any) -> tuple[str, Ask | None]:
     if not isinstance(model, str) or not model:
         return "You must provide a model parameter.", None
     messages = request.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+    if not isinstance(messages, list) or not messages or (turns := _turns(messages, None)) is None:
         return "'messages' must be a non-empty array of message objects.", None
-    texts = [_text_of(m.get("content")) for m in messages]
-    user = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user" and t is not None]
-    if not user:
+    user, tokens = turns
+    if user is None:
         return "'messages' must contain a user message with text content.", None
     problem, sampling = _sampling(request, 2.0, ("max_completion_tokens", "max_tokens"), 1)
     if sampling is None:
         return problem, None
-    return "", (model, user[-1], *sampling, _prompt_tokens(texts))
+    return "", (model, user, *sampling, tokens)
 
 
 def _chat_reply(seq: int, model: str, content: str, cut: bool, prompt: int, completion: int) -> bytes:
@@ -167,11 +186,10 @@ def parse_responses(request: Any) -> tuple[str, Ask | None]:
         return "You must provide a model parameter.", None
     given = request.get("input")
     items = [{"role": "user", "content": given}] if isinstance(given, str) else given
-    if not isinstance(items, list) or not items or not all(isinstance(m, dict) for m in items):
+    if not isinstance(items, list) or not items or (turns := _turns(items, "user")) is None:
         return "'input' must be a string or a non-empty array of input items.", None
-    texts = [_text_of(m.get("content")) for m in items]
-    user = [t for m, t in zip(items, texts, strict=True) if m.get("role", "user") == "user" and t is not None]
-    if not user:
+    user, tokens = turns
+    if user is None:
         return "'input' must contain a user message with text content.", None
     instructions = request.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -179,7 +197,7 @@ def parse_responses(request: Any) -> tuple[str, Ask | None]:
     problem, sampling = _sampling(request, 2.0, ("max_output_tokens",), 16)
     if sampling is None:
         return problem, None
-    return "", (model, user[-1], *sampling, _prompt_tokens([instructions, *texts]))
+    return "", (model, user, *sampling, tokens + _extra_tokens(instructions))
 
 
 def _responses_reply(seq: int, model: str, content: str, cut: bool, prompt: int, completion: int) -> bytes:
@@ -227,19 +245,18 @@ def parse_messages(request: Any) -> tuple[str, Ask | None]:
     if request.get("max_tokens") is None:
         return "max_tokens: Field required", None
     messages = request.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+    if not isinstance(messages, list) or not messages or (turns := _turns(messages, None)) is None:
         return "messages: at least one message is required", None
     if any(m.get("role") not in ("user", "assistant") for m in messages):
         return 'messages: roles must be "user" or "assistant"; a system prompt goes in the top-level system field', None
-    texts = [_text_of(m.get("content")) for m in messages]
-    user = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user" and t is not None]
-    if not user:
+    user, tokens = turns
+    if user is None:
         return "messages: a user message with text content is required", None
     system = _text_of(request.get("system"))
     problem, sampling = _sampling(request, 1.0, ("max_tokens",), 1)
     if sampling is None:
         return problem, None
-    return "", (model, user[-1], *sampling, _prompt_tokens([system, *texts]))
+    return "", (model, user, *sampling, tokens + _extra_tokens(system))
 
 
 def _messages_reply(seq: int, model: str, content: str, cut: bool, prompt: int, completion: int) -> bytes:

@@ -171,7 +171,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _next_request(self) -> tuple[bytes, bytes, bytes, bool] | Reply | None:
         buffer = self._buffer
-        while buffer[:2] == b"\r\n":  # stray line breaks between requests are allowed
+        if not buffer:
+            return None
+        while buffer.startswith(b"\r\n"):  # stray line breaks between requests are allowed
             del buffer[:2]
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -180,46 +182,53 @@ class HttpProtocol(asyncio.Protocol):
                     431, "Request headers too large.", "invalid_request_error", keep_alive=False
                 )
             return None
-        lines = bytes(buffer[:end]).split(b"\r\n")
-        parts = lines[0].split(b" ")
+        head = bytes(buffer[:end])
+        line_end = head.find(b"\r\n")
+        parts = (head if line_end < 0 else head[:line_end]).split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return error_reply(400, "Malformed HTTP request line.", "invalid_request_error", keep_alive=False)
         method, target, version = parts
-        length, connection, expect = 0, b"", False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-                if not 0 <= length <= _MAX_BODY:
-                    return error_reply(
-                        413 if length > 0 else 400,
-                        "Bad or too large Content-Length.",
-                        "invalid_request_error",
-                        keep_alive=False,
-                    )
-            elif name == b"connection":
-                connection = value.strip().lower()
-            elif name == b"transfer-encoding":
-                return error_reply(
-                    501,
-                    "engine-sim reads Content-Length bodies only.",
-                    "invalid_request_error",
-                    keep_alive=False,
-                )
-            elif name == b"expect":
-                expect = value.strip().lower() == b"100-continue"
+        # Header names are case-insensitive: one lower-cased copy, searched at line starts (C speed,
+        # not a Python loop over every header: the sim must stay cheap beside the client it serves).
+        lower = head.lower()
+        if b"\r\ntransfer-encoding:" in lower:
+            return error_reply(501, "engine-sim reads Content-Length bodies only.", "invalid_request_error",
+                               keep_alive=False)  # fmt: skip
+        length = _header_int(lower, b"\r\ncontent-length:")
+        if not 0 <= length <= _MAX_BODY:
+            return error_reply(413 if length > 0 else 400, "Bad or too large Content-Length.",
+                               "invalid_request_error", keep_alive=False)  # fmt: skip
         total = end + 4 + length
         if len(buffer) < total:
-            if expect and not self._continued and self._transport is not None:
+            if not self._continued and self._transport is not None and \
+                    _header(lower, b"\r\nexpect:") == b"100-continue":  # fmt: skip
                 self._continued = True
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return None
         body = bytes(buffer[end + 4 : total])
         del buffer[:total]
         self._continued = False
+        connection = _header(lower, b"\r\nconnection:")
         keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
         return method, target, body, keep_alive
+
+
+def _header(lower: bytes, name: bytes) -> bytes | None:
+    """The stripped value of header ``name`` (``b"\\r\\nname:"``) in a lower-cased head, or None."""
+    at = lower.find(name)
+    if at < 0:
+        return None
+    start = at + len(name)
+    stop = lower.find(b"\r\n", start)
+    return (lower[start:] if stop < 0 else lower[start:stop]).strip()
+
+
+def _header_int(lower: bytes, name: bytes) -> int:
+    """A header's integer value: 0 when absent, -1 when not a number or given twice (RFC 9112 6.3:
+    a message with conflicting lengths is unrecoverable, and a second copy is refused outright)."""
+    value = _header(lower, name)
+    if value is None:
+        return 0
+    if lower.find(name, lower.find(name) + 1) >= 0 or not value.isdigit():
+        return -1
+    return int(value)

@@ -439,6 +439,50 @@ async def test_pipelined_requests_answer_in_order_then_close() -> None:
     assert raw.rsplit(b"HTTP/1.1 200 OK", 1)[1].count(b"Connection: close") == 1
 
 
+async def test_framing_follows_http_1_1_and_refuses_what_a_real_server_refuses() -> None:
+    body = json.dumps(chat("Yo-yo?")).encode()
+
+    def head(*lines: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+        return b"POST /v1/chat/completions " + version + b"\r\nHost: x\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+    length = b"Content-Length: %d" % len(body)
+    cases = {
+        # header names in any case, stray line breaks before a request, HTTP/1.0 closing by default
+        "any case": (b"\r\n" + head(b"content-LENGTH: %d" % len(body), b"Connection: close") + body, 200),
+        "HTTP/1.0": (head(length, version=b"HTTP/1.0") + body, 200),
+        "bad length": (head(b"Content-Length: 12x") + body, 400),
+        "huge length": (head(b"Content-Length: %d" % (1 << 40)) + body, 413),
+        "two lengths": (head(length, b"Content-Length: %d" % (len(body) + 1)) + body + b" ", 400),
+        "chunked": (head(b"Transfer-Encoding: chunked") + b"0\r\n\r\n", 501),
+        "bad request line": (b"POST /v1/chat/completions\r\nHost: x\r\n\r\n", 400),
+        "headers too large": (b"POST /v1/chat/completions HTTP/1.1\r\nX-Pad: " + b"a" * 70_000, 431),
+    }
+    cfg = config(default_accuracy=1.0, format_noise=0.0)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve, cfg)
+        for name, (payload, status) in cases.items():
+            raw = await anyio.to_thread.run_sync(_raw_exchange, port, payload)
+            assert raw.startswith(b"HTTP/1.1 %d " % status), (name, raw[:200])
+            assert raw.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in raw, (name, raw[:300])
+            if status == 200:
+                assert b"52817" in raw, name
+
+        def continued() -> tuple[bytes, bytes]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(head(length, b"Expect: 100-continue", b"Connection: close"))
+                interim = sock.recv(65536)
+                sock.sendall(body)
+                rest = b""
+                while chunk := sock.recv(65536):
+                    rest += chunk
+            return interim, rest
+
+        interim, rest = await anyio.to_thread.run_sync(continued)
+        tg.cancel_scope.cancel()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert rest.startswith(b"HTTP/1.1 200 OK") and b"52817" in rest
+
+
 # --- config, CSV, CLI, subprocess ----------------------------------------------------------------
 
 
