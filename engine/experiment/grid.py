@@ -259,6 +259,50 @@ class BatchLookup(Protocol):
 
 
 @dataclass(slots=True)
+class Span:
+    """A stretch of one shard's task sequence: positions ``start`` up to ``stop`` (None: to its end).
+
+    Positions count the shard's tasks in grid order, finished ones included, so every worker of a
+    fleet numbers them alike. ``position`` is the next one the walk will take; ``expected`` is where
+    the shard should end (its share of the grid) while ``stop`` is open. A fleet worker that has
+    run dry takes the back half of another's span (:meth:`split`); what the walk already took stays
+    with its owner, so no task is given twice.
+    Usage: ``span = Span(expected=50_000); tasks = iter_tasks(grid, qs, models, shard=(0, 2), span=span)``
+    """
+
+    expected: int
+    start: int = 0
+    stop: int | None = None
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        self.position = max(self.position, self.start)
+
+    def remaining(self) -> int:
+        """How many positions are left to walk (an estimate while ``stop`` is open)."""
+        return max(0, (self.expected if self.stop is None else self.stop) - self.position)
+
+    def split(self, least: int) -> tuple[int, int | None] | None:
+        """Keep the front half, give away the back: ``(start, stop)`` of the half given, or None when
+        either half would hold fewer than ``least`` positions. Usage: ``given = span.split(128)``"""
+        left = self.remaining()
+        if left < 2 * least:
+            return None
+        cut = self.position + left // 2
+        given = (cut, self.stop)
+        self.stop = cut
+        return given
+
+
+def shard_length(grid: Grid, models: int, shard: tuple[int, int]) -> int:
+    """The expected number of tasks of ``models`` models in one shard: the grid's even share.
+
+    Usage: ``Span(expected=shard_length(grid, 1, (0, 2)))``
+    """
+    return len(grid.prompts) * len(grid.temperatures) * grid.repeats * models // shard[1]
+
+
+@dataclass(slots=True)
 class Skipped:
     """How many tasks a lazy grid passed over as already done, so far. Usage: ``skipped.count``"""
 
@@ -267,13 +311,14 @@ class Skipped:
 
 def iter_tasks(
     grid: Grid, questions: Sequence[Question], models: Sequence[ModelSpec], *, done: Container[str] = (),
-    skipped: Skipped | None = None, shard: tuple[int, int] | None = None,
+    skipped: Skipped | None = None, shard: tuple[int, int] | None = None, span: Span | None = None,
 ) -> Iterator[Task]:
     """Yield the tasks of ``models`` not in ``done``, models interleaved so each stays busy.
 
     ``shard=(k, n)`` keeps only the tasks of shard ``k`` of ``n`` (:func:`shard_of`):
     every worker of a fleet walks the same grid and keeps its own slice; ``skipped`` then counts
-    only that slice's done tasks. A ``done`` that is a :class:`BatchLookup` (a compact
+    only that slice's done tasks. ``span`` walks only a stretch of the shard (:class:`Span`), and
+    records how far the walk has gone. A ``done`` that is a :class:`BatchLookup` (a compact
     ``KeySet``) is asked a batch of keys at a time.
 
     ``grid`` is ``build_grid(spec, questions, targets)`` (its prompts were built, and checked,
@@ -286,7 +331,7 @@ def iter_tasks(
         raise ValueError(f"the grid has {len(grid.prompts)} questions, {len(questions)} were given")
     index = {m.name: i for i, m in enumerate(grid.models)}
     return _tasks(grid, questions, models, [index[m.name] for m in models], done,
-                  skipped if skipped is not None else Skipped(), shard)  # fmt: skip
+                  skipped if skipped is not None else Skipped(), shard, span)  # fmt: skip
 
 
 _BATCH = 1024  # keys asked of a KeySet at once: one binary search per batch instead of per key
@@ -294,7 +339,7 @@ _BATCH = 1024  # keys asked of a KeySet at once: one binary search per batch ins
 
 def _tasks(
     grid: Grid, questions: Sequence[Question], models: Sequence[ModelSpec], picked: Sequence[int],
-    done: Container[str], skipped: Skipped, shard: tuple[int, int] | None,
+    done: Container[str], skipped: Skipped, shard: tuple[int, int] | None, span: Span | None = None,
 ) -> Iterator[Task]:
     spec_of = {i: m for i, m in zip(picked, models, strict=True)}
     target_of = {i: Target(id=grid.models[i].target, simulated=grid.models[i].simulated) for i in picked}
@@ -304,6 +349,8 @@ def _tasks(
     if shard is not None:
         k, n = shard
         keyed = (row for row in keyed if shard_of(row[0], n) == k)
+    if span is not None:
+        keyed = _within(keyed, span)
     if isinstance(done, BatchLookup):
         for batch in _batches(keyed):
             for (key, i, p, temperature, repeat), found in zip(batch, done.contains_many([r[0] for r in batch]), strict=True):
@@ -319,6 +366,21 @@ def _tasks(
             yield Task(key, spec_of[i], questions[p], temperature, repeat, messages, target_of[i])
         else:
             skipped.count += 1
+
+
+def _within(rows: Iterator[tuple[str, int, int, float, int]], span: Span) -> Iterator[tuple[str, int, int, float, int]]:
+    """The rows at the span's positions; its ``stop`` is read before every row, so a split takes effect at once.
+
+    At the shard's true end the span is closed there: nothing past it is ever offered to another worker.
+    """
+    position = span.start
+    for row in itertools.islice(rows, span.start, None):
+        if span.stop is not None and position >= span.stop:
+            return
+        position += 1
+        span.position = position
+        yield row
+    span.stop = span.position = max(position, span.position)
 
 
 def _batches(rows: Iterator[tuple[str, int, int, float, int]]) -> Iterator[list[tuple[str, int, int, float, int]]]:

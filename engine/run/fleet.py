@@ -10,8 +10,18 @@ process) relays it to the others, whose limiters pause too. The link also report
 counters a few times a second, and the hub adds them up for the one progress display and the
 fleet's summary.
 
+The hub also keeps the workers busy to the end: a fleet's workers seldom run at one speed (on a
+busy machine the scheduler favours some), and with fixed shards the fastest would idle while the
+slowest finishes. So a worker whose pool runs dry asks the hub (``{"idle": pool}``); the hub asks
+the worker with most left (``{"split": pool, "req": n}``), which keeps the front half of its
+stretch and gives the back half (``{"given": n, "shard": [k, n], "start": .., "stop": .., ...}``,
+see :class:`~engine.experiment.grid.Span`); the hub passes it on (``{"take": pool, ...}``, or
+``{"take": pool}``: nothing left worth splitting). Every task is still walked by exactly one worker,
+and a stretch taken is logged in the taker's own log (resume reads every log of the run).
+
 The wire is one JSON object a line over a Unix socket (both ends on one machine): ``{"progress":
-{...}}`` and ``{"pause": seconds, "group": i}`` from workers, ``{"pause": ..., "group": i}`` to them.
+{...}}``, ``{"pause": seconds, "group": i}``, ``{"idle": ...}`` and ``{"given": ...}`` from
+workers; ``{"pause": ..., "group": i}``, ``{"split": ...}`` and ``{"take": ...}`` to them.
 
 Usage::
 
@@ -25,21 +35,22 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import SocketStream, TaskGroup, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from engine.endpoint.client import ChatClient
 from engine.endpoint.limits import LimitConfig
 from engine.errors import ConfigError
-from engine.experiment.grid import Skipped
+from engine.experiment.grid import Skipped, Span, Task
 from engine.experiment.spec import Spec
 from engine.run.scheduler import Counters
 
@@ -76,6 +87,41 @@ class WorkerState:
     rate_limited: int = 0
     in_flight: int = 0
     by_model: dict[str, list[int]] = field(default_factory=dict)  # label -> [ok, errors, failed]
+    remaining: list[int] = field(default_factory=list)  # by pool: positions left of the stretch it walks
+
+
+@dataclass(slots=True)
+class Share:
+    """One pool's part of the grid in a fleet worker: the stretch it walks, and how to walk another one.
+
+    Usage: ``share = Share(walk=functools.partial(iter_tasks, grid, questions, models, done=done),
+    shard=(0, 2), span=Span(expected=50_000), least=128); pool.tasks = share.tasks()``
+    """
+
+    walk: Callable[..., Iterator[Task]]  # iter_tasks with everything but shard= and span=
+    shard: tuple[int, int]
+    span: Span
+    least: int  # positions each half of a split keeps at least: two rounds of the pool's concurrency
+
+    def tasks(self) -> Iterator[Task]:
+        """The lazy tasks of the current stretch."""
+        return self.walk(shard=self.shard, span=self.span)
+
+    def give(self) -> dict[str, Any]:
+        """The back half of the stretch, as the wire carries it; ``{}`` when too little is left to split."""
+        given = self.span.split(self.least)
+        if given is None:
+            return {}
+        return {"shard": list(self.shard), "start": given[0], "stop": given[1], "expected": self.span.expected}
+
+    def take(self, given: Mapping[str, Any]) -> Iterator[Task]:
+        """Walk a stretch another worker gave; it is this share's from now on (and can be split again)."""
+        k, n = given["shard"]
+        stop = given["stop"]
+        self.shard = (int(k), int(n))
+        self.span = Span(expected=int(given["expected"]), start=int(given["start"]),
+                         stop=None if stop is None else int(stop))  # fmt: skip
+        return self.tasks()
 
 
 def snapshot(clients: Sequence[ChatClient], counters: Counters, skipped: Skipped) -> dict[str, Any]:
@@ -90,30 +136,73 @@ def snapshot(clients: Sequence[ChatClient], counters: Counters, skipped: Skipped
 
 
 class FleetLink:
-    """A worker's line to its hub: reports progress, announces its pauses, applies the others'.
+    """A worker's line to its hub: reports progress, announces its pauses, applies the others', and
+    gives and takes stretches of the grid so no worker idles while another has work.
 
     Usage: see the module docstring; runs until cancelled, sending a last report on the way out.
     """
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.shares: list[Share] = []
+        self._stream: SocketStream | None = None
+        self._gone = False  # the hub closed the line: no more pauses, nothing more to take
+        self._sending = anyio.Lock()  # a report, a pause and a stretch given may go out at once
+        self._connected = anyio.Event()
+        self._answers: dict[int, tuple[anyio.Event, list[dict[str, Any]]]] = {}
+
+    def balance(self, share: Share) -> Callable[[], Awaitable[Iterator[Task] | None]]:
+        """Put a pool's share in the fleet's balancing; returns the pool's refill (:attr:`Pool.refill`).
+
+        Usage: ``pool.refill = link.balance(share)``
+        """
+        self.shares.append(share)
+        return functools.partial(self.ask, len(self.shares) - 1)
+
+    async def ask(self, pool: int) -> Iterator[Task] | None:
+        """Tasks for a pool that ran dry: the back half of another worker's stretch, or None (nobody has
+        enough left, or the hub is gone). Usage: ``more = await link.ask(0)``"""
+        await self._connected.wait()
+        if self._gone:
+            return None
+        event, got = self._answers[pool] = (anyio.Event(), [])
+        try:
+            await self._send({"idle": pool})
+            if not self._gone:  # else the ask never left: no answer will come
+                await event.wait()
+        finally:
+            del self._answers[pool]
+        return self.shares[pool].take(got[0]) if got and "start" in got[0] else None
 
     async def run(self, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped) -> None:
         stream = await anyio.connect_unix(self.address)
+        self._stream = stream
+        self._connected.set()
         relayed = [0.0] * len(clients)  # pauses applied from the hub: not to be announced back
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._receive, stream, clients, relayed)
-                await self._report(stream, clients, counters, skipped, relayed)
+                await self._report(clients, counters, skipped, relayed)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 # The last counts: the hub sums them into the fleet's summary.
-                await stream.send(orjson.dumps({"progress": snapshot(clients, counters, skipped)}) + b"\n")
+                await self._send({"progress": self._progress(clients, counters, skipped)})
                 await stream.aclose()
 
+    def _progress(self, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped) -> dict[str, Any]:
+        return {**snapshot(clients, counters, skipped), "remaining": [s.span.remaining() for s in self.shares]}
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
+        if self._stream is None or self._gone:
+            return
+        async with self._sending:
+            try:
+                await self._stream.send(orjson.dumps(message) + b"\n")
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._gone = True  # the hub is gone: this worker goes on alone, at its share of the quota
+
     async def _report(
-        self, stream: SocketStream, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped,
-        relayed: list[float],
+        self, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped, relayed: list[float],
     ) -> None:  # fmt: skip
         seen = [0.0] * len(clients)
         last_report = -math.inf
@@ -123,30 +212,43 @@ class FleetLink:
                 until = client.limiter.paused_until
                 if until > seen[i] and until > relayed[i] + 1e-6 and until > now:
                     seen[i] = until
-                    await stream.send(orjson.dumps({"pause": until - now, "group": i}) + b"\n")
+                    await self._send({"pause": until - now, "group": i})
             if now - last_report >= REPORT_EVERY_S:
                 last_report = now
-                await stream.send(orjson.dumps({"progress": snapshot(clients, counters, skipped)}) + b"\n")
+                await self._send({"progress": self._progress(clients, counters, skipped)})
             await anyio.sleep(WATCH_PAUSE_S)
 
     async def _receive(self, stream: SocketStream, clients: Sequence[ChatClient], relayed: list[float]) -> None:
         lines = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                line = await lines.receive_until(b"\n", _MAX_LINE)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
-                return  # the hub is gone: this worker goes on alone, at its share of the quota
-            message = orjson.loads(line)
-            group = int(message["group"])
-            if "pause" in message and 0 <= group < len(clients):
-                now = anyio.current_time()
-                limiter = clients[group].limiter
-                limiter.pause(now, float(message["pause"]))
-                relayed[group] = limiter.paused_until
+        try:
+            while True:
+                try:
+                    line = await lines.receive_until(b"\n", _MAX_LINE)
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                    self._gone = True  # the hub is gone: this worker goes on alone, at its share of the quota
+                    return
+                message = orjson.loads(line)
+                if "split" in message:
+                    pool = int(message["split"])
+                    given = self.shares[pool].give() if 0 <= pool < len(self.shares) else {}
+                    await self._send({"given": message["req"], **given})
+                elif "take" in message:
+                    if (answer := self._answers.get(int(message["take"]))) is not None:
+                        answer[1].append(message)
+                        answer[0].set()
+                elif "pause" in message and 0 <= (group := int(message["group"])) < len(clients):
+                    now = anyio.current_time()
+                    limiter = clients[group].limiter
+                    limiter.pause(now, float(message["pause"]))
+                    relayed[group] = limiter.paused_until
+        finally:
+            for event, _ in self._answers.values():  # no answer will come: each asker gets nothing
+                event.set()
 
 
 class FleetHub:
-    """The coordinator of a fleet on one machine: merges the workers' progress and relays pauses.
+    """The coordinator of a fleet on one machine: merges the workers' progress, relays pauses, and
+    passes stretches of the grid from the busiest worker to one that ran dry.
 
     Usage: see the module docstring; ``hub.total()`` is the fleet's counts so far.
     """
@@ -155,18 +257,24 @@ class FleetHub:
         self.workers = workers
         self.states: dict[int, WorkerState] = {}
         self.pauses = 0  # pauses relayed, for the summary and the tests
+        self.splits = 0  # stretches passed from one worker to another
         self._streams: dict[int, SocketStream] = {}
+        self._locks: dict[int, anyio.Lock] = {}  # one message at a time down each worker's line
+        self._asks: dict[int, tuple[int, anyio.Event, list[dict[str, Any]]]] = {}  # req -> (worker, answered, answer)
         self._next = 0
+        self._next_ask = 0
 
     async def serve(self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_unix_listener(path)
-        task_status.started()
-        await listener.serve(self._handle)
+        async with anyio.create_task_group() as errands:
+            task_status.started()
+            await listener.serve(functools.partial(self._handle, errands=errands))
 
-    async def _handle(self, stream: SocketStream) -> None:
+    async def _handle(self, stream: SocketStream, *, errands: TaskGroup) -> None:
         me = self._next
         self._next += 1
         self._streams[me] = stream
+        self._locks[me] = anyio.Lock()
         self.states[me] = WorkerState()
         lines = BufferedByteReceiveStream(stream)
         try:
@@ -180,17 +288,58 @@ class FleetHub:
                     self.states[me] = WorkerState(**message["progress"])
                 elif "pause" in message:
                     self.pauses += 1
-                    await self._broadcast(me, line + b"\n")
+                    for who in list(self._streams):
+                        if who != me:
+                            await self._send(who, line + b"\n")
+                elif "idle" in message:
+                    # Apart from this loop: the answer comes in on another worker's line, maybe one
+                    # that is itself waiting for a stretch.
+                    errands.start_soon(self._find_work, me, int(message["idle"]))
+                elif "given" in message and (ask := self._asks.get(int(message["given"]))) is not None:
+                    ask[2].append(message)
+                    ask[1].set()
         finally:
             self._streams.pop(me, None)
+            for who, answered, _ in self._asks.values():
+                if who == me:  # asked, never to answer: answered with nothing
+                    answered.set()
 
-    async def _broadcast(self, sender: int, line: bytes) -> None:
-        for who, stream in list(self._streams.items()):
-            if who != sender:
-                try:
-                    await stream.send(line)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._streams.pop(who, None)
+    async def _find_work(self, taker: int, pool: int) -> None:
+        """Ask the workers with most left of ``pool``, in turn, for the back half of their stretch; the
+        first one given goes to ``taker`` (``{"take": pool}`` alone when nobody had enough left)."""
+        def left(worker: int) -> int:
+            remaining = self.states[worker].remaining
+            return remaining[pool] if pool < len(remaining) else 0
+
+        for giver in sorted((w for w in self._streams if w != taker and left(w) > 0), key=left, reverse=True):
+            self._next_ask += 1
+            req = self._next_ask
+            answered, answer = anyio.Event(), list[dict[str, Any]]()
+            self._asks[req] = (giver, answered, answer)
+            try:
+                if await self._send(giver, orjson.dumps({"split": pool, "req": req}) + b"\n"):
+                    await answered.wait()
+            finally:
+                del self._asks[req]
+            if answer and "start" in answer[0]:
+                self.splits += 1
+                stretch = {k: answer[0][k] for k in ("shard", "start", "stop", "expected")}
+                await self._send(taker, orjson.dumps({"take": pool, **stretch}) + b"\n")
+                return
+        await self._send(taker, orjson.dumps({"take": pool}) + b"\n")
+
+    async def _send(self, who: int, line: bytes) -> bool:
+        """One line to a worker; False when it is gone."""
+        stream = self._streams.get(who)
+        if stream is None:
+            return False
+        try:
+            async with self._locks[who]:
+                await stream.send(line)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._streams.pop(who, None)
+            return False
+        return True
 
     @property
     def connected(self) -> int:

@@ -16,7 +16,7 @@ Usage::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -53,6 +53,9 @@ class Pool:
     tasks: Iterator[Task]
     workers: int
     max_tokens: int
+    # More tasks once ``tasks`` runs dry (a fleet worker takes part of another's shard), or None: the end.
+    refill: Callable[[], Awaitable[Iterator[Task] | None]] | None = None
+    asking: anyio.Lock = field(default_factory=anyio.Lock)  # one refill at a time; the others wait for it
 
 
 @dataclass(slots=True)
@@ -171,24 +174,47 @@ async def _work(
     pool: Pool, scorer: Scorer, send: MemoryObjectSendStream[Record], stop: StopSignal,
     counters: Counters, writer: LogWriter,
 ) -> None:
-    client = pool.client
     journal = writer.started if writer.journaling else None
+    tasks: Iterator[Task] | None = pool.tasks
     async with send:
-        # The iterator is shared by the pool's workers: next() never awaits, so each task goes to one worker.
-        for task in pool.tasks:
-            if stop.requested:
-                return
-            t_start = time.time()
-            # Journalled by the client as each attempt goes out, not here: a task still waiting
-            # for the limiter (a pause after 429s, say) has cost nothing yet.
-            completion = await client.complete(
-                model=task.model.model, messages=task.messages, temperature=task.temperature,
-                max_tokens=pool.max_tokens, params=task.model.params, api=task.model.api,
-                on_send=None if journal is None else partial(journal, task.key),
-            )
-            record = make_record(task, completion, scorer, t_start, time.time())
-            counters.count(record)
-            try:
-                send.send_nowait(record)  # room in the buffer: no forced trip through the event loop
-            except anyio.WouldBlock:
-                await send.send(record)
+        while tasks is not None:
+            await _work_through(tasks, pool, scorer, send, stop, counters, journal)
+            tasks = None if stop.requested else await _more(pool, tasks)
+
+
+async def _more(pool: Pool, spent: Iterator[Task]) -> Iterator[Task] | None:
+    """The pool's next tasks once ``spent`` ran dry: the refill another worker of the pool already got, or
+    a new one asked for (once for the whole pool); None when there are no more."""
+    async with pool.asking:
+        if pool.tasks is not spent:
+            return pool.tasks
+        if pool.refill is None or (more := await pool.refill()) is None:
+            pool.refill = None
+            return None
+        pool.tasks = more
+        return more
+
+
+async def _work_through(
+    tasks: Iterator[Task], pool: Pool, scorer: Scorer, send: MemoryObjectSendStream[Record], stop: StopSignal,
+    counters: Counters, journal: Callable[[str], None] | None,
+) -> None:  # fmt: skip
+    client = pool.client
+    # The iterator is shared by the pool's workers: next() never awaits, so each task goes to one worker.
+    for task in tasks:
+        if stop.requested:
+            return
+        t_start = time.time()
+        # Journalled by the client as each attempt goes out, not here: a task still waiting
+        # for the limiter (a pause after 429s, say) has cost nothing yet.
+        completion = await client.complete(
+            model=task.model.model, messages=task.messages, temperature=task.temperature,
+            max_tokens=pool.max_tokens, params=task.model.params, api=task.model.api,
+            on_send=None if journal is None else partial(journal, task.key),
+        )
+        record = make_record(task, completion, scorer, t_start, time.time())
+        counters.count(record)
+        try:
+            send.send_nowait(record)  # room in the buffer: no forced trip through the event loop
+        except anyio.WouldBlock:
+            await send.send(record)

@@ -26,7 +26,7 @@ from engine.endpoint.client import ChatClient
 from engine.endpoint.limits import EndpointLimiter
 from engine.endpoint.transport import Transport
 from engine.errors import EngineError
-from engine.experiment.grid import Skipped, iter_tasks
+from engine.experiment.grid import Skipped, Span, iter_tasks, shard_length
 from engine.results.shards import Shard
 from engine.results.write import LogWriter
 from engine.run.batch import BatchRoute, open_batch_route, set_aside
@@ -39,7 +39,7 @@ from engine.run.endpoints import (
     preflight,
     retry_policy,
 )
-from engine.run.fleet import FleetLink, share_limits
+from engine.run.fleet import FleetLink, Share, share_limits
 from engine.run.interrupts import Interrupts
 from engine.run.logs import mark_if_complete, prepare_log, shard_pair
 from engine.run.options import Prepared, RunOptions, RunSummary
@@ -70,8 +70,10 @@ async def send_rest(
     ) as (urls, sim):
         transports: list[Transport] = []
         try:
+            link = link_of(options)
             pools = await _open_pools(
-                prepared, urls, make_transport, transports, done=done, skipped=skipped, shard=options.shard
+                prepared, urls, make_transport, transports, done=done, skipped=skipped, shard=options.shard,
+                link=link,
             )
             route = await open_batch_route(
                 spec_models=spec.models, settings=spec.batch, max_tokens=spec.max_tokens, attempts=spec.max_attempts,
@@ -88,7 +90,6 @@ async def send_rest(
                 total=prepared.grid.size, skipped=skipped, counters=counters,
                 clients=[p.client for p in pools], console=console or Console(stderr=True), quiet=options.quiet,
             )
-            link = link_of(options)
             await _run_pools(prepared, options, pools, progress, counters, stop, interrupts, route, link, skipped)
             target_requests = count_target_requests(sim)
         finally:
@@ -122,11 +123,13 @@ def _load_report_modules() -> None:
 async def _open_pools(
     prepared: Prepared, urls: Mapping[str, str], make_transport: Callable[[int], Transport],
     transports: list[Transport], *, done: AbstractSet[str], skipped: Skipped, shard: Shard | None = None,
+    link: FleetLink | BudgetLink | None = None,
 ) -> list[Pool]:  # fmt: skip
     """Step 1: one connection pool per endpoint (checked by a preflight), one client and limiter per quota.
 
     Each transport is appended to ``transports`` as soon as it exists, so the caller closes it
-    whatever happens next.
+    whatever happens next. A worker of a local fleet (``link`` a :class:`FleetLink`) walks its shard
+    as a :class:`Share`, so it can give part of it to a worker that ran dry, and take part of another's.
     """
     spec = prepared.spec
     policy = retry_policy(spec)
@@ -154,9 +157,16 @@ async def _open_pools(
                 limiter=EndpointLimiter(share_limits(group.limits, shard.count if shard else 1)),
                 policy=policy, label=group.label,
             )
-            tasks = iter_tasks(prepared.grid, prepared.questions, online, done=done, skipped=skipped,
-                               shard=shard_pair(shard))  # fmt: skip
-            pools.append(Pool(client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens))
+            walk = functools.partial(iter_tasks, prepared.grid, prepared.questions, online, done=done, skipped=skipped)
+            refill = None
+            if isinstance(link, FleetLink) and (pair := shard_pair(shard)) is not None:
+                share = Share(walk=walk, shard=pair, span=Span(expected=shard_length(prepared.grid, len(online), pair)),
+                              least=2 * group.limits.concurrency)  # fmt: skip
+                tasks, refill = share.tasks(), link.balance(share)
+            else:
+                tasks = walk(shard=shard_pair(shard))
+            pools.append(Pool(client=client, tasks=tasks, workers=group.limits.concurrency, max_tokens=spec.max_tokens,
+                              refill=refill))  # fmt: skip
     return pools
 
 

@@ -6,7 +6,9 @@ starts N workers, each ``python -m engine run SPEC --shard K/N`` with the target
 address of the parent's :class:`~engine.run.fleet.FleetHub`. Each worker expands the lazy grid
 itself, keeps its shard (no task data is shipped), paces at its share of the quota, and appends
 to its own log under its own lock; the parent merges their progress into one display and their
-counts into one summary, then writes the report over every shard's log.
+counts into one summary, then writes the report over every shard's log. A worker done with its
+shard takes the back half of what the busiest worker has left (:mod:`engine.run.fleet`), so the
+fleet ends together even when the machine runs its workers at different speeds.
 
 Signals: a terminal's Ctrl-C reaches the whole process group, so every worker stops gracefully
 by itself; a signal sent to the parent alone (``kill``, ``timeout``) is passed on to the workers.

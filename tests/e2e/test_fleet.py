@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
+import time
 from pathlib import Path
 
 import orjson
 
 from engine.cli import main
+from engine.experiment.grid import shard_of
 from tests.support.batchspec import batch_spec
 from tests.support.specs import write_spec
 
@@ -85,3 +90,41 @@ def test_two_workers_hold_one_known_quota_that_the_target_enforces_over_one_seco
     assert len(keys) == len(set(keys)) == 300
     # Each worker alone allowed the whole quota would send twice what the target takes: about half refused.
     assert limited <= 0.01 * requests, out
+
+
+def _stall(run: Path, *, after: int, seconds: float) -> None:
+    """Stop worker 0 (SIGSTOP, as a machine starving it of CPU would) once it has logged ``after``
+    records, and let it go on ``seconds`` later."""
+    log, lock = run / "results" / "shard-00-of-02.jsonl", run / "results" / ".shard-00-of-02.lock"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_bytes().count(b"\n") >= after and lock.exists()):
+        assert time.monotonic() < deadline, "worker 0 never got going"
+        time.sleep(0.005)
+    pid = orjson.loads(lock.read_bytes())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_stalled_worker_gives_the_back_half_of_its_shard_to_one_that_ran_dry(tmp_path: Path, capsys: object) -> None:
+    """Workers seldom run at one speed (on a busy machine the scheduler starves one for a while); the one
+    that finishes its shard first takes the back half of what the other has left, so they end together,
+    and every key is still run once."""
+    spec = write_spec(tmp_path, name="stall", repeats=8, temps="[0.0]", models=1, latency_ms=20)  # 1,200 tasks
+    run = tmp_path / "run"
+    stall = threading.Thread(target=_stall, args=(run,), kwargs={"after": 40, "seconds": 2.0})
+    stall.start()
+    try:
+        assert main(["run", str(spec), "--out", str(run), "--quiet", "--no-report", "--workers", "2"]) == 0
+    finally:
+        stall.join()
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert out.startswith("finished: 1,200 tasks this run"), out
+    keys = _keys(run)
+    assert len(keys) == len(set(keys)) == 1200
+    second = [orjson.loads(line)["key"] for line in (run / "results" / "shard-01-of-02.jsonl").read_bytes().splitlines()]
+    taken = sum(shard_of(key, 2) == 0 for key in second)
+    # Worker 0 had about 560 left when stopped; worker 1 took about half of that once its own 600 were done.
+    assert 100 <= taken <= 450, taken

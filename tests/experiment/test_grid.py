@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 import os
+import random
 import subprocess
 import sys
 import tracemalloc
@@ -18,13 +19,18 @@ from engine.errors import SpecError
 from engine.experiment.grid import (
     Grid,
     GridModel,
+    Skipped,
+    Span,
     Task,
     build_grid,
     build_messages,
     grid_size,
     iter_tasks,
+    shard_length,
+    shard_of,
     task_key,
 )
+from engine.experiment.keys import KeySet
 from engine.experiment.questions import Question, load_questions
 from engine.experiment.spec import ModelSpec, Spec, load_spec
 from engine.run.plan import pass_prompt_tokens, plan_model
@@ -281,3 +287,59 @@ def test_a_bad_system_file_is_one_spec_error(spec_dir: SpecDir, extra: str, prob
     text = BASE_SPEC.replace("concurrency = 4\n\n[[models]]", f"concurrency = 4\n{extra}\n\n[[models]]", 1)
     with pytest.raises(SpecError, match=rf"models\[0\]\.system_file: .*{problem}"):
         load_spec(spec_dir.write(text))
+
+
+@pytest.mark.parametrize("lookup", [set, KeySet.from_keys])
+def test_split_spans_walk_every_task_of_a_shard_once(spec_dir: SpecDir, lookup: object) -> None:
+    """A fleet worker gives the back half of its stretch to one that ran dry, while walking it (and
+    while its done-key lookup reads rows ahead in batches): between them every task of the shard is
+    walked once, and the tasks done before are skipped, counted once."""
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 120")))  # 2,880 tasks
+    questions = load_questions(spec.questions)
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    shard = (1, 3)
+    everything = [t.key for t in iter_tasks(grid, questions, spec.models)]
+    mine = [k for k in everything if shard_of(k, 3) == 1]
+    done = lookup(everything[::7])  # type: ignore[operator]
+    skipped = Skipped()
+
+    def walk(span: Span) -> Iterator[Task]:
+        return iter_tasks(grid, questions, spec.models, done=done, skipped=skipped, shard=shard, span=span)
+
+    expected = shard_length(grid, 2, shard)
+    assert abs(expected - len(mine)) < 60  # the hash splits the grid evenly
+    walked: list[str] = []
+    spans = [Span(expected=expected)]
+    walks = [walk(spans[0])]
+    rng = random.Random(5)
+    while walks:
+        i = rng.randrange(len(walks))
+        taken = list(itertools.islice(walks[i], rng.randrange(1, 90)))
+        walked += [t.key for t in taken]
+        if not taken:  # this walk is over
+            del walks[i], spans[i]
+            continue
+        if (given := spans[i].split(least=5)) is not None:  # the back half, to a new walker
+            spans.append(Span(expected=spans[i].expected, start=given[0], stop=given[1]))
+            walks.append(walk(spans[-1]))
+    assert len(walked) == len(set(walked))
+    assert set(walked) == {k for k in mine if k not in done}
+    assert skipped.count == sum(k in done for k in mine)
+
+
+def test_a_span_keeps_what_its_walk_has_taken_and_splits_only_what_is_worth_it() -> None:
+    span = Span(expected=1000)
+    span.position = 400  # the walk (or its look-ahead) has taken positions 0-399
+    assert span.remaining() == 600
+    assert span.split(least=100) == (700, None) and span.stop == 700 and span.remaining() == 300
+    assert span.split(least=200) is None and span.stop == 700  # 300 left: halves of 150 are too small
+    assert Span(expected=50, start=80).remaining() == 0  # a stretch past the expected end: nothing to give
+
+
+def test_a_walk_that_reaches_the_shards_end_closes_its_span_there(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
+    spec, questions = tiny
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    span = Span(expected=10_000)  # far more than the shard holds: an estimate
+    walked = list(iter_tasks(grid, questions, spec.models, shard=(0, 2), span=span))
+    assert span.stop == span.position == len(walked) > 0
+    assert span.remaining() == 0 and span.split(least=1) is None  # nothing beyond the end is ever given away

@@ -222,3 +222,31 @@ def test_each_retry_is_journalled_and_counted_in_flight(tmp_path: Path) -> None:
     assert sent == 2 and len(paths.started.read_bytes().splitlines()) == 2
     assert not paths.results.read_bytes()
     assert in_flight_at_stop(paths, frozenset()) == 2
+
+
+def test_a_pool_that_runs_dry_asks_for_more_once_for_all_its_workers(tmp_path: Path) -> None:
+    """A fleet worker's pool refills from another worker's stretch: one ask at a time for the whole
+    pool (its other workers wait for that answer rather than ask again), every task logged once."""
+    models = (ModelSpec(name="a", model="a", base_url="http://x.test/v1"),)
+    spec = make_spec(models)
+    tasks = list(tasks_of(spec, models))  # 160
+    refills = [iter(tasks[10:100]), iter(tasks[100:])]
+    asks: list[int] = []
+
+    async def refill() -> Iterator[Task] | None:
+        asks.append(len(asks))
+        await anyio.sleep(0.05)  # the answer takes a while: 7 of the 8 workers are waiting meanwhile
+        return refills.pop(0) if refills else None
+
+    pool = pool_for(spec, models, answering(delay=0.002), workers=8)
+    pool.tasks, pool.refill = iter(tasks[:10]), refill
+
+    async def main() -> None:
+        with LogWriter(tmp_path / "results.jsonl") as writer:
+            counters = await run_grid([pool], scorer=get_scorer("number"), writer=writer, stop=StopSignal(), grace_s=1)
+        assert counters.done == 160
+
+    anyio.run(main)
+    keys = [r["key"] for r in read(tmp_path / "results.jsonl")]
+    assert len(keys) == len(set(keys)) == 160 and set(keys) == {t.key for t in tasks}
+    assert asks == [0, 1, 2]  # two refills, then one answer of "no more" ends every worker

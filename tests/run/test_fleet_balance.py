@@ -1,0 +1,60 @@
+"""The fleet's balancing over a real hub and links (one Unix socket, in-process): a worker that ran
+dry takes the back half of the busiest worker's stretch, and every task is walked once."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import tempfile
+from pathlib import Path
+
+import anyio
+
+from engine.experiment.grid import Skipped, Span, build_grid, iter_tasks, shard_length, shard_of
+from engine.experiment.questions import Question
+from engine.experiment.spec import ModelSpec, Spec
+from engine.run.fleet import FleetHub, FleetLink, Share
+from engine.run.scheduler import Counters
+from engine.run.targets import model_targets
+
+QUESTIONS = tuple(Question(id=f"q{i}", text=f"What is the number for thing {i}?", answer=str(10000 + i)) for i in range(50))
+MODELS = (ModelSpec(name="a", model="a", base_url="http://x.test/v1"),)
+SPEC = Spec(path=Path("x.toml"), name="x", questions=Path("q.csv"), models=MODELS, temperatures=(0.0, 1.0), repeats=10)
+
+
+def test_a_worker_that_ran_dry_takes_the_back_half_of_the_busiest_stretch() -> None:
+    grid = build_grid(SPEC, QUESTIONS, model_targets(SPEC, QUESTIONS))  # 1,000 tasks
+    walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
+
+    def share(k: int) -> Share:
+        return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
+
+    async def main(socket: Path) -> None:
+        hub = FleetHub(workers=2)
+        busy, dry = FleetLink(str(socket)), FleetLink(str(socket))
+        busy_share, dry_share = share(0), share(1)
+        busy_refill, dry_refill = busy.balance(busy_share), dry.balance(dry_share)
+        busy_tasks = busy_share.tasks()
+        busy_keys = [t.key for t in itertools.islice(busy_tasks, 40)]
+        dry_keys = [t.key for t in dry_share.tasks()]  # all of shard 1
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.serve, socket)
+            tg.start_soon(busy.run, [], Counters(), Skipped())
+            tg.start_soon(dry.run, [], Counters(), Skipped())
+            while len(hub.states) < 2 or max(s.remaining[0] if s.remaining else 0 for s in hub.states.values()) < 100:
+                await anyio.sleep(0.01)  # the hub has heard how much each has left
+            more = await dry_refill()
+            assert more is not None and hub.splits == 1
+            taken = [t.key for t in more]
+            busy_keys += [t.key for t in busy_tasks]
+            # The busy worker kept the front half of what it had left, the dry one walked the back half.
+            assert abs(len(taken) - (len(busy_keys) - 40)) <= 30
+            assert await busy_refill() is None  # nothing left anywhere worth a split
+            assert await dry_refill() is None and hub.splits == 1
+            tg.cancel_scope.cancel()
+        everything = grid.keys()
+        assert sorted(busy_keys + taken) == sorted(k for k in everything if shard_of(k, 2) == 0)
+        assert sorted(dry_keys) == sorted(k for k in everything if shard_of(k, 2) == 1)
+
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:  # short: a Unix socket's path has a limit
+        anyio.run(main, Path(tmp) / "hub.sock")
