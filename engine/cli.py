@@ -42,10 +42,11 @@ EXIT_CODES = (
 def _run(args: argparse.Namespace) -> int:
     from engine.run.early import early_target
 
-    # A run of its own (not a shard, a fleet's worker or a fleet) starts the built-in target, if it
-    # needs one, now: it loads on another core while this process loads the run.
-    alone = not (args.shard or args.workers != 1 or args.ray is not None or args.sim_url or args.fleet)
-    with early_target(args.spec, out=args.out, wanted=alone) as spawned:
+    # A run of its own or a --workers fleet's parent (not a shard, a fleet's worker or a Ray fleet)
+    # starts the built-in target, if it needs one, now: it loads on another core while this process
+    # loads the run.
+    starts_target = not (args.shard or args.ray is not None or args.sim_url or args.fleet)
+    with early_target(args.spec, out=args.out, wanted=starts_target) as spawned:
         from engine.results.shards import Shard
         from engine.run.runner import RunOptions, run_experiment
 
@@ -66,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         elif args.workers != 1:
             from engine.run.workers import run_workers
 
-            summary = run_workers(args.spec, options, workers=args.workers)
+            summary = run_workers(args.spec, options, workers=args.workers, spawned=spawned)
         else:
             summary = run_experiment(args.spec, options=options, spawned=spawned)
     if options.fleet is None:  # a fleet's worker: its parent prints the fleet's summary

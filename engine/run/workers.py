@@ -43,6 +43,7 @@ from engine.run.fleet import FleetHub, refuse_what_a_fleet_cannot_run
 from engine.run.interrupts import Interrupts
 from engine.run.options import FAILED_EXIT, RunOptions, RunSummary
 from engine.run.runner import prepare, write_run_report
+from engine.sim.process import SimProcess
 
 POLL_S = 0.05  # how often the parent looks at its workers
 PLAIN_EVERY_S = 10.0  # the merged progress line when not on a terminal
@@ -66,9 +67,10 @@ def worker_command(spec_path: Path, options: RunOptions, *, index: int, count: i
     return argv
 
 
-def run_workers(spec_path: Path, options: RunOptions, *, workers: int) -> RunSummary:
+def run_workers(spec_path: Path, options: RunOptions, *, workers: int, spawned: SimProcess | None = None) -> RunSummary:
     """Run a spec as ``workers`` shard processes on this machine; returns the fleet's summary.
 
+    ``spawned`` is the fleet's built-in target already starting (:func:`engine.run.early.early_target`).
     Usage: see the module docstring.
     """
     if workers < 1:
@@ -84,7 +86,7 @@ def run_workers(spec_path: Path, options: RunOptions, *, workers: int) -> RunSum
             set_aside_logs(prepared.paths.root)
     started = time.monotonic()
     hub = FleetHub(workers=workers)
-    with Interrupts() as interrupts, local_targets(prepared.spec, prepared.questions) as (_urls, sim), \
+    with Interrupts() as interrupts, local_targets(prepared.spec, prepared.questions, spawned=spawned) as (_urls, sim), \
             tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:  # fmt: skip
         sim_url = sim.base_url if sim is not None else None
         commands = [
