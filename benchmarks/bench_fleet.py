@@ -8,7 +8,9 @@ each in a fresh run directory, and checks the merged logs hold every key exactly
     python benchmarks/bench_fleet.py --tasks 20000         # a smaller throughput grid, for a smoke run
 
 Throughput: latency 0, concurrency 64 per worker, ``--tasks`` tasks (100,000 by default), the
-same grid run with ``--workers 1`` and ``--workers 2`` (median of ``--repeat`` alternating runs).
+same grid run with ``--workers 1`` and ``--workers 2`` (median of ``--repeat`` alternating runs),
+each pair beside the machine's own two-process CPU scaling at that moment (``cpu_scaling``: two
+spinning Python processes against one; 2.00 on two free cores, less on a shared host).
 The built-in target is one process (one core) serving every worker, so on a 2-core machine the
 engine's workers and the target share two cores: the ratio says how much of the client's own
 CPU limit a second worker lifts while the target keeps up, not what two machines would do.
@@ -38,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from engine.bench.throughput import machine, request_span
+from engine.bench.throughput import cpu_scaling, machine, request_span
 from engine.results.paths import run_logs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +88,9 @@ def throughput(root: Path, tasks: int, repeat: int) -> dict[str, Any]:
     spec = _spec(root, tasks=tasks, concurrency=64, sim="latency_ms = 0")
     rates: dict[int, list[float]] = {1: [], 2: []}
     sending: dict[int, list[float]] = {1: [], 2: []}
+    scaling = []
     for r in range(repeat):
+        scaling.append(cpu_scaling(2))  # the machine's own two-process ceiling, next to each pair of runs
         for workers in (1, 2):
             out = root / f"tp-{workers}-{r}"
             wall, _ = _run(spec, out, "--workers", str(workers))
@@ -97,7 +101,8 @@ def throughput(root: Path, tasks: int, repeat: int) -> dict[str, Any]:
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     send_one, send_two = statistics.median(sending[1]), statistics.median(sending[2])
     return {"tasks": tasks, "w1_rps": one, "w2_rps": two, "ratio": two / one, "send_w1_rps": send_one,
-            "send_w2_rps": send_two, "send_ratio": send_two / send_one, "all": rates}  # fmt: skip
+            "send_w2_rps": send_two, "send_ratio": send_two / send_one, "all": rates,
+            "pairs": [b / a for a, b in zip(rates[1], rates[2], strict=True)], "cpu_scaling": scaling}  # fmt: skip
 
 
 def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
@@ -206,6 +211,9 @@ def main() -> int:
             print(f"throughput, {t['tasks']:,} tasks: --workers 1 {t['w1_rps']:,.0f}/s, --workers 2 "
                   f"{t['w2_rps']:,.0f}/s, ratio {t['ratio']:.2f} (medians of {args.repeat}; all {t['all']}); "
                   f"while sending: {t['send_w1_rps']:,.0f}/s vs {t['send_w2_rps']:,.0f}/s, ratio {t['send_ratio']:.2f}")
+            print(f"  ratio of each pair: {', '.join(f'{x:.2f}' for x in t['pairs'])}; the machine's own two-process "
+                  f"CPU scaling beside each pair: {', '.join(f'{x:.2f}' for x in t['cpu_scaling'])} "
+                  f"(median {statistics.median(t['cpu_scaling']):.2f}; 2.00 = two free cores)")
         if args.only in (None, "quota"):
             for row in quota(root, ray=args.ray):
                 print(f"quota 6,000/min over 1 s windows, {row['mode']}: goodput {row['goodput_share']:.1%} of the "

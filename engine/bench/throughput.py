@@ -389,6 +389,28 @@ def machine() -> dict[str, Any]:
             "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
+_SPIN = "n = 0\nwhile n < {loops}: n += 1"
+
+
+def cpu_scaling(processes: int = 2, *, loops: int = 6_000_000, trials: int = 5) -> float:
+    """How many times the work of one CPU-bound Python process ``processes`` of them get through at once,
+    on this machine, now: the ceiling of any N-process speed-up measured beside it.
+
+    ``processes`` on a quiet machine with that many free cores; less where cores are shared with
+    other tenants (a cloud host's siblings) or busy. Each of the ``trials`` takes about half a second.
+    Usage: ``cpu_scaling(2)  # e.g. 1.86``
+    """
+    def wall(count: int) -> float:
+        started = time.perf_counter()
+        spinning = [subprocess.Popen([sys.executable, "-c", _SPIN.format(loops=loops)]) for _ in range(count)]
+        for process in spinning:
+            process.wait()
+        return time.perf_counter() - started
+
+    # Alternating trials, the median: one trial on a shared host swings by a third.
+    return statistics.median(processes * wall(1) / wall(processes) for _ in range(trials))
+
+
 def request_span(run_dir: Path) -> float:
     """Seconds from a run's first request to its last answer, as its logs (every shard's) record them.
 
