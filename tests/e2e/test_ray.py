@@ -70,4 +70,7 @@ def test_two_actors_hold_one_known_quota_that_the_target_enforces(local_ray: Non
     keys = _keys(tmp_path / "run")
     assert len(keys) == len(set(keys)) == 300
     assert sum(r["rate_limited"] for r in results) == stats["quota_limited"]
-    assert stats["quota_limited"] <= 0.01 * stats["chat_requests"], stats
+    # The benchmark holds this to < 1 % (docs/results.md: 0.23-0.50 %); on a loaded CI machine two actors,
+    # the budget, Ray's own daemons and the target share two cores, and an actor starved for a moment sends
+    # its slice late: up to 2.3 % seen. Each actor given the whole quota instead is refused 7.7-9 %.
+    assert stats["quota_limited"] <= 0.03 * stats["chat_requests"], stats
