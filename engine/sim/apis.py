@@ -146,14 +146,19 @@ def parse_chat(request: Any) -> tuple[str, Ask | None]:
     return "", (model, user, *sampling, tokens)
 
 
+_CHAT_REPLY = (
+    b'{"id":"chatcmpl-sim-%d","object":"chat.completion","created":%d,"model":%b,'
+    b'"system_fingerprint":"engine-sim","choices":[{"index":0,"message":{"role":"assistant","content":%b},'
+    b'"logprobs":null,"finish_reason":"%b"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
+    b'"total_tokens":%d}}'
+)
+
+
 def _chat_reply(seq: int, model: str, content: str, cut: bool, prompt: int, completion: int) -> bytes:
-    return orjson.dumps({
-        "id": f"chatcmpl-sim-{seq}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "system_fingerprint": "engine-sim",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
-                     "finish_reason": "length" if cut else "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-    })  # fmt: skip
+    # A template filled in, not a dict dumped: the same bytes as orjson.dumps of the reply object (its
+    # strings are dumped by orjson), in two thirds of the time; every benchmark waits on this reply.
+    return _CHAT_REPLY % (seq, int(time.time()), orjson.dumps(model), orjson.dumps(content),
+                          b"length" if cut else b"stop", prompt, completion, prompt + completion)  # fmt: skip
 
 
 def _chat_empty(model: str) -> bytes:

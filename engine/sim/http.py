@@ -13,12 +13,14 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import re
 import types
 from typing import Protocol, cast
 
 import orjson
 
 _MAX_HEAD = 64 * 1024
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection|expect):([^\r\n]*)")
 _MAX_BODY = 260 * 1024 * 1024  # a whole batch file: Anthropic takes up to 256 MB
 _REASONS = types.MappingProxyType(
     {
@@ -188,47 +190,34 @@ class HttpProtocol(asyncio.Protocol):
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return error_reply(400, "Malformed HTTP request line.", "invalid_request_error", keep_alive=False)
         method, target, version = parts
-        # Header names are case-insensitive: one lower-cased copy, searched at line starts (C speed,
-        # not a Python loop over every header: the sim must stay cheap beside the client it serves).
-        lower = head.lower()
-        if b"\r\ntransfer-encoding:" in lower:
-            return error_reply(501, "engine-sim reads Content-Length bodies only.", "invalid_request_error",
-                               keep_alive=False)  # fmt: skip
-        length = _header_int(lower, b"\r\ncontent-length:")
-        if not 0 <= length <= _MAX_BODY:
-            return error_reply(413 if length > 0 else 400, "Bad or too large Content-Length.",
-                               "invalid_request_error", keep_alive=False)  # fmt: skip
-        total = end + 4 + length
+        length: int | None = None
+        connection = expect = b""
+        # Header names are case-insensitive: the headers framing depends on, found in one C-level pass
+        # over a lower-cased copy (not a Python loop over every header: the sim must stay cheap
+        # beside the client it serves).
+        for name, value in _FRAMING.findall(head.lower()):
+            if name == b"content-length":
+                # RFC 9112 6.3: a second length (or one not a number) makes the message unreadable.
+                length = int(value) if length is None and value.strip().isdigit() else -1
+                if not 0 <= length <= _MAX_BODY:
+                    return error_reply(413 if length > 0 else 400, "Bad or too large Content-Length.",
+                                       "invalid_request_error", keep_alive=False)  # fmt: skip
+            elif name == b"transfer-encoding":
+                return error_reply(501, "engine-sim reads Content-Length bodies only.", "invalid_request_error",
+                                   keep_alive=False)  # fmt: skip
+            elif name == b"connection":
+                connection = value.strip()
+            else:
+                expect = value.strip()
+        total = end + 4 + (length or 0)
         if len(buffer) < total:
-            if not self._continued and self._transport is not None and \
-                    _header(lower, b"\r\nexpect:") == b"100-continue":  # fmt: skip
+            if expect == b"100-continue" and not self._continued and self._transport is not None:
                 self._continued = True
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return None
         body = bytes(buffer[end + 4 : total])
         del buffer[:total]
         self._continued = False
-        connection = _header(lower, b"\r\nconnection:")
         keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
         return method, target, body, keep_alive
 
-
-def _header(lower: bytes, name: bytes) -> bytes | None:
-    """The stripped value of header ``name`` (``b"\\r\\nname:"``) in a lower-cased head, or None."""
-    at = lower.find(name)
-    if at < 0:
-        return None
-    start = at + len(name)
-    stop = lower.find(b"\r\n", start)
-    return (lower[start:] if stop < 0 else lower[start:stop]).strip()
-
-
-def _header_int(lower: bytes, name: bytes) -> int:
-    """A header's integer value: 0 when absent, -1 when not a number or given twice (RFC 9112 6.3:
-    a message with conflicting lengths is unrecoverable, and a second copy is refused outright)."""
-    value = _header(lower, name)
-    if value is None:
-        return 0
-    if lower.find(name, lower.find(name) + 1) >= 0 or not value.isdigit():
-        return -1
-    return int(value)

@@ -453,6 +453,7 @@ async def test_framing_follows_http_1_1_and_refuses_what_a_real_server_refuses()
         "bad length": (head(b"Content-Length: 12x") + body, 400),
         "huge length": (head(b"Content-Length: %d" % (1 << 40)) + body, 413),
         "two lengths": (head(length, b"Content-Length: %d" % (len(body) + 1)) + body + b" ", 400),
+        "a second length after 0": (head(b"Content-Length: 0", length) + body, 400),
         "chunked": (head(b"Transfer-Encoding: chunked") + b"0\r\n\r\n", 501),
         "bad request line": (b"POST /v1/chat/completions\r\nHost: x\r\n\r\n", 400),
         "headers too large": (b"POST /v1/chat/completions HTTP/1.1\r\nX-Pad: " + b"a" * 70_000, 431),
