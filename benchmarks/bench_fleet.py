@@ -126,7 +126,6 @@ def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
     return rows
 
 
-
 def shards(root: Path) -> dict[str, Any]:
     spec = _spec(root, tasks=20_000, concurrency=32, sim="latency_ms = 0")
     _run(spec, root / "single")
@@ -232,7 +231,6 @@ def main() -> int:
                       f"{row['wall_s']:.1f}s")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
-
 
 
 if __name__ == "__main__":

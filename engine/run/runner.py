@@ -175,12 +175,6 @@ def _nothing_to_send(prepared: Prepared, done: AbstractSet[str], shard: Shard | 
     return True
 
 
-
-
-
-
-
-
 def run_experiment(
     spec_path: Path, *, out: Path | None = None, fresh: bool = False, quiet: bool = False,
     options: RunOptions | None = None, spawned: SimProcess | None = None,
@@ -203,8 +197,6 @@ def run_experiment(
         # Stopped after the grid was done (closing the log, the report): still an interrupted run.
         summary = dataclasses.replace(summary, interrupted=True, stop_signal=interrupts.first)
     return summary
-
-
 
 
 def write_run_report(run_dir: Path) -> list[Path]:
