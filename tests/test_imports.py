@@ -14,14 +14,15 @@ import engine
 
 ROOT = Path(engine.__file__).parent
 
-# Each folder may import only folders to its left (and itself); the top-level modules
-# errors (everything's base) and cli/__init__/__main__ (the front doors) are placed explicitly.
+# Each folder may import only folders to its left (and itself); the top-level modules errors
+# (everything's base), interpreter (process settings) and cli/__init__/__main__ (the front doors)
+# are placed explicitly.
 # report sits below run: a run ends by writing its report, and the report reads only results.
 # Every ``__main__`` module (``engine/__main__.py``, ``engine/sim/__main__.py``) is a front door of
 # its own, in the top layer: only the command line (cli, for ``engine sim``) imports one, so it may
 # import anything (the sim's command line reads a question file through run.targets).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors",),
+    ("errors", "interpreter"),
     ("experiment", "endpoint", "sim"),
     ("results", "local"),
     ("report",),

@@ -10,6 +10,10 @@ Usage: ``python -m engine.sim --port 8000 --config-file sim.json``
 
 from __future__ import annotations
 
+from engine.interpreter import tune_for_batch
+
+tune_for_batch()  # first: the imports below are most of the target's start-up (about 0.05 s less)
+
 import argparse
 import dataclasses
 import functools
