@@ -215,6 +215,10 @@ async def _work_through(
         record = make_record(task, completion, scorer, t_start, time.time())
         counters.count(record)
         try:
-            send.send_nowait(record)  # room in the buffer: no forced trip through the event loop
+            send.send_nowait(record)
         except anyio.WouldBlock:
             await send.send(record)
+        # One pass through the event loop before the next request: the writer, woken by this record,
+        # writes it first. A kill -9 then finds each worker with a request in flight or a record
+        # not yet written, never both, so a resume re-sends at most the concurrency.
+        await anyio.lowlevel.checkpoint()
