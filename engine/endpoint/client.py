@@ -20,7 +20,7 @@ with QuotaExhausted.
 Usage::
 
     client = ChatClient(base_url="http://127.0.0.1:8000/v1", api_key=None,
-                        transport=AiohttpTransport(concurrency=64),
+                        transport=Http11Transport(concurrency=64),
                         limiter=EndpointLimiter(LimitConfig()), policy=RetryPolicy())
     result = await client.complete(model="sim", messages=[...], temperature=0.0, max_tokens=32)
     result = await client.complete(model="claude-x", messages=[...], temperature=0.0, max_tokens=32, api="anthropic")

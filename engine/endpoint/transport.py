@@ -1,22 +1,24 @@
-"""The HTTP boundary: a small interface with an aiohttp implementation and an httpx one.
+"""The HTTP boundary: a small interface, the engine's own HTTP/1.1, an aiohttp and an httpx implementation.
 
 Everything the engine needs from HTTP is "POST these bytes, give me status, headers,
-body". Keeping it that small lets the hot path use aiohttp (about 0.1 ms of CPU per
-request on our machines, against several ms for a pooled ``httpx.AsyncClient``) while
-users who need proxies, HTTP/2 or custom transports hand in their own httpx client,
+body". Keeping it that small lets the hot path use a keep-alive HTTP/1.1 pool of its own for
+``http://`` (:mod:`engine.endpoint.http11`, the default, which hands ``https://`` to aiohttp;
+about 0.1 ms of CPU per request or less, against several ms for a pooled ``httpx.AsyncClient``)
+while users who need proxies, HTTP/2 or custom transports hand in their own httpx client,
 and tests use ``httpx.MockTransport``. Third-party errors become
-:class:`engine.errors.TransportError` here and nowhere else.
+:class:`engine.errors.TransportError` in these modules and nowhere else.
 
 Redirects are never followed: an OpenAI-compatible endpoint does not redirect, and
 following one could carry the Authorization header to another host.
 
 The implementations live in their own modules, so a process that sends nothing (a rerun
 with the whole grid done, ``engine plan``) never imports an HTTP library:
-:mod:`engine.endpoint.aiohttp_transport` and :mod:`engine.endpoint.httpx_transport`.
+:mod:`engine.endpoint.http11`, :mod:`engine.endpoint.aiohttp_transport` and
+:mod:`engine.endpoint.httpx_transport`.
 
 Usage::
 
-    transport = AiohttpTransport(concurrency=64)   # from engine.endpoint.aiohttp_transport
+    transport = Http11Transport(concurrency=64)   # from engine.endpoint.http11
     response = await transport.request("POST", url, body=b"{}", headers={}, timeout=30)
     await transport.aclose()
 """

@@ -3,18 +3,19 @@
 Usage::
 
     with local_targets(spec, questions) as (urls, sim):
-        await preflight(aiohttp_transport(8), urls["m1"], api_headers("chat", None), "'m1'")
+        await preflight(default_transport(8), urls["m1"], api_headers("chat", None), "'m1'")
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import anyio
 
 from engine.endpoint.apis import API
 from engine.endpoint.client import path_hint
+from engine.endpoint.http11 import Http11Transport
 from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
 from engine.errors import EndpointError, EngineError, TransportError
@@ -26,14 +27,11 @@ from engine.sim.process import SimProcess
 
 @contextlib.contextmanager
 def local_targets(
-    spec: Spec, questions: Sequence[Question], *, while_starting: Callable[[], object] | None = None,
-    sim_url: str | None = None, spawned: SimProcess | None = None,
+    spec: Spec, questions: Sequence[Question], *, sim_url: str | None = None, spawned: SimProcess | None = None,
 ) -> Iterator[tuple[dict[str, str], SimProcess | None]]:
     """Start the built-in target and local GGUF servers the spec needs; stop them on exit.
 
-    ``while_starting`` runs once the built-in target's process is spawned and before it is waited
-    for, so this process's own preparing overlaps the target's start-up on another core. With
-    ``sim_url`` the built-in target is the one already serving there (a fleet's, so its quota is
+    With ``sim_url`` the built-in target is the one already serving there (a fleet's, so its quota is
     the fleet's), not a new one; with ``spawned``, it is that child, already loading
     (:func:`engine.run.early.early_target`), handed its config here.
     Yields ``({model label: base_url}, sim process or None)``.
@@ -57,8 +55,6 @@ def local_targets(
 
                 source = model.gguf if model.gguf == "smollm2" else spec.path.parent / model.gguf
                 servers[model.gguf] = stack.enter_context(llama_server(source, n_parallel=min(model.concurrency, 8)))
-        if while_starting is not None:
-            while_starting()
         for model in spec.models:
             if model.gguf is not None:
                 urls[model.name] = servers[model.gguf]
@@ -111,20 +107,10 @@ def api_headers(api: str, key: str | None) -> dict[str, str]:
     return {**adapter.headers, **(adapter.auth(key) if key else {})}
 
 
-def load_http_client() -> None:
-    """Import the HTTP client (about 0.15 s) while the built-in target starts up on another core.
-
-    Late: a rerun with nothing to send never needs it.
-    """
-    import engine.endpoint.aiohttp_transport  # noqa: F401
-
-
-def aiohttp_transport(concurrency: int) -> Transport:
-    """The default transport. Imported here, late, for start-up cost only (aiohttp takes a quarter
-    second to import): a rerun with nothing left to send never loads it."""
-    from engine.endpoint.aiohttp_transport import AiohttpTransport
-
-    return AiohttpTransport(concurrency=concurrency)
+def default_transport(concurrency: int) -> Transport:
+    """The default transport: :class:`engine.endpoint.http11.Http11Transport` (HTTP/1.1 of its own
+    for ``http://``, aiohttp for ``https://``). Usage: ``default_transport(64)``"""
+    return Http11Transport(concurrency=concurrency)
 
 
 def retry_policy(spec: Spec) -> RetryPolicy:

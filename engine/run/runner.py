@@ -44,8 +44,8 @@ from engine.results.shards import Shard
 from engine.results.stamps import is_complete
 from engine.run.early import run_dir_of
 from engine.run.endpoints import (
-    aiohttp_transport,
     api_headers,
+    default_transport,
     local_targets,
     preflight,
     retry_policy,
@@ -120,7 +120,7 @@ async def run_prepared(
 ) -> RunSummary:
     """Run a checked spec: start targets, preflight, then run the grid and write the log.
 
-    ``transport_factory(concurrency) -> Transport`` replaces the aiohttp transport
+    ``transport_factory(concurrency) -> Transport`` replaces the default transport
     (e.g. an ``HttpxTransport`` over ``httpx.MockTransport`` in tests). ``interrupts`` is the
     caller's signal catcher, entered already; without one, signals are caught for this call only.
     Usage: ``summary = anyio.run(run_prepared, prepare(path, options), options)``
@@ -132,7 +132,7 @@ async def run_prepared(
                 spawned=spawned,
             )
     paths = prepared.paths
-    make_transport = transport_factory or aiohttp_transport
+    make_transport = transport_factory or default_transport
     done = prepared.scan.done(retry_failed=options.retry_failed)
     started = time.monotonic()
     skipped = Skipped()

@@ -6,7 +6,7 @@ route or a fleet's link).
 
 Usage::
 
-    summary = await send_rest(prepared, options, make_transport=aiohttp_transport, console=None,
+    summary = await send_rest(prepared, options, make_transport=default_transport, console=None,
                               interrupts=interrupts, done=done, skipped=Skipped(), started=time.monotonic())
 """
 
@@ -34,7 +34,6 @@ from engine.run.budget import BudgetLink, link_of
 from engine.run.endpoints import (
     api_headers,
     count_target_requests,
-    load_http_client,
     local_targets,
     preflight,
     retry_policy,
@@ -66,7 +65,7 @@ async def send_rest(
     spec, paths = prepared.spec, prepared.paths
     stop, counters = StopSignal(), Counters()
     with local_targets(
-        spec, prepared.questions, while_starting=load_http_client, sim_url=options.sim_url, spawned=spawned
+        spec, prepared.questions, sim_url=options.sim_url, spawned=spawned
     ) as (urls, sim):
         transports: list[Transport] = []
         try:

@@ -223,7 +223,8 @@ def test_must_show_6_the_readme_command_interrupted_after_3_s_resumes_to_one_rec
 @pytest.mark.parametrize("delay", [0.05, 0.3, 0.6, 0.9, 1.2])
 def test_a_signal_at_any_moment_of_start_up_exits_143_without_a_traceback(tmp_path: Path, delay: float) -> None:
     # Loading modules, checking, starting the target, preflight, the first requests: wherever it lands.
-    spec, out = write_spec(tmp_path, latency_ms=20, models=1), tmp_path / "run"
+    # 1,200 tasks, at least 3 s of requests at concurrency 8: the last delay still lands before the end.
+    spec, out = write_spec(tmp_path, latency_ms=20, models=1, repeats=4), tmp_path / "run"
     proc = start_run(spec, out, "--quiet")
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGTERM)
