@@ -31,9 +31,8 @@ from engine.experiment.settings import (
     TableChecker,
     or_default,
 )
-from engine.sim.config import QUOTA_SCOPES, Faults, SimConfig
+from engine.sim.config import QUOTA_SCOPES, SIM_URL, Faults, SimConfig
 
-SIM_URL = "sim"
 FSYNC_POLICIES = ("never", "always")
 
 

@@ -24,6 +24,7 @@ import orjson
 
 from engine.errors import LogError
 from engine.experiment.grid import Grid
+from engine.results.layout import COMPLETE_STAMP
 from engine.results.record import SCHEMA_VERSION
 from engine.results.runmeta import run_meta
 from engine.results.shards import SHARD_DIR, SHARD_NAME, Shard
@@ -67,7 +68,7 @@ class RunPaths:
     @property
     def complete(self) -> Path:
         """The stamp saying the log holds every task of the grid (see :mod:`engine.results.stamps`)."""
-        return self.root / "complete.json"
+        return self.root / COMPLETE_STAMP
 
     @property
     def started(self) -> Path:

@@ -20,8 +20,9 @@ from engine.endpoint.retry import RetryPolicy
 from engine.endpoint.transport import Transport
 from engine.errors import EndpointError, EngineError, TransportError
 from engine.experiment.questions import Question
-from engine.experiment.spec import SIM_URL, Spec
+from engine.experiment.spec import Spec
 from engine.run.targets import sim_config
+from engine.sim.config import SIM_URL
 from engine.sim.process import SimProcess
 
 

@@ -31,10 +31,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # its types only: asyncio (0.04 s to import) loads after the built-in target is spawned
-    import asyncio
+
+class _Loop(Protocol):
+    """What a signal needs of an event loop; asyncio itself (0.04 s to import) loads after the
+    built-in target is spawned."""
+
+    def call_soon_threadsafe(self, callback: Callable[[int], None], arg: int, /) -> object: ...
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -103,7 +107,7 @@ class Interrupts:
         self._last = -math.inf
         self._graceful = False  # set once the grid has started: a first signal no longer raises
         self._deliver: Callable[[int], None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: _Loop | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
@@ -128,7 +132,7 @@ class Interrupts:
         return None if self.first is None else exit_code_of(self.first)
 
     @contextlib.contextmanager
-    def delivering(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[int], None]) -> Iterator[None]:
+    def delivering(self, loop: _Loop, deliver: Callable[[int], None]) -> Iterator[None]:
         """While entered, signals call ``deliver(count)`` on ``loop`` instead of raising; from then on a
         first signal never raises. Usage: ``with interrupts.delivering(loop, on_signal): ...``"""
         self._graceful = True

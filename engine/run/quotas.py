@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.endpoint.limits import LimitConfig
-from engine.experiment.spec import SIM_URL, ModelSpec, Spec
+from engine.experiment.spec import ModelSpec, Spec
+from engine.sim.config import SIM_URL
 
 Endpoint = tuple[str, str | None]  # ModelSpec.endpoint: (URL, "sim" or "gguf:FILE"; API key variable)
 

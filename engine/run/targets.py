@@ -36,10 +36,10 @@ import orjson
 from engine.errors import ConfigError
 from engine.experiment.grid import Target
 from engine.experiment.questions import Question, load_questions
-from engine.experiment.spec import SIM_URL, ModelSpec, Spec
+from engine.experiment.spec import ModelSpec, Spec
 from engine.local.serve import resolve_model
 from engine.results.cache import file_sha256
-from engine.sim.config import SimConfig, SimFact, published_accuracy
+from engine.sim.config import SIM_URL, SimConfig, SimFact, published_accuracy
 
 __all__ = ["SIM_PREFIX", "Target", "gguf_target", "model_targets", "normalise_url", "sim_target"]
 

@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from engine.results.lock import RunLock
 from engine.run.early import early_target
 from engine.run.options import RunOptions
 from engine.run.runner import run_experiment
+from engine.sim.process import SimProcess
 from tests.conftest import BASE_SPEC, SpecDir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +57,28 @@ def test_no_early_target_where_the_run_would_not_use_one(spec_dir: SpecDir, tmp_
     assert (done / "complete.json").is_file()
     with early_target(sim_spec, out=done) as spawned:
         assert spawned is None  # a rerun of a complete run most likely sends nothing
+
+
+def test_a_target_spawned_on_the_raw_toml_that_the_checked_spec_refuses_is_stopped_at_once(
+    spec_dir: SpecDir, tmp_path: Path
+) -> None:
+    # The TOML names the built-in target, so the child is spawned before the spec is checked; the
+    # checks refuse the spec, so none is handed to the run and none outlives the check.
+    bad = spec_dir.write(BASE_SPEC.replace("temperatures = [0.0, 1.0]", 'temperatures = "hot"'), name="bad.toml")
+    spawned_at_first: list[int] = []
+    real_spawned = SimProcess.spawned
+
+    def spawned_and_noted(**kwargs: Any) -> SimProcess:
+        sim = real_spawned(**kwargs)
+        spawned_at_first.append(sim.pid or 0)
+        return sim
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SimProcess, "spawned", spawned_and_noted)
+        with early_target(bad, out=tmp_path / "run") as spawned:
+            assert spawned is None
+            assert len(spawned_at_first) == 1  # spawned on the raw TOML ...
+            assert not _alive(spawned_at_first[0])  # ... and gone once the checks refused the spec
 
 
 def test_a_target_spawned_but_never_configured_is_stopped(spec_dir: SpecDir, tmp_path: Path) -> None:
