@@ -37,7 +37,6 @@ from engine.errors import ConfigError
 from engine.experiment.grid import Target
 from engine.experiment.questions import Question, load_questions
 from engine.experiment.spec import ModelSpec, Spec
-from engine.local.serve import resolve_model
 from engine.results.cache import file_sha256
 from engine.sim.config import SIM_URL, SimConfig, SimFact, published_accuracy
 
@@ -130,6 +129,9 @@ def _target(spec: Spec, model: ModelSpec, sim: SimConfig | None, hashed: dict[Pa
 
 def _answerer(spec: Spec, model: ModelSpec, sim: SimConfig | None, hashed: dict[Path, str]) -> Target:
     if model.gguf is not None:
+        # Late: the llama.cpp serving module (with urllib, about 0.015 s) only for a local model.
+        from engine.local.serve import resolve_model
+
         local = model.gguf if model.gguf.strip().lower() == "smollm2" else spec.path.parent / model.gguf
         path = resolve_model(local).resolve()
         if path not in hashed:
