@@ -112,6 +112,6 @@ def by_endpoint(groups: Sequence[QuotaGroup]) -> dict[Endpoint, list[QuotaGroup]
 def pool_size(groups: Sequence[QuotaGroup]) -> int:
     """Connections one endpoint needs: the sum of its limiters' concurrency, so each can fill its window.
 
-    Usage: ``AiohttpTransport(concurrency=pool_size(limiters))``
+    Usage: ``default_transport(pool_size(limiters))``
     """
     return sum(g.limits.concurrency for g in groups)

@@ -1,6 +1,6 @@
 """``engine run --ray ADDRESS|auto``: one Ray actor per shard, one grid, one quota, one result.
 
-Each actor (``num_cpus=1``, restartable) runs the same anyio + aiohttp client as a local run, in
+Each actor (``num_cpus=1``, restartable) runs the same anyio client and transport as a local run, in
 its own process, on its shard: it expands the lazy grid itself, keeps its slice, paces at the
 share of the quota the fleet's budget actor leases it (:mod:`engine.run.budget`: leases in quarter
 second slices, pauses for all, an unknown quota probed once) and appends to its shard's log
