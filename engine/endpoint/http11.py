@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self._buffer = bytearray()
+        self._chunks = bytearray()  # a chunked body's data so far
         self._waiter: asyncio.Future[Response] | None = None
         self._head: tuple[int, Headers, bool] | None = None  # status, headers, keep-alive
         self._no_body = False
@@ -129,6 +130,11 @@ class _Connection(asyncio.Protocol):
         self._head, self._no_body, self._got_bytes = None, no_body, False
         self.transport.write(request)
         return self._waiter
+
+    @property
+    def unread(self) -> bool:
+        """Bytes arrived that no request asked for."""
+        return bool(self._buffer)
 
     def done_with(self) -> None:
         self._waiter = None
@@ -189,30 +195,31 @@ class _Connection(asyncio.Protocol):
         return body
 
     def _chunked(self) -> bytes | None:
-        out, pos, buf = bytearray(), 0, self._buffer
+        """Move each whole chunk out of the buffer as it arrives (a large body stays linear to read);
+        the body once the last chunk and its trailers are in, else None."""
+        buf, out = self._buffer, self._chunks
         while True:
-            line_end = buf.find(b"\r\n", pos)
+            line_end = buf.find(b"\r\n")
             if line_end < 0:
                 return None
-            size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].strip()
+            size_text = bytes(buf[:line_end]).split(b";", 1)[0].strip()
             try:
                 size = int(size_text, 16)
             except ValueError:
                 raise TransportError("read", f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:
-                trailer_end = buf.find(b"\r\n\r\n", line_end)  # trailers, if any, end with an empty line
-                if buf[line_end : line_end + 4] == b"\r\n\r\n":
-                    trailer_end = line_end
+            if size == 0:  # trailers, if any, end with an empty line
+                no_trailers = buf[line_end : line_end + 4] == b"\r\n\r\n"
+                trailer_end = line_end if no_trailers else buf.find(b"\r\n\r\n", line_end)
                 if trailer_end < 0:
                     return None
                 del buf[: trailer_end + 4]
-                return bytes(out)
+                body, self._chunks = bytes(out), bytearray()
+                return body
             start = line_end + 2
             if len(buf) < start + size + 2:
                 return None
             out += buf[start : start + size]
-            pos = start + size + 2
-
+            del buf[: start + size + 2]
 
 def _parse_head(head: bytes) -> tuple[int, Headers, bool]:
     """Status, headers and whether the connection may be kept, from a response head."""
@@ -304,8 +311,9 @@ class Http11Transport:
         idle = self._idle.get((host, port))
         while idle:
             conn = idle.pop()  # the most recently used: least likely to have been closed by the server
-            if not conn.closed:
+            if not conn.closed and not conn.unread:
                 return conn
+            conn.close()  # closed, or the server sent something unasked (a 408 before closing, say)
         return None
 
     async def _connect(self, host: str, port: int) -> _Connection:
@@ -348,7 +356,10 @@ def _request_bytes(method: str, target: bytes, host: str, body: bytes | None, he
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise TransportError("connect", f"header {name!r} holds a line break")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        try:
+            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        except UnicodeEncodeError:  # its value is never quoted: it may be a key
+            raise TransportError("connect", f"header {name!r} holds characters HTTP cannot carry") from None
     if body is not None or method in ("POST", "PUT", "PATCH"):
         lines.append(b"Content-Length: %d\r\n" % len(body or b""))
     lines.append(b"\r\n")

@@ -137,6 +137,60 @@ def test_a_chunked_body_with_extensions_and_trailers_is_joined() -> None:
     assert run(lambda n, r: chunked, body).connections == 1
 
 
+def test_a_chunked_body_arriving_a_few_bytes_at_a_time_is_joined() -> None:
+    body_bytes = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in [b"x" * 1000] * 200) + b"0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        data = head + body_bytes
+        for i in range(0, len(data), 997):  # pieces that cut chunk lines and data anywhere
+            writer.write(data[i : i + 997])
+            await writer.drain()
+            await asyncio.sleep(0)
+        await read_request(reader)
+        writer.close()
+
+    async def main() -> None:
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        transport = Http11Transport(concurrency=1)
+        try:
+            url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+            assert (await get(transport, url))[2] == b"x" * 200_000
+        finally:
+            await transport.aclose()
+            listener.close()
+
+    asyncio.run(main())
+
+
+def test_a_pooled_connection_with_bytes_nobody_asked_for_is_not_reused() -> None:
+    connections = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await read_request(reader) is not None:
+            writer.write(ok(b"fine"))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")  # unasked, while idle
+
+    async def main() -> None:
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        transport = Http11Transport(concurrency=1)
+        try:
+            url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+            assert await get(transport, url) == (200, {"content-length": "4"}, b"fine")
+            await asyncio.sleep(0.1)
+            assert await get(transport, url) == (200, {"content-length": "4"}, b"fine")  # not the stray 408
+        finally:
+            await transport.aclose()
+            listener.close()
+        assert len(connections) == 2
+
+    asyncio.run(main())
+
+
 def test_a_body_framed_by_the_close_is_read_to_the_end_and_the_connection_not_reused() -> None:
     async def body(t: Http11Transport, url: str, s: Server) -> None:
         assert await get(t, url) == (200, {}, b"all of it")
@@ -253,9 +307,11 @@ def test_at_most_concurrency_connections_are_open() -> None:
     assert server.most_open == 3  # the bound is reached (replies are slow) and never passed
 
 
-def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+@pytest.mark.parametrize("value", ["a\r\nInjected: 1", "sk-€uro-secret"])
+def test_a_header_http_cannot_carry_is_refused_before_anything_is_sent_and_never_quoted(value: str) -> None:
     async def body(t: Http11Transport, url: str, s: Server) -> None:
-        with pytest.raises(TransportError):
-            await t.request("GET", url + "/", body=None, headers={"X": "a\r\nInjected: 1"}, timeout=5)
+        with pytest.raises(TransportError) as info:
+            await t.request("GET", url + "/", body=None, headers={"Authorization": value}, timeout=5)
+        assert value not in str(info.value) and "secret" not in str(info.value)
 
     assert run(lambda n, r: ok(b""), body).requests == []
