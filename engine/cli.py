@@ -350,8 +350,9 @@ def console() -> NoReturn:
 
     The garbage collector is set for a batch process first (:mod:`engine.interpreter`: about 0.1 s
     less start-up for a run). Freeing every module (Polars, NumPy, aiohttp) at exit costs about
-    0.13 s after the work is done and every file is closed. Skipped only when someone still needs the slow way: a thread that
-    must be joined, or Ray, whose exit hook stops the local instance ``ray.init`` started.
+    0.13 s after the work is done and every file is closed. Skipped only when someone still needs
+    the slow way: a thread that must be joined, or Ray, whose exit hook stops the local instance
+    ``ray.init`` started.
     Usage: ``[project.scripts] engine = "engine.cli:console"``
     """
     tune_for_batch()

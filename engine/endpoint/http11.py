@@ -121,7 +121,8 @@ class _Connection(asyncio.Protocol):
             self._fail(exc)
             return
         if not waiter.done():
-            self._fail(TransportError("read", "connection dropped mid-response"))
+            what = "mid-response" if self._got_bytes else "before any response"
+            self._fail(TransportError("read", f"connection dropped {what}"))
 
     # one exchange
     def send(self, request: bytes, *, no_body: bool) -> asyncio.Future[Response]:
@@ -220,6 +221,7 @@ class _Connection(asyncio.Protocol):
                 return None
             out += buf[start : start + size]
             del buf[: start + size + 2]
+
 
 def _parse_head(head: bytes) -> tuple[int, Headers, bool]:
     """Status, headers and whether the connection may be kept, from a response head."""

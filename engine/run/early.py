@@ -6,8 +6,8 @@ pipe once it is ready for it. Spawned here, as soon as the spec's TOML names the
 (read raw, before the spec module loads and checks it: about 0.05 s sooner), it loads while this
 process imports the run's machinery and prepares; :func:`engine.run.endpoints.local_targets` then
 hands it the config. The checked spec has the last word: a target it does not need is stopped, one
-the raw reading missed is spawned then. This module imports only the spec reader and the parent
-side of the sim, so it costs nothing the run would not pay anyway.
+the raw reading missed is spawned then. This module imports only tomllib, two names of the run
+directory's layout and the parent side of the sim, so it costs nothing the run would not pay anyway.
 
 Usage::
 

@@ -103,8 +103,9 @@ def _exit_with_parent() -> None:
 
 async def _configured_then_serve(args: argparse.Namespace) -> None:
     # A run's target gets its config on stdin once the run has prepared it. Read in a thread, so
-    # that the event loop and anyio's backend (about 0.03 s of imports) load while it waits, not after.
-    config = await anyio.to_thread.run_sync(_load_config, args, abandon_on_cancel=True)  # Ctrl-C need not wait for stdin
+    # that the event loop and anyio's backend (about 0.03 s of imports) load while it waits, not
+    # after; a Ctrl-C need not wait for stdin.
+    config = await anyio.to_thread.run_sync(_load_config, args, abandon_on_cancel=True)
     await serve(config, host=args.host, port=args.port, task_status=_Banner(args.host))
 
 
