@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from engine.endpoint.transport import Response, describe
+from engine.endpoint.transport import Response, cannot_connect, describe, timed_out
 from engine.errors import TransportError
 
 
@@ -46,10 +46,9 @@ class AiohttpTransport:
                 payload = await resp.read()
                 return Response(resp.status, resp.headers, payload)
         except TimeoutError as exc:
-            raise TransportError("timeout", f"no complete reply within {timeout:g} s") from exc
+            raise timed_out(timeout) from exc
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or type(exc.os_error).__name__
-            raise TransportError("connect", f"cannot connect to {exc.host}:{exc.port}: {reason.lower()}") from exc
+            raise cannot_connect(exc.host, exc.port, exc.os_error) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise TransportError("read", describe(exc)) from exc
 

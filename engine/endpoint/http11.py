@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from engine.endpoint.transport import Response, Transport
+from engine.endpoint.transport import Response, Transport, cannot_connect, timed_out
 from engine.errors import TransportError
 
 __all__ = ["Headers", "Http11Transport"]
@@ -287,7 +287,7 @@ class Http11Transport:
                     except _Stale:
                         return await self._exchange(host, port, message, no_body=method == "HEAD", fresh=True)
         except TimeoutError as exc:
-            raise TransportError("timeout", f"no complete reply within {timeout:g} s") from exc
+            raise timed_out(timeout) from exc
 
     async def _exchange(self, host: str, port: int, message: bytes, *, no_body: bool, fresh: bool = False) -> Response:
         conn = None if fresh else self._pooled(host, port)
@@ -323,8 +323,7 @@ class Http11Transport:
         try:
             _, conn = await loop.create_connection(_Connection, host, port)
         except OSError as exc:
-            reason = (exc.strerror or type(exc).__name__).lower()
-            raise TransportError("connect", f"cannot connect to {host}:{port}: {reason}") from exc
+            raise cannot_connect(host, port, exc) from exc
         return conn
 
     def _make_slots(self) -> asyncio.Semaphore:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import httpx
 
-from engine.endpoint.transport import Response, describe
+from engine.endpoint.transport import Response, describe, timed_out
 from engine.errors import TransportError
 
 
@@ -34,7 +34,7 @@ class HttpxTransport:
                 method, url, content=body, headers=headers, timeout=timeout, follow_redirects=False
             )
         except httpx.TimeoutException as exc:
-            raise TransportError("timeout", f"no complete reply within {timeout:g} s") from exc
+            raise timed_out(timeout) from exc
         except httpx.ConnectError as exc:
             raise TransportError("connect", describe(exc)) from exc
         except httpx.TransportError as exc:

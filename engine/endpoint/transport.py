@@ -29,6 +29,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
+from engine.errors import TransportError
+
 
 class Response(NamedTuple):
     """What came back: status, headers (a case-insensitive mapping), and the raw body."""
@@ -46,6 +48,17 @@ class Transport(Protocol):
     ) -> Response: ...
 
     async def aclose(self) -> None: ...
+
+
+def timed_out(timeout: float) -> TransportError:
+    """The error for a reply not complete within ``timeout`` seconds, in every transport's words."""
+    return TransportError("timeout", f"no complete reply within {timeout:g} s")
+
+
+def cannot_connect(host: str | None, port: int | None, error: OSError) -> TransportError:
+    """The error for a connection refused or unreachable, in every transport's words."""
+    reason = error.strerror or type(error).__name__
+    return TransportError("connect", f"cannot connect to {host}:{port}: {reason.lower()}")
 
 
 def describe(exc: BaseException) -> str:
