@@ -220,4 +220,3 @@ class HttpProtocol(asyncio.Protocol):
         self._continued = False
         keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
         return method, target, body, keep_alive
-
