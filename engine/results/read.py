@@ -22,6 +22,7 @@ import orjson
 import polars as pl
 
 from engine.errors import LogError, ReportError
+from engine.results.layout import run_root
 from engine.results.paths import run_dir_of_log, run_logs
 from engine.results.record import READ_SCHEMA, READABLE_VERSIONS, RECORD_FIELDS, SCHEMA_VERSION
 
@@ -260,7 +261,7 @@ def _run_dir_of(spec_path: Path) -> str:
         name = tomllib.loads(spec_path.read_text(encoding="utf-8")).get("name")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         name = None
-    where = f"runs/{name}" if isinstance(name, str) and name else "runs/<name>"
+    where = str(run_root(name if isinstance(name, str) and name else "<name>", None))
     return f"{where}, or the --out given to engine run"
 
 

@@ -21,25 +21,12 @@ import contextlib
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
-from engine.results.layout import COMPLETE_STAMP, default_run_dir
+from engine.results.layout import COMPLETE_STAMP, run_root
 from engine.sim.config import SIM_URL
 from engine.sim.process import SimProcess
 
-__all__ = ["early_target", "run_dir_of"]
-
-
-class _Named(Protocol):
-    """A spec, as far as its run directory goes (the spec module loads after the target is spawned)."""
-
-    @property
-    def name(self) -> str: ...
-
-
-def run_dir_of(spec: _Named, out: Path | None) -> Path:
-    """The run directory: ``out``, or runs/<name> by default. Usage: ``run_dir_of(load_spec(path), None)``"""
-    return out or default_run_dir(spec.name)
+__all__ = ["early_target"]
 
 
 @contextlib.contextmanager
@@ -77,7 +64,7 @@ def _names_target(spec_path: Path, out: Path | None) -> bool:
         return False
     if not any(isinstance(m, dict) and m.get("base_url") == SIM_URL for m in models):
         return False
-    return not (out or default_run_dir(name)).joinpath(COMPLETE_STAMP).exists()
+    return not run_root(name, out).joinpath(COMPLETE_STAMP).exists()
 
 
 def _needs_target(spec_path: Path, out: Path | None) -> bool:
@@ -92,4 +79,4 @@ def _needs_target(spec_path: Path, out: Path | None) -> bool:
         spec = load_spec(spec_path)
     except EngineError:
         return False
-    return any(m.base_url == SIM_URL for m in spec.models) and not RunPaths(run_dir_of(spec, out)).complete.exists()
+    return any(m.base_url == SIM_URL for m in spec.models) and not RunPaths(run_root(spec.name, out)).complete.exists()

@@ -37,12 +37,12 @@ from engine.experiment.questions import load_questions
 from engine.experiment.scoring import get_scorer
 from engine.experiment.spec import load_spec
 from engine.report.stamp import report_is_current
+from engine.results.layout import run_root
 from engine.results.lock import RunLock
 from engine.results.paths import RunPaths, check_owner
 from engine.results.scan import EMPTY_SCAN, scan_logs
 from engine.results.shards import Shard
 from engine.results.stamps import is_complete
-from engine.run.early import run_dir_of
 from engine.run.endpoints import (
     api_headers,
     default_transport,
@@ -60,7 +60,7 @@ from engine.sim.process import SimProcess
 # Also importable from here (other modules and tests do): they live in engine.run.options and .endpoints.
 __all__ = [
     "FAILED_EXIT", "Prepared", "RunOptions", "RunSummary", "api_headers", "local_targets", "preflight", "prepare",
-    "retry_policy", "run_dir_of", "run_experiment", "run_prepared", "write_run_report",
+    "retry_policy", "run_experiment", "run_prepared", "write_run_report",
 ]  # fmt: skip
 
 
@@ -98,7 +98,7 @@ def prepare(spec_path: Path, options: RunOptions, *, hold: contextlib.ExitStack 
     grid = build_grid(spec, questions, model_targets(spec, questions))
     if options.shard is not None:
         refuse_what_a_fleet_cannot_run(spec, f"--shard {options.shard.index}/{options.shard.count}")
-    paths = RunPaths(run_dir_of(spec, options.out), options.shard)
+    paths = RunPaths(run_root(spec.name, options.out), options.shard)
     check_owner(paths, spec.name)  # a log of another experiment is refused before it is read
     if hold is not None and not options.locked_by_caller:
         hold.enter_context(RunLock(paths.root, shard=options.shard))

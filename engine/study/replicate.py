@@ -420,10 +420,11 @@ def replicate(
 
     plan = load_plan(Path(spec_path))
     from engine.experiment.spec import load_spec
-    from engine.run.early import run_dir_of
+    from engine.results.layout import run_root
     from engine.run.runner import RunOptions, run_experiment
 
-    with Interrupts(), RunLock(run_dir_of(load_spec(plan.spec_path), out)):
+    root = run_root(load_spec(plan.spec_path).name, out)
+    with Interrupts(), RunLock(root):
         started = time.monotonic()
         reports, builds = build_models(plan, log=say)
         build_seconds = time.monotonic() - started
@@ -435,7 +436,7 @@ def replicate(
         started = time.monotonic()
         options = RunOptions(out=out, quiet=quiet, locked_by_caller=True)
         summary = run_experiment(plan.spec_path, options=options)
-        write_training_record(run_dir_of(load_spec(plan.spec_path), out), plan, builds, chance)
+        write_training_record(root, plan, builds, chance)
     return ReplicationResult(
         plan=plan, leakage=reports, builds=builds, build_seconds=build_seconds,
         run=summary, eval_seconds=time.monotonic() - started, chance=chance,
