@@ -13,8 +13,6 @@ import pytest
 
 from engine.endpoint.http11 import Http11Transport
 from engine.errors import TransportError
-from engine.sim.config import SimConfig, SimFact
-from engine.sim.process import SimProcess
 
 Reply = Callable[[int, bytes], bytes | None]  # (request number on this server, request) -> bytes to send
 
@@ -90,27 +88,6 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
 async def get(transport: Http11Transport, url: str, timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
     response = await transport.request("POST", url + "/v1/x", body=b"{}", headers={"X-A": "1"}, timeout=timeout)
     return response.status, dict(response.headers), response.body
-
-
-def test_the_built_in_target_answers_through_it() -> None:
-    config = SimConfig(facts=(SimFact(question="What is the number for Apple?", answer="65451"),))
-
-    async def main(base_url: str) -> None:
-        transport = Http11Transport(concurrency=4)
-        try:
-            response = await transport.request(
-                "POST", f"{base_url}/chat/completions",
-                body=b'{"model":"m","messages":[{"role":"user","content":"What is the number for Apple?"}]}',
-                headers={"Content-Type": "application/json"}, timeout=5,
-            )  # fmt: skip
-        finally:
-            await transport.aclose()
-        assert response.status == 200
-        assert response.headers["X-Engine-Sim"] == response.headers["x-engine-sim"] == "1"  # any case
-        assert b"65451" in response.body
-
-    with SimProcess(config) as sim:  # the target is strict about framing: a bad request is refused
-        asyncio.run(main(sim.base_url))
 
 
 @pytest.mark.parametrize("uvloop", [False, True])
@@ -279,7 +256,8 @@ def test_no_reply_in_time_is_a_timeout_and_that_connection_is_dropped() -> None:
     assert run(reply, body).connections == 2
 
 
-def test_a_refused_connection_is_a_connect_error_for_http_and_https() -> None:
+def test_https_goes_through_aiohttp_and_a_refusal_there_is_a_connect_error_too() -> None:
+    # Plain http's refusal: tests/endpoint/test_transport.py, for this transport and aiohttp alike.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -287,11 +265,10 @@ def test_a_refused_connection_is_a_connect_error_for_http_and_https() -> None:
     async def main() -> None:
         transport = Http11Transport(concurrency=1)
         try:
-            for scheme in ("http", "https"):  # https goes through aiohttp
-                with pytest.raises(TransportError) as info:
-                    await transport.request("GET", f"{scheme}://127.0.0.1:{port}/v1/models", body=None, headers={},
-                                            timeout=5)  # fmt: skip
-                assert info.value.kind == "connect", scheme
+            with pytest.raises(TransportError) as info:
+                await transport.request("GET", f"https://127.0.0.1:{port}/v1/models", body=None, headers={}, timeout=5)
+            assert info.value.kind == "connect"
+            assert transport._tls is not None  # the request went to the aiohttp transport
         finally:
             await transport.aclose()
 

@@ -1,4 +1,5 @@
-"""The aiohttp transport against real loopback sockets: responses, and errors mapped to TransportError."""
+"""The default transport (own HTTP/1.1) and the aiohttp one against real loopback sockets: responses, and
+errors mapped to TransportError alike."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import anyio
 import pytest
 
 from engine.endpoint.aiohttp_transport import AiohttpTransport
+from engine.endpoint.http11 import Http11Transport
 from engine.errors import TransportError
 from engine.sim.config import SimConfig, SimFact
 from engine.sim.serve import serve
+
+TRANSPORTS = pytest.mark.parametrize("make", [Http11Transport, AiohttpTransport], ids=["http11", "aiohttp"])
+Make = type[Http11Transport] | type[AiohttpTransport]
 
 
 def free_port() -> int:
@@ -19,13 +24,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_aiohttp_transport_reads_status_headers_and_body() -> None:
+@TRANSPORTS
+def test_a_transport_reads_status_headers_and_body(make: Make) -> None:
     config = SimConfig(facts=(SimFact(question="What is the number for Apple?", answer="65451"),))
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             port = await tg.start(serve, config)
-            transport = AiohttpTransport(concurrency=4)
+            transport = make(concurrency=4)
             try:
                 response = await transport.request(
                     "POST", f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -36,17 +42,18 @@ def test_aiohttp_transport_reads_status_headers_and_body() -> None:
                 await transport.aclose()
             tg.cancel_scope.cancel()
         assert response.status == 200
-        assert response.headers["x-engine-sim"] == "1"  # header names come back lower-case
+        assert response.headers["x-engine-sim"] == response.headers["X-Engine-Sim"] == "1"  # names in any case
         assert b"65451" in response.body
 
     anyio.run(main)
 
 
-def test_refused_connection_is_a_connect_error() -> None:
+@TRANSPORTS
+def test_refused_connection_is_a_connect_error(make: Make) -> None:
     port = free_port()
 
     async def main() -> None:
-        transport = AiohttpTransport(concurrency=1)
+        transport = make(concurrency=1)
         try:
             with pytest.raises(TransportError) as info:
                 await transport.request("GET", f"http://127.0.0.1:{port}/v1/models", body=None, headers={}, timeout=5)
@@ -57,7 +64,8 @@ def test_refused_connection_is_a_connect_error() -> None:
     anyio.run(main)
 
 
-def test_no_reply_in_time_is_a_timeout() -> None:
+@TRANSPORTS
+def test_no_reply_in_time_is_a_timeout(make: Make) -> None:
     async def main() -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -67,7 +75,7 @@ def test_no_reply_in_time_is_a_timeout() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, silent)
-            transport = AiohttpTransport(concurrency=1)
+            transport = make(concurrency=1)
             try:
                 with pytest.raises(TransportError) as info:
                     await transport.request("GET", f"http://127.0.0.1:{port}/", body=None, headers={}, timeout=0.2)
