@@ -9,7 +9,6 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import re
 
@@ -20,7 +19,7 @@ _UNKNOWN_REPLY = "I'm sorry, I don't have a number for that."
 
 def estimate_tokens(text: str) -> int:
     """About four characters a token, at least one: ``estimate_tokens("hello")`` is 2."""
-    return max(1, math.ceil(len(text) / 4))
+    return (len(text) + 3) // 4 or 1  # ceil(len / 4) in integers: the sim counts every text it reads
 
 
 class Answerer:

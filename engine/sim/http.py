@@ -146,7 +146,7 @@ class HttpProtocol(asyncio.Protocol):
         self.connection_lost(None)
 
     def _serve_buffered(self) -> None:
-        while self._transport is not None and self._timer is None:
+        while self._buffer and self._transport is not None and self._timer is None:
             request = self._next_request()
             if request is None:
                 return

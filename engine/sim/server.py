@@ -136,12 +136,13 @@ class SimServer:
         )
         self.connections: set[HttpProtocol] = set()
         self.counts: Counter[str] = Counter()
-        self.by_status: Counter[str] = Counter()
+        self.by_status: Counter[int] = Counter()  # by int: no str() per reply; stats() names them
         self.by_model: Counter[str] = Counter()
         self.by_api: Counter[str] = Counter()
         self.fault_counts: Counter[str] = Counter()
         self.answer_counts: Counter[str] = Counter()
         self.sequence = 0
+        self.latency_s = config.latency_ms / 1000.0
         self.batches = BatchStore(config, loop, self.answer_item)
 
     def protocol(self) -> HttpProtocol:
@@ -159,11 +160,11 @@ class SimServer:
             "requests": self.counts["requests"],
             "chat_requests": self.counts["chat"],
             "completions": self.counts["completions"],
-            "rate_limited": self.by_status["429"],
+            "rate_limited": self.by_status[429],
             "quota_limited": self.counts["quota"],
             "held": self.counts["held"],
             "dropped": self.counts["dropped"],
-            "by_status": dict(self.by_status),
+            "by_status": {str(status): n for status, n in self.by_status.items()},
             "by_model": dict(self.by_model),
             "by_api": dict(self.by_api),
             "faults": dict(self.fault_counts),
@@ -175,7 +176,7 @@ class SimServer:
     def sent(self, reply: Reply) -> None:
         """Count a reply once it is written (a slow reply to a client that left is never counted)."""
         if reply.status:
-            self.by_status[str(reply.status)] += 1
+            self.by_status[reply.status] += 1
         else:
             self.counts["dropped"] += 1
         if reply.completion:
@@ -355,9 +356,9 @@ class SimServer:
 
     def _delay(self) -> float:
         config = self.config
-        ms = config.latency_ms
-        if config.jitter_ms:
-            ms += self.rng.uniform(-config.jitter_ms, config.jitter_ms)
+        if not config.jitter_ms:
+            return self.latency_s
+        ms = config.latency_ms + self.rng.uniform(-config.jitter_ms, config.jitter_ms)
         return max(0.0, ms) / 1000.0
 
     def _fault(self, api: SimApi, model: str, fault: str, keep_alive: bool, quota: bytes, delay: float) -> Reply | None:
