@@ -335,6 +335,7 @@ def iter_tasks(
 
 
 _BATCH = 1024  # keys asked of a KeySet at once: one binary search per batch instead of per key
+Row = tuple[str, int, int, float, int]  # (key, model index, prompt index, temperature, repeat)
 
 
 def _tasks(
@@ -345,47 +346,48 @@ def _tasks(
     target_of = {i: Target(id=grid.models[i].target, simulated=grid.models[i].simulated) for i in picked}
     own = {i for i in picked if grid.models[i].system is not None}
     sent = {(i, p): messages_for(grid.models[i], prompt.messages) for i in own for p, prompt in enumerate(grid.prompts)}
-    keyed: Iterator[tuple[str, int, int, float, int]] = _keyed(grid, picked)
+    rows: Iterator[Row] = _keyed(grid, picked)
     if shard is not None:
         k, n = shard
-        keyed = (row for row in keyed if shard_of(row[0], n) == k)
+        rows = (row for row in rows if shard_of(row[0], n) == k)
     if span is not None:
-        keyed = _within(keyed, span)
-    if isinstance(done, BatchLookup):
-        for batch in _batches(keyed):
-            for (key, i, p, temperature, repeat), found in zip(batch, done.contains_many([r[0] for r in batch]), strict=True):
-                if found:
-                    skipped.count += 1
-                else:
-                    messages = sent[i, p] if i in own else grid.prompts[p].messages
-                    yield Task(key, spec_of[i], questions[p], temperature, repeat, messages, target_of[i])
-        return
-    for key, i, p, temperature, repeat in keyed:
-        if key not in done:
+        rows = itertools.islice(rows, span.start, None)
+    looked_up = _looked_up(rows, done)
+    if span is not None:
+        looked_up = _within(looked_up, span)
+    for (key, i, p, temperature, repeat), found in looked_up:
+        if found:
+            skipped.count += 1
+        else:
             messages = sent[i, p] if i in own else grid.prompts[p].messages
             yield Task(key, spec_of[i], questions[p], temperature, repeat, messages, target_of[i])
-        else:
-            skipped.count += 1
 
 
-def _within(rows: Iterator[tuple[str, int, int, float, int]], span: Span) -> Iterator[tuple[str, int, int, float, int]]:
-    """The rows at the span's positions; its ``stop`` is read before every row, so a split takes effect at once.
+def _looked_up(rows: Iterator[Row], done: Container[str]) -> Iterator[tuple[Row, bool]]:
+    """Each row with whether its key is done; a :class:`BatchLookup` is asked a batch of keys at a time."""
+    if not isinstance(done, BatchLookup):
+        for row in rows:
+            yield row, row[0] in done
+        return
+    while batch := list(itertools.islice(rows, _BATCH)):
+        yield from zip(batch, done.contains_many([row[0] for row in batch]), strict=True)
+
+
+def _within(pairs: Iterator[tuple[Row, bool]], span: Span) -> Iterator[tuple[Row, bool]]:
+    """The rows from the span's start (``pairs`` begin there) to its ``stop``, read before every row, so
+    a split takes effect at once. A row counts as walked when it is handed on, not when a batch lookup
+    read it ahead: what the walk has not handed on yet can still be given away.
 
     At the shard's true end the span is closed there: nothing past it is ever offered to another worker.
     """
     position = span.start
-    for row in itertools.islice(rows, span.start, None):
+    for pair in pairs:
         if span.stop is not None and position >= span.stop:
             return
         position += 1
         span.position = position
-        yield row
+        yield pair
     span.stop = span.position = max(position, span.position)
-
-
-def _batches(rows: Iterator[tuple[str, int, int, float, int]]) -> Iterator[list[tuple[str, int, int, float, int]]]:
-    while batch := list(itertools.islice(rows, _BATCH)):
-        yield batch
 
 
 def grid_size(spec: Spec, n_questions: int) -> int:

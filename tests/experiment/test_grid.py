@@ -327,6 +327,23 @@ def test_split_spans_walk_every_task_of_a_shard_once(spec_dir: SpecDir, lookup: 
     assert skipped.count == sum(k in done for k in mine)
 
 
+@pytest.mark.parametrize("lookup", [set, KeySet.from_keys])
+def test_a_span_counts_only_what_its_walk_handed_on(spec_dir: SpecDir, lookup: object) -> None:
+    """A done-key set asked in batches reads rows ahead; those rows are not walked yet, so the back half of
+    the stretch is still there to give to a worker that ran dry (a shard smaller than one batch included)."""
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 40")))  # 960 tasks, 480 a shard
+    questions = load_questions(spec.questions)
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    done = lookup([])  # type: ignore[operator]
+    span = Span(expected=shard_length(grid, 2, (0, 2)))
+    walk = iter_tasks(grid, questions, spec.models, done=done, shard=(0, 2), span=span)
+    first = list(itertools.islice(walk, 10))
+    assert len(first) == 10 and span.position == 10
+    assert span.split(least=64) == (10 + (span.expected - 10) // 2, None)
+    rest = list(walk)
+    assert span.position == span.stop and len(first) + len(rest) == span.stop
+
+
 def test_a_span_keeps_what_its_walk_has_taken_and_splits_only_what_is_worth_it() -> None:
     span = Span(expected=1000)
     span.position = 400  # the walk (or its look-ahead) has taken positions 0-399
