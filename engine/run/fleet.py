@@ -55,6 +55,7 @@ from engine.experiment.spec import Spec
 from engine.run.scheduler import Counters
 
 REPORT_EVERY_S = 0.25  # progress to the hub, and the look for a new pause of this worker's limiters
+START_GRACE_S = 10.0  # how long a worker that ran dry waits for one still starting to say what it has
 WATCH_PAUSE_S = 0.02  # how soon a pause one worker met reaches the hub
 _MAX_LINE = 1 << 16
 
@@ -258,6 +259,7 @@ class FleetHub:
         self.states: dict[int, WorkerState] = {}
         self.pauses = 0  # pauses relayed, for the summary and the tests
         self.splits = 0  # stretches passed from one worker to another
+        self.running = workers  # worker processes not yet exited (their supervisor keeps this up to date)
         self._streams: dict[int, SocketStream] = {}
         self._locks: dict[int, anyio.Lock] = {}  # one message at a time down each worker's line
         self._asks: dict[int, tuple[int, anyio.Event, list[dict[str, Any]]]] = {}  # req -> (worker, answered, answer)
@@ -305,8 +307,26 @@ class FleetHub:
                     answered.set()
 
     async def _find_work(self, taker: int, pool: int) -> None:
+        """Find ``taker`` a stretch of ``pool``; ``{"take": pool}`` alone when nobody has enough left.
+
+        A worker still starting (not connected, or connected but not yet reporting its stretch) may
+        hold half the grid: a worker that ran dry before it started waits for it, up to START_GRACE_S,
+        rather than leave it to walk its whole shard alone."""
+        deadline = anyio.current_time() + START_GRACE_S
+        while not await self._ask_givers(taker, pool):
+            if not self._starting(taker) or anyio.current_time() >= deadline:
+                await self._send(taker, orjson.dumps({"take": pool}) + b"\n")
+                return
+            await anyio.sleep(REPORT_EVERY_S)
+
+    def _starting(self, taker: int) -> bool:
+        """Whether a worker other than ``taker`` runs but has not said yet what it has left."""
+        unreported = any(not self.states[w].remaining for w in self._streams if w != taker)
+        return unreported or len(self._streams) < self.running
+
+    async def _ask_givers(self, taker: int, pool: int) -> bool:
         """Ask the workers with most left of ``pool``, in turn, for the back half of their stretch; the
-        first one given goes to ``taker`` (``{"take": pool}`` alone when nobody had enough left)."""
+        first one given goes to ``taker``. False when nobody had enough left."""
         def left(worker: int) -> int:
             remaining = self.states[worker].remaining
             return remaining[pool] if pool < len(remaining) else 0
@@ -325,8 +345,8 @@ class FleetHub:
                 self.splits += 1
                 stretch = {k: answer[0][k] for k in ("shard", "start", "stop", "expected")}
                 await self._send(taker, orjson.dumps({"take": pool, **stretch}) + b"\n")
-                return
-        await self._send(taker, orjson.dumps({"take": pool}) + b"\n")
+                return True
+        return False
 
     async def _send(self, who: int, line: bytes) -> bool:
         """One line to a worker; False when it is gone."""

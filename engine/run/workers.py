@@ -45,7 +45,7 @@ from engine.run.options import FAILED_EXIT, RunOptions, RunSummary
 from engine.run.runner import prepare, write_run_report
 from engine.sim.process import SimProcess
 
-POLL_S = 0.05  # how often the parent looks at its workers
+POLL_S = 0.01  # how often the parent looks at its workers (the fleet ends this long after its last worker)
 PLAIN_EVERY_S = 10.0  # the merged progress line when not on a terminal
 BAD_INPUT = 2
 
@@ -149,11 +149,13 @@ async def _supervise(hub: FleetHub, commands: list[list[str]], socket: Path, int
 
 async def _wait(procs: list[subprocess.Popen[bytes]], hub: FleetHub, console: Console, quiet: bool) -> None:
     last_line = time.monotonic()
-    while any(p.poll() is None for p in procs):
+    while running := sum(p.poll() is None for p in procs):
+        hub.running = running
         if not quiet and time.monotonic() - last_line >= (0.5 if console.is_terminal else PLAIN_EVERY_S):
             last_line = time.monotonic()
             _show(console, hub, len(procs))
         await anyio.sleep(POLL_S)
+    hub.running = 0
 
 
 REPORT_GRACE_S = 5.0

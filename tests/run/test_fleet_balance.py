@@ -58,3 +58,57 @@ def test_a_worker_that_ran_dry_takes_the_back_half_of_the_busiest_stretch() -> N
 
     with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:  # short: a Unix socket's path has a limit
         anyio.run(main, Path(tmp) / "hub.sock")
+
+
+def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() -> None:
+    """A worker can finish its shard before another has even started (a slow start on a busy machine):
+    it waits for the late one to say what it has, then takes the back half, instead of ending and
+    leaving it to walk its whole shard alone. A worker that never comes is waited for a bounded time."""
+    grid = build_grid(SPEC, QUESTIONS, model_targets(SPEC, QUESTIONS))  # 1,000 tasks
+    walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
+
+    def share(k: int) -> Share:
+        return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
+
+    async def main(socket: Path) -> None:
+        hub = FleetHub(workers=2)
+        dry, late = FleetLink(str(socket)), FleetLink(str(socket))
+        dry_share, late_share = share(0), share(1)
+        dry_refill = dry.balance(dry_share)
+        late.balance(late_share)
+        list(dry_share.tasks())  # all of shard 0, before the other worker is there
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.serve, socket)
+            tg.start_soon(dry.run, [], Counters(), Skipped())
+
+            async def start_late() -> None:
+                await anyio.sleep(0.5)
+                await late.run([], Counters(), Skipped())
+
+            tg.start_soon(start_late)
+            with anyio.fail_after(5):
+                more = await dry_refill()
+            assert more is not None and hub.splits == 1
+            assert 200 <= len(list(more)) <= 300  # the back half of the late worker's ~500
+            tg.cancel_scope.cancel()
+
+    async def alone(socket: Path) -> None:
+        hub = FleetHub(workers=2)
+        hub.running = 2  # the other worker's process runs but never connects
+        dry = FleetLink(str(socket))
+        dry_share = share(0)
+        dry_refill = dry.balance(dry_share)
+        list(dry_share.tasks())
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.serve, socket)
+            tg.start_soon(dry.run, [], Counters(), Skipped())
+            await anyio.sleep(0.3)
+            hub.running = 1  # ... and exits: nothing to wait for
+            with anyio.fail_after(2):
+                assert await dry_refill() is None
+            tg.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        anyio.run(main, Path(tmp) / "hub.sock")
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        anyio.run(alone, Path(tmp) / "hub.sock")
