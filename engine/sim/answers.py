@@ -43,7 +43,7 @@ class Answerer:
         self.answers = sorted({f.answer for f in config.facts})
         self._matches: dict[str, tuple[str, str | None, str | None] | None] = {}
         self._probabilities: dict[tuple[str, str | None], float] = {}
-        self._greedy: dict[tuple[str, str], tuple[str, str]] = {}
+        self._greedy: dict[tuple[str, str], tuple[str, str]] = {}  # (model, question as sent) -> reply
 
     def match(self, text: str, key: str | None = None) -> tuple[str, str | None, str | None] | None:
         """(answer, object, difficulty) for a question (``key``: its normal form), or None when no fact fits."""
@@ -77,16 +77,17 @@ class Answerer:
         self, model: str, text: str, temperature: float, request_seed: int | None, rng: random.Random
     ) -> tuple[str, str]:
         """(reply text, kind) with kind one of right, wrong_number, no_number, unknown."""
-        key = _normal(text)
         if temperature <= 0:
             # Greedy decoding is a pure function of (model, question): remember it rather than re-seed an RNG.
-            cached = self._greedy.get((model, key))
+            cached = self._greedy.get((model, text))
             if cached is None:
+                key = _normal(text)
                 cached = self._reply(model, text, key, random.Random(_digest(model, key, self.seed)))
                 if len(self._greedy) >= 8192:
                     self._greedy.clear()
-                self._greedy[(model, key)] = cached
+                self._greedy[(model, text)] = cached
             return cached
+        key = _normal(text)
         if request_seed is not None:
             rng = random.Random(_digest(model, key, self.seed, request_seed, temperature))
         return self._reply(model, text, key, rng)

@@ -25,6 +25,7 @@ from engine.sim.http import HttpProtocol, Reply, error_reply, http_response
 _ROUTES = types.MappingProxyType(
     {**dict.fromkeys(SIM_APIS, b"POST"), b"/v1/models": b"GET", b"/health": b"GET"}
 )
+_KEEP_BODY = 8192  # the largest request body whose reading the sim remembers (a question, not a long context)
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n"
 
 
@@ -143,6 +144,7 @@ class SimServer:
         self.answer_counts: Counter[str] = Counter()
         self.sequence = 0
         self.latency_s = config.latency_ms / 1000.0
+        self._parsed: dict[tuple[str, bytes], tuple[str, Ask | None]] = {}
         self.batches = BatchStore(config, loop, self.answer_item)
 
     def protocol(self) -> HttpProtocol:
@@ -258,12 +260,7 @@ class SimServer:
 
     def _ask(self, api: SimApi, body: bytes, keep_alive: bool) -> Reply:
         """One question in any of the three APIs: parsed, answered, held, quota'd, faulted, replied."""
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return api.error(400, "We could not parse the JSON body of your request.", "invalid_request_error",
-                             keep_alive=keep_alive)
-        problem, parsed = api.parse(request)
+        problem, parsed = self._parse(api, body)
         if parsed is None:
             return api.error(400, problem, "invalid_request_error", keep_alive=keep_alive)
         self.counts["chat"] += 1
@@ -299,6 +296,22 @@ class SimServer:
             return Reply(0, data[: self.rng.randrange(17, len(data) - 1)], delay=delay, close=True)
         self.answer_counts[kind] += 1
         return Reply(200, data, delay=delay, close=not keep_alive, completion=True)
+
+    def _parse(self, api: SimApi, body: bytes) -> tuple[str, Ask | None]:
+        """(problem, None) or ("", the ask) of a request body. A body is read once: an evaluation asks
+        the same questions again and again, and the same bytes always read the same way."""
+        key = (api.name, body)
+        if (known := self._parsed.get(key)) is not None:
+            return known
+        try:
+            read = api.parse(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            read = ("We could not parse the JSON body of your request.", None)
+        if len(body) <= _KEEP_BODY:  # any client may send any body: at most 4,096 of 8 KiB are kept
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[key] = read
+        return read
 
     def _hold(self, query: bytes, keep_alive: bool) -> Reply:
         """``POST /sim/hold?s=2``: answer every chat request 429 with Retry-After for the next 2 s
