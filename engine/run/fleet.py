@@ -148,6 +148,7 @@ class FleetLink:
         self.shares: list[Share] = []
         self._stream: SocketStream | None = None
         self._gone = False  # the hub closed the line: no more pauses, nothing more to take
+        self.orphaned = anyio.Event()  # ... while this worker still ran: its parent, the user's command, is gone
         self._sending = anyio.Lock()  # a report, a pause and a stretch given may go out at once
         self._connected = anyio.Event()
         self._answers: dict[int, tuple[anyio.Event, list[dict[str, Any]]]] = {}
@@ -200,7 +201,12 @@ class FleetLink:
             try:
                 await self._stream.send(orjson.dumps(message) + b"\n")
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._gone = True  # the hub is gone: this worker goes on alone, at its share of the quota
+                self._hub_gone()
+
+    def _hub_gone(self) -> None:
+        # The parent closes the hub only once every worker has exited: gone before, the parent was killed.
+        self._gone = True
+        self.orphaned.set()
 
     async def _report(
         self, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped, relayed: list[float],
@@ -226,7 +232,7 @@ class FleetLink:
                 try:
                     line = await lines.receive_until(b"\n", _MAX_LINE)
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
-                    self._gone = True  # the hub is gone: this worker goes on alone, at its share of the quota
+                    self._hub_gone()
                     return
                 message = orjson.loads(line)
                 if "split" in message:

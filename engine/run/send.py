@@ -187,6 +187,8 @@ async def _run_pools(
                     tg.start_soon(functools.partial(anyio.to_thread.run_sync, _load_report_modules))
                 if link is not None:
                     tg.start_soon(link.run, [p.client for p in pools], counters, skipped or Skipped())
+                if isinstance(link, FleetLink):
+                    tg.start_soon(_stop_when_orphaned, link, stop)
                 async with anyio.create_task_group() as work:
                     if route is not None:
                         work.start_soon(route.run, writer, stop)
@@ -211,6 +213,14 @@ def _first_engine_error(group: BaseExceptionGroup) -> EngineError | None:
 def _counts(counters: Counters, label: str) -> tuple[int, int, int]:
     m = counters.by_model[label]
     return (m.ok, m.errors, m.failed)
+
+
+async def _stop_when_orphaned(link: FleetLink, stop: StopSignal) -> None:
+    """A fleet's worker whose parent is gone (killed, its hub's line closed) stops sending, as on a first
+    Ctrl-C: the user's command is over, nobody would see or merge what the worker went on to do, and
+    the target its parent started is gone with it. What is in flight finishes; the log stays whole."""
+    await link.orphaned.wait()
+    stop.request()
 
 
 async def _watch_signals(interrupts: Interrupts, stop: StopSignal, scope: anyio.CancelScope) -> None:

@@ -12,7 +12,9 @@ fleet ends together even when the machine runs its workers at different speeds.
 
 Signals: a terminal's Ctrl-C reaches the whole process group, so every worker stops gracefully
 by itself; a signal sent to the parent alone (``kill``, ``timeout``) is passed on to the workers.
-Either way each worker drains and closes its log, and the fleet exits 128 + the signal.
+Either way each worker drains and closes its log, and the fleet exits 128 + the signal. A parent
+killed outright (``kill -9``) passes nothing on: its workers see the hub's line close and stop the
+same way, rather than go on unseen against a target that died with it.
 
 Usage::
 

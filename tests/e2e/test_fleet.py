@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -128,3 +131,44 @@ def test_a_stalled_worker_gives_the_back_half_of_its_shard_to_one_that_ran_dry(t
     taken = sum(shard_of(key, 2) == 0 for key in second)
     # Worker 0 had about 560 left when stopped; worker 1 took about half of that once its own 600 were done.
     assert 100 <= taken <= 450, taken
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # a zombie is not running
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_whose_parent_is_killed_outright_stop_and_leave_logs_that_resume(tmp_path: Path, capsys: object) -> None:
+    """``kill -9`` of the fleet's parent passes no signal on; its workers see the hub's line close and
+    stop as on Ctrl-C (they went on unseen before, against a target that died with the parent)."""
+    spec = write_spec(tmp_path, name="orphans", repeats=20, temps="[0.0]", models=1, latency_ms=20)  # 3,000 tasks
+    run = tmp_path / "run"
+    parent = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "--out", str(run), "--quiet",
+                               "--no-report", "--workers", "2"], start_new_session=True)  # fmt: skip
+    try:
+        pids = []
+        deadline = time.monotonic() + 60
+        for k in range(2):
+            log, lock = run / "results" / f"shard-0{k}-of-02.jsonl", run / "results" / f".shard-0{k}-of-02.lock"
+            while not (log.exists() and log.read_bytes().count(b"\n") >= 50 and lock.stat().st_size > 0):
+                assert time.monotonic() < deadline and parent.poll() is None, "the fleet never got going"
+                time.sleep(0.01)
+            pids.append(orjson.loads(lock.read_bytes())["pid"])
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30  # what was in flight may take the grace time (10 s) to give up
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a worker went on after its parent was killed"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+    keys = _keys(run)
+    assert len(keys) == len(set(keys)) < 3000
+    assert main(["run", str(spec), "--out", str(run), "--quiet", "--no-report", "--workers", "2"]) == 0
+    keys = _keys(run)
+    assert len(keys) == len(set(keys)) == 3000
