@@ -43,11 +43,6 @@ EXIT_CODES = (
 def _run(args: argparse.Namespace) -> int:
     from engine.run.early import early_target
 
-    if args.fleet:  # a --workers fleet's worker: the server it drives goes first (see WORKER_NICE)
-        from engine.run.options import WORKER_NICE
-
-        os.nice(WORKER_NICE)
-
     # A run of its own or a --workers fleet's parent (not a shard, a fleet's worker or a Ray fleet)
     # starts the built-in target, if it needs one, now: it loads on another core while this process
     # loads the run.

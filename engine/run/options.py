@@ -25,17 +25,6 @@ from engine.run.interrupts import exit_code_of, signal_name
 
 FAILED_EXIT = 1  # some tasks of this run failed (the others are in the log)
 
-WORKER_NICE = 5
-"""How far a ``--workers`` fleet's worker lowers its CPU priority (``os.nice``), at its start.
-
-The workers are clients of a server on the same machine (the built-in target, or a local model
-server): with fewer cores than workers + server, equal priority lets the workers' time slices
-hold the server back while every worker waits on it (measured on 2 cores with the built-in
-target: two workers sent 1.2x what one did at equal priority, 1.5-1.7x at nice 2 to 19). At a
-lower priority the server answers as soon as a request arrives; on a machine with a core to
-spare, or a server elsewhere, a nice worker runs as fast as any.
-"""
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunOptions:
