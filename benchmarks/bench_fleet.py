@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,14 +61,21 @@ def _spec(root: Path, *, tasks: int, concurrency: int, sim: str, extra: str = ""
     return spec
 
 
-def _run(spec: Path, out: Path, *flags: str) -> tuple[float, str]:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every process this one has waited for, and of theirs."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _run(spec: Path, out: Path, *flags: str) -> tuple[float, str, float]:
+    """(wall seconds, stdout, CPU seconds of the whole command: its workers and the target included)."""
+    cpu, started = _children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "engine", "run", str(spec), "--out", str(out), "--quiet",
                            "--no-report", *flags], capture_output=True, text=True, check=False, cwd=ROOT)  # fmt: skip
     wall = time.perf_counter() - started
     if done.returncode not in (0, 1):
         raise SystemExit(f"engine run {' '.join(flags)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return wall, done.stdout
+    return wall, done.stdout, _children_cpu() - cpu
 
 
 def _keys(run: Path) -> tuple[int, int]:
@@ -88,21 +96,27 @@ def throughput(root: Path, tasks: int, repeat: int) -> dict[str, Any]:
     spec = _spec(root, tasks=tasks, concurrency=64, sim="latency_ms = 0")
     rates: dict[int, list[float]] = {1: [], 2: []}
     sending: dict[int, list[float]] = {1: [], 2: []}
+    cpu_us: dict[int, list[float]] = {1: [], 2: []}
+    busy: dict[int, list[float]] = {1: [], 2: []}
     scaling = []
     for r in range(repeat):
         scaling.append(cpu_scaling(2))  # the machine's own two-process ceiling, next to each pair of runs
         for workers in (1, 2):
             out = root / f"tp-{workers}-{r}"
-            wall, _ = _run(spec, out, "--workers", str(workers))
+            wall, _, cpu = _run(spec, out, "--workers", str(workers))
             records, distinct = _keys(out)
             assert records == distinct == tasks, (records, distinct, tasks)
             rates[workers].append(tasks / wall)  # wall includes start-up (target, imports): the user's view
             sending[workers].append(tasks / request_span(out))  # first request sent to last answer logged
+            cpu_us[workers].append(cpu / tasks * 1e6)  # every process of the run: parent, workers, target
+            busy[workers].append(cpu / wall)  # cores kept busy on average
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     send_one, send_two = statistics.median(sending[1]), statistics.median(sending[2])
     return {"tasks": tasks, "w1_rps": one, "w2_rps": two, "ratio": two / one, "send_w1_rps": send_one,
             "send_w2_rps": send_two, "send_ratio": send_two / send_one, "all": rates,
-            "pairs": [b / a for a, b in zip(rates[1], rates[2], strict=True)], "cpu_scaling": scaling}  # fmt: skip
+            "pairs": [b / a for a, b in zip(rates[1], rates[2], strict=True)], "cpu_scaling": scaling,
+            "cpu_us": {w: statistics.median(v) for w, v in cpu_us.items()},
+            "busy": {w: statistics.median(v) for w, v in busy.items()}}  # fmt: skip
 
 
 def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
@@ -114,7 +128,7 @@ def quota(root: Path, *, ray: bool) -> list[dict[str, Any]]:
     modes = [("--workers 2", ["--workers", "2"])] + ([("--ray auto", ["--ray", "auto", "--actors", "2"])] if ray else [])
     for label, flags in modes:
         out = root / f"quota-{label.split()[0].strip('-')}"
-        wall, stdout = _run(spec, out, *flags)
+        wall, stdout, _ = _run(spec, out, *flags)
         records, distinct = _keys(out)
         limited = _summary_number(stdout, "429s")
         requests = _summary_number(stdout, "requests")
@@ -213,6 +227,11 @@ def main() -> int:
             print(f"  ratio of each pair: {', '.join(f'{x:.2f}' for x in t['pairs'])}; the machine's own two-process "
                   f"CPU scaling beside each pair: {', '.join(f'{x:.2f}' for x in t['cpu_scaling'])} "
                   f"(median {statistics.median(t['cpu_scaling']):.2f}; 2.00 = two free cores)")
+            cpu, busy = t["cpu_us"], t["busy"]
+            print(f"  CPU per request, every process of the run (parent, workers, target): --workers 1 "
+                  f"{cpu[1]:.0f} us, --workers 2 {cpu[2]:.0f} us; cores busy on average {busy[1]:.2f} and "
+                  f"{busy[2]:.2f} (medians): two workers reach {busy[2] / busy[1] * cpu[1] / cpu[2]:.2f}x one "
+                  "= the cores they keep busy over one's, times one's CPU per request over theirs")
         if args.only in (None, "quota"):
             for row in quota(root, ray=args.ray):
                 print(f"quota 6,000/min over 1 s windows, {row['mode']}: goodput {row['goodput_share']:.1%} of the "
