@@ -16,7 +16,6 @@ import hashlib
 import http.server
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASE_SPEC, WIDE_CSV, SpecDir
+from tests.support.net import refusing_port
 
 SECRET = "sk-test-SECRET-1234"  # a recognisable fake key: it must never be printed
 KEY_VAR = "ENGINE_TEST_KEY"  # set to SECRET in every row
@@ -138,9 +138,8 @@ ROWS = [
 @contextlib.contextmanager
 def closed_port() -> Iterator[str]:
     """A loopback URL nothing listens on: the port is bound (so nobody else takes it) but not listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    with refusing_port() as port:
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 class _NotFound(http.server.BaseHTTPRequestHandler):

@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from engine.errors import EndpointError, LogError
 from engine.results.lock import HOLDER_FILE, RunLock
 from engine.run.runner import RunOptions, run_experiment
 from tests.support import specs
+from tests.support.net import refusing_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTS = specs.FACTS
@@ -114,9 +114,8 @@ def test_the_holder_is_named_in_run_lock_while_held_and_a_second_lock_is_refused
 
 
 def test_a_run_refused_by_a_check_after_the_lock_leaves_no_directory_behind(tmp_path: Path) -> None:
-    with socket.socket() as sock:  # bound, never listening: nothing answers there
-        sock.bind(("127.0.0.1", 0))
-        spec = write_spec(tmp_path, base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1")
+    with refusing_port() as port:  # bound, never listening: nothing answers there
+        spec = write_spec(tmp_path, base_url=f"http://127.0.0.1:{port}/v1")
         out = tmp_path / "new" / "run"
         with pytest.raises(EndpointError, match="unreachable"):
             run_experiment(spec, options=RunOptions(out=out, quiet=True, report=False))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +12,7 @@ import pytest
 
 from engine.endpoint.http11 import Http11Transport
 from engine.errors import TransportError
+from tests.support.net import refusing_port
 
 Reply = Callable[[int, bytes], bytes | None]  # (request number on this server, request) -> bytes to send
 
@@ -258,11 +258,7 @@ def test_no_reply_in_time_is_a_timeout_and_that_connection_is_dropped() -> None:
 
 def test_https_goes_through_aiohttp_and_a_refusal_there_is_a_connect_error_too() -> None:
     # Plain http's refusal: tests/endpoint/test_transport.py, for this transport and aiohttp alike.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-
-    async def main() -> None:
+    async def main(port: int) -> None:
         transport = Http11Transport(concurrency=1)
         try:
             with pytest.raises(TransportError) as info:
@@ -272,7 +268,8 @@ def test_https_goes_through_aiohttp_and_a_refusal_there_is_a_connect_error_too()
         finally:
             await transport.aclose()
 
-    asyncio.run(main())
+    with refusing_port() as port:
+        asyncio.run(main(port))
 
 
 def test_at_most_concurrency_connections_are_open() -> None:

@@ -3,8 +3,6 @@ errors mapped to TransportError alike."""
 
 from __future__ import annotations
 
-import socket
-
 import anyio
 import pytest
 
@@ -13,15 +11,10 @@ from engine.endpoint.http11 import Http11Transport
 from engine.errors import TransportError
 from engine.sim.config import SimConfig, SimFact
 from engine.sim.serve import serve
+from tests.support.net import refusing_port
 
 TRANSPORTS = pytest.mark.parametrize("make", [Http11Transport, AiohttpTransport], ids=["http11", "aiohttp"])
 Make = type[Http11Transport] | type[AiohttpTransport]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @TRANSPORTS
@@ -50,9 +43,7 @@ def test_a_transport_reads_status_headers_and_body(make: Make) -> None:
 
 @TRANSPORTS
 def test_refused_connection_is_a_connect_error(make: Make) -> None:
-    port = free_port()
-
-    async def main() -> None:
+    async def main(port: int) -> None:
         transport = make(concurrency=1)
         try:
             with pytest.raises(TransportError) as info:
@@ -61,7 +52,8 @@ def test_refused_connection_is_a_connect_error(make: Make) -> None:
         finally:
             await transport.aclose()
 
-    anyio.run(main)
+    with refusing_port() as port:
+        anyio.run(main, port)
 
 
 @TRANSPORTS

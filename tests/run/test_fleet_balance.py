@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from engine.experiment.grid import Skipped, Span, build_grid, iter_tasks, shard_length, shard_of
+from engine.experiment.grid import Grid, Skipped, Span, build_grid, iter_tasks, shard_length, shard_of
 from engine.experiment.questions import Question
 from engine.experiment.spec import ModelSpec, Spec
 from engine.run.fleet import FleetHub, FleetLink, Share
@@ -22,17 +22,19 @@ MODELS = (ModelSpec(name="a", model="a", base_url="http://x.test/v1"),)
 SPEC = Spec(path=Path("x.toml"), name="x", questions=Path("q.csv"), models=MODELS, temperatures=(0.0, 1.0), repeats=10)
 
 
+def share(grid: Grid, k: int) -> Share:
+    """Shard ``k`` of 2 of ``grid`` as a fleet worker's pool walks it, split at no fewer than 8 a half."""
+    walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
+    return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
+
+
 def test_a_worker_that_ran_dry_takes_the_back_half_of_the_busiest_stretch() -> None:
     grid = build_grid(SPEC, QUESTIONS, model_targets(SPEC, QUESTIONS))  # 1,000 tasks
-    walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
-
-    def share(k: int) -> Share:
-        return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
 
     async def main(socket: Path) -> None:
         hub = FleetHub(workers=2)
         busy, dry = FleetLink(str(socket)), FleetLink(str(socket))
-        busy_share, dry_share = share(0), share(1)
+        busy_share, dry_share = share(grid, 0), share(grid, 1)
         busy_refill, dry_refill = busy.balance(busy_share), dry.balance(dry_share)
         busy_tasks = busy_share.tasks()
         busy_keys = [t.key for t in itertools.islice(busy_tasks, 40)]
@@ -65,15 +67,11 @@ def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() ->
     it waits for the late one to say what it has, then takes the back half, instead of ending and
     leaving it to walk its whole shard alone. A worker that never comes is waited for a bounded time."""
     grid = build_grid(SPEC, QUESTIONS, model_targets(SPEC, QUESTIONS))  # 1,000 tasks
-    walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
-
-    def share(k: int) -> Share:
-        return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
 
     async def main(socket: Path) -> None:
         hub = FleetHub(workers=2)
         dry, late = FleetLink(str(socket)), FleetLink(str(socket))
-        dry_share, late_share = share(0), share(1)
+        dry_share, late_share = share(grid, 0), share(grid, 1)
         dry_refill = dry.balance(dry_share)
         late.balance(late_share)
         list(dry_share.tasks())  # all of shard 0, before the other worker is there
@@ -96,7 +94,7 @@ def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() ->
         hub = FleetHub(workers=2)
         hub.running = 2  # the other worker's process runs but never connects
         dry = FleetLink(str(socket))
-        dry_share = share(0)
+        dry_share = share(grid, 0)
         dry_refill = dry.balance(dry_share)
         list(dry_share.tasks())
         async with anyio.create_task_group() as tg:

@@ -1,1 +1,1 @@
-"""Helpers shared by the tests: virtual time, the kill harness."""
+"""Helpers shared by the tests: virtual time, the kill harness, a port that refuses connections."""
