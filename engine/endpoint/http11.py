@@ -104,7 +104,6 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self._finish_at_eof()
 
     def _finish_at_eof(self) -> None:
@@ -266,7 +265,7 @@ class Http11Transport:
 
     def __init__(self, *, concurrency: int) -> None:
         self._concurrency = concurrency
-        self._slots: asyncio.Semaphore | None = None  # made on first use: it binds to the running loop
+        self._slots = asyncio.Semaphore(concurrency)  # binds to an event loop only when a request must wait
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._busy: set[_Connection] = set()
         self._tls: Transport | None = None
@@ -278,10 +277,9 @@ class Http11Transport:
             return await self._tls_transport().request(method, url, body=body, headers=headers, timeout=timeout)
         host, port, host_header, target = _split(url)
         message = _request_bytes(method, target, host_header, body, headers)
-        slots = self._slots or self._make_slots()
         try:
             async with asyncio.timeout(timeout):
-                async with slots:
+                async with self._slots:
                     try:
                         return await self._exchange(host, port, message, no_body=method == "HEAD")
                     except _Stale:
@@ -325,10 +323,6 @@ class Http11Transport:
         except OSError as exc:
             raise cannot_connect(host, port, exc) from exc
         return conn
-
-    def _make_slots(self) -> asyncio.Semaphore:
-        self._slots = asyncio.Semaphore(self._concurrency)
-        return self._slots
 
     def _tls_transport(self) -> Transport:
         if self._tls is None:

@@ -33,7 +33,7 @@ from engine.errors import ConfigError
 
 SIM_URL = "sim"  # a model's base_url naming the built-in target (engine.experiment.spec reads it)
 
-__all__ = ["QUOTA_SCOPES", "Faults", "SimConfig", "SimFact", "published_accuracy"]
+__all__ = ["QUOTA_SCOPES", "SIM_URL", "Faults", "SimConfig", "SimFact", "published_accuracy"]
 
 QUOTA_SCOPES = ("model", "server")
 
