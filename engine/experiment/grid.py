@@ -208,7 +208,10 @@ def task_key(model: GridModel, qid: str, messages: list[dict[str, str]], tempera
     return state.hexdigest()
 
 
-def _keyed(grid: Grid, models: Sequence[int]) -> Iterator[tuple[str, int, int, float, int]]:
+Row = tuple[str, int, int, float, int]  # (key, model index, prompt index, temperature, repeat)
+
+
+def _keyed(grid: Grid, models: Sequence[int]) -> Iterator[Row]:
     """(key, model index, prompt index, temperature, repeat) for ``models``, models interleaved.
 
     The hash state of each (model, prompt) pair is made once and copied per task: the
@@ -335,7 +338,6 @@ def iter_tasks(
 
 
 _BATCH = 1024  # keys asked of a KeySet at once: one binary search per batch instead of per key
-Row = tuple[str, int, int, float, int]  # (key, model index, prompt index, temperature, repeat)
 
 
 def _tasks(
