@@ -56,6 +56,7 @@ from engine.run.scheduler import Counters
 
 REPORT_EVERY_S = 0.25  # progress to the hub, and the look for a new pause of this worker's limiters
 START_GRACE_S = 10.0  # how long a worker that ran dry waits for one still starting to say what it has
+START_POLL_S = 0.02  # how often it looks whether that one has
 WATCH_PAUSE_S = 0.02  # how soon a pause one worker met reaches the hub
 _MAX_LINE = 1 << 16
 
@@ -323,12 +324,16 @@ class FleetHub:
             if not self._starting(taker) or anyio.current_time() >= deadline:
                 await self._send(taker, orjson.dumps({"take": pool}) + b"\n")
                 return
-            await anyio.sleep(REPORT_EVERY_S)
+            await anyio.sleep(START_POLL_S)
 
     def _starting(self, taker: int) -> bool:
-        """Whether a worker other than ``taker`` runs but has not said yet what it has left."""
+        """Whether a worker other than ``taker`` runs but has not said yet what it has left.
+
+        One that connected and left is not starting, though its process may take a moment to exit
+        (waiting on it held a dry worker, and so the fleet's end, by a quarter second)."""
         unreported = any(not self.states[w].remaining for w in self._streams if w != taker)
-        return unreported or len(self._streams) < self.running
+        never_connected = self._next < self.workers
+        return unreported or (never_connected and len(self._streams) < self.running)
 
     async def _ask_givers(self, taker: int, pool: int) -> bool:
         """Ask the workers with most left of ``pool``, in turn, for the back half of their stretch; the

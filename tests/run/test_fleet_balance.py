@@ -110,3 +110,36 @@ def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() ->
         anyio.run(main, Path(tmp) / "hub.sock")
     with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
         anyio.run(alone, Path(tmp) / "hub.sock")
+
+
+def test_a_worker_that_ran_dry_does_not_wait_for_one_that_finished_and_is_exiting() -> None:
+    """The other worker walked its shard, said goodbye and closed its line; its process still runs for a
+    moment (closing its log, exiting). The dry worker ends at once: nothing is starting there."""
+    grid = build_grid(SPEC, QUESTIONS, model_targets(SPEC, QUESTIONS))
+
+    async def main(socket: Path) -> None:
+        hub = FleetHub(workers=2)
+        dry, done = FleetLink(str(socket)), FleetLink(str(socket))
+        dry_share, done_share = share(grid, 0), share(grid, 1)
+        dry_refill = dry.balance(dry_share)
+        done.balance(done_share)
+        list(dry_share.tasks())
+        list(done_share.tasks())
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.serve, socket)
+            tg.start_soon(dry.run, [], Counters(), Skipped())
+            async with anyio.create_task_group() as leaving:
+                leaving.start_soon(done.run, [], Counters(), Skipped())
+                while len(hub.states) < 2 or not all(s.remaining for s in hub.states.values()):
+                    await anyio.sleep(0.01)
+                leaving.cancel_scope.cancel()  # the finished worker leaves: its last report, then its line closes
+            while hub.connected > 1:
+                await anyio.sleep(0.01)
+            assert hub.running == 2  # its process has not exited yet
+            with anyio.fail_after(5):  # the hub used to wait for the exit, or START_GRACE_S (10 s)
+                assert await dry_refill() is None
+            tg.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        anyio.run(main, Path(tmp) / "hub.sock")
+
