@@ -19,9 +19,14 @@ see :class:`~engine.experiment.grid.Span`); the hub passes it on (``{"take": poo
 ``{"take": pool}``: nothing left worth splitting). Every task is still walked by exactly one worker,
 and a stretch taken is logged in the taker's own log (resume reads every log of the run).
 
+The workers start sending together (``{"go": true}`` from the hub once every running worker has
+connected, which each does after reading the run's logs): a worker that read the logs after another
+had started would find that one's fresh records there, and pay for reading them (Polars' import
+alone is 0.3 s), though none can be in its own stretch.
+
 The wire is one JSON object a line over a Unix socket (both ends on one machine): ``{"progress":
 {...}}``, ``{"pause": seconds, "group": i}``, ``{"idle": ...}`` and ``{"given": ...}`` from
-workers; ``{"pause": ..., "group": i}``, ``{"split": ...}`` and ``{"take": ...}`` to them.
+workers; ``{"go": true}``, ``{"pause": ..., "group": i}``, ``{"split": ...}`` and ``{"take": ...}`` to them.
 
 Usage::
 
@@ -30,6 +35,7 @@ Usage::
         await tg.start(hub.serve, socket_path)
     link = FleetLink(socket_path)                  # a worker, inside its run
     tg.start_soon(link.run, clients, counters, skipped)
+    await link.go.wait()                           # then send
 """
 
 from __future__ import annotations
@@ -55,10 +61,11 @@ from engine.experiment.spec import Spec
 from engine.run.scheduler import Counters
 
 REPORT_EVERY_S = 0.25  # progress to the hub, and the look for a new pause of this worker's limiters
-START_GRACE_S = 10.0  # how long a worker that ran dry waits for one still starting to say what it has
-START_POLL_S = 0.02  # how often it looks whether that one has
+START_GRACE_S = 10.0  # how long the fleet waits for a worker still starting: to begin, or to take its stretch
+START_POLL_S = 0.02  # how often it looks whether that one is there
 WATCH_PAUSE_S = 0.02  # how soon a pause one worker met reaches the hub
 _MAX_LINE = 1 << 16
+_GO = b'{"go":true}\n'
 
 
 def share_limits(limits: LimitConfig, workers: int) -> LimitConfig:
@@ -152,6 +159,7 @@ class FleetLink:
         self.orphaned = anyio.Event()  # ... while this worker still ran: its parent, the user's command, is gone
         self._sending = anyio.Lock()  # a report, a pause and a stretch given may go out at once
         self._connected = anyio.Event()
+        self.go = anyio.Event()  # every worker is there (or the hub is gone): send
         self._answers: dict[int, tuple[anyio.Event, list[dict[str, Any]]]] = {}
 
     def balance(self, share: Share) -> Callable[[], Awaitable[Iterator[Task] | None]]:
@@ -208,6 +216,7 @@ class FleetLink:
         # The parent closes the hub only once every worker has exited: gone before, the parent was killed.
         self._gone = True
         self.orphaned.set()
+        self.go.set()  # nothing to wait for: the run stops (orphaned) or goes on alone
 
     async def _report(
         self, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped, relayed: list[float],
@@ -236,7 +245,9 @@ class FleetLink:
                     self._hub_gone()
                     return
                 message = orjson.loads(line)
-                if "split" in message:
+                if "go" in message:
+                    self.go.set()
+                elif "split" in message:
                     pool = int(message["split"])
                     given = self.shares[pool].give() if 0 <= pool < len(self.shares) else {}
                     await self._send({"given": message["req"], **given})
@@ -272,12 +283,28 @@ class FleetHub:
         self._asks: dict[int, tuple[int, anyio.Event, list[dict[str, Any]]]] = {}  # req -> (worker, answered, answer)
         self._next = 0
         self._next_ask = 0
+        self._started = False  # the workers were told to go
 
     async def serve(self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_unix_listener(path)
         async with anyio.create_task_group() as errands:
+            errands.start_soon(self._start_when_all_there)
             task_status.started()
             await listener.serve(functools.partial(self._handle, errands=errands))
+
+    async def _start_when_all_there(self) -> None:
+        """Tell the workers to go once every one still running has connected (a worker with nothing to send
+        exits without connecting), or after START_GRACE_S: a slow one joins the others when it can."""
+        deadline = anyio.current_time() + START_GRACE_S
+        while not self._started and self._next < self.running and anyio.current_time() < deadline:
+            await anyio.sleep(START_POLL_S)
+        if not self._started:
+            await self._start()
+
+    async def _start(self) -> None:
+        self._started = True
+        for who in list(self._streams):
+            await self._send(who, _GO)
 
     async def _handle(self, stream: SocketStream, *, errands: TaskGroup) -> None:
         me = self._next
@@ -287,6 +314,10 @@ class FleetHub:
         self.states[me] = WorkerState()
         lines = BufferedByteReceiveStream(stream)
         try:
+            if self._started:
+                await self._send(me, _GO)
+            elif self._next >= self.running:  # the last one: everybody goes
+                await self._start()
             while True:
                 try:
                     line = await lines.receive_until(b"\n", _MAX_LINE)

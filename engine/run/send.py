@@ -189,6 +189,7 @@ async def _run_pools(
                     tg.start_soon(link.run, [p.client for p in pools], counters, skipped or Skipped())
                 if isinstance(link, FleetLink):
                     tg.start_soon(_stop_when_orphaned, link, stop)
+                    await link.go.wait()  # the fleet's workers start together (see engine.run.fleet)
                 async with anyio.create_task_group() as work:
                     if route is not None:
                         work.start_soon(route.run, writer, stop)

@@ -143,3 +143,36 @@ def test_a_worker_that_ran_dry_does_not_wait_for_one_that_finished_and_is_exitin
     with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
         anyio.run(main, Path(tmp) / "hub.sock")
 
+
+
+def test_the_workers_start_sending_together() -> None:
+    """A worker is told to go once every running worker has connected (each does after reading the run's
+    logs, so none reads another's fresh records), or once the others have exited without connecting."""
+
+    async def main(socket: Path) -> None:
+        hub = FleetHub(workers=3)
+        first, second = FleetLink(str(socket)), FleetLink(str(socket))
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.serve, socket)
+            tg.start_soon(first.run, [], Counters(), Skipped())
+            while hub.connected < 1:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.2)
+            assert not first.go.is_set()  # two more are starting
+            tg.start_soon(second.run, [], Counters(), Skipped())
+            while hub.connected < 2:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.2)
+            assert not first.go.is_set() and not second.go.is_set()
+            hub.running = 2  # the third had nothing to send: it exited without connecting
+            with anyio.fail_after(5):
+                await first.go.wait()
+                await second.go.wait()
+            late = FleetLink(str(socket))  # one that connects after the start goes at once
+            tg.start_soon(late.run, [], Counters(), Skipped())
+            with anyio.fail_after(5):
+                await late.go.wait()
+            tg.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        anyio.run(main, Path(tmp) / "hub.sock")
