@@ -189,7 +189,7 @@ async def _run_pools(
                     tg.start_soon(link.run, [p.client for p in pools], counters, skipped or Skipped())
                 if isinstance(link, FleetLink):
                     tg.start_soon(_stop_when_orphaned, link, stop)
-                    await link.go.wait()  # the fleet's workers start together (see engine.run.fleet)
+                    await _first_of(link.go, stop.wake)  # the fleet's workers start together (engine.run.fleet)
                 async with anyio.create_task_group() as work:
                     if route is not None:
                         work.start_soon(route.run, writer, stop)
@@ -214,6 +214,18 @@ def _first_engine_error(group: BaseExceptionGroup) -> EngineError | None:
 def _counts(counters: Counters, label: str) -> tuple[int, int, int]:
     m = counters.by_model[label]
     return (m.ok, m.errors, m.failed)
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Wait until any of ``events`` is set (a Ctrl-C while the fleet is starting need not wait for it)."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
 
 
 async def _stop_when_orphaned(link: FleetLink, stop: StopSignal) -> None:

@@ -14,7 +14,8 @@ from engine.experiment.grid import Grid, Skipped, Span, build_grid, iter_tasks, 
 from engine.experiment.questions import Question
 from engine.experiment.spec import ModelSpec, Spec
 from engine.run.fleet import FleetHub, FleetLink, Share
-from engine.run.scheduler import Counters
+from engine.run.scheduler import Counters, StopSignal
+from engine.run.send import _first_of
 from engine.run.targets import model_targets
 
 QUESTIONS = tuple(Question(id=f"q{i}", text=f"What is the number for thing {i}?", answer=str(10000 + i)) for i in range(50))
@@ -176,3 +177,29 @@ def test_the_workers_start_sending_together() -> None:
 
     with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
         anyio.run(main, Path(tmp) / "hub.sock")
+
+
+def test_a_ctrl_c_while_the_fleet_is_starting_does_not_wait_for_it() -> None:
+    """A worker waiting for the others to connect stops waiting at a stop request (its Ctrl-C)."""
+
+    async def main(socket: Path) -> None:
+        hub = FleetHub(workers=2)
+        link, stop = FleetLink(str(socket)), StopSignal()
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.serve, socket)
+            tg.start_soon(link.run, [], Counters(), Skipped())
+            while hub.connected < 1:
+                await anyio.sleep(0.01)
+            tg.start_soon(_request_after, stop, 0.1)
+            with anyio.fail_after(5):  # the hub would say go only after START_GRACE_S (10 s)
+                await _first_of(link.go, stop.wake)
+            assert stop.requested and not link.go.is_set()
+            tg.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        anyio.run(main, Path(tmp) / "hub.sock")
+
+
+async def _request_after(stop: StopSignal, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    stop.request()
