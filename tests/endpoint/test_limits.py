@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from engine.endpoint.limits import EndpointLimiter, LimitConfig, pace_of
+from engine.endpoint.limits import EndpointLimiter, LimitConfig
+from engine.endpoint.pacer import pace_of
 from engine.endpoint.retry import parse_duration, retry_after
 from engine.sim.server import SlidingQuota
 from tests.support.vtime import run_virtual
