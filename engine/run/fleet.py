@@ -296,7 +296,7 @@ class FleetHub:
         """Tell the workers to go once every one still running has connected (a worker with nothing to send
         exits without connecting), or after START_GRACE_S: a slow one joins the others when it can."""
         deadline = anyio.current_time() + START_GRACE_S
-        while not self._started and self._next < self.running and anyio.current_time() < deadline:
+        while not self._started and self._one_yet_to_connect() and anyio.current_time() < deadline:
             await anyio.sleep(START_POLL_S)
         if not self._started:
             await self._start()
@@ -316,7 +316,7 @@ class FleetHub:
         try:
             if self._started:
                 await self._send(me, _GO)
-            elif self._next >= self.running:  # the last one: everybody goes
+            elif not self._one_yet_to_connect():  # the last one: everybody goes
                 await self._start()
             while True:
                 try:
@@ -363,8 +363,12 @@ class FleetHub:
         One that connected and left is not starting, though its process may take a moment to exit
         (waiting on it held a dry worker, and so the fleet's end, by a quarter second)."""
         unreported = any(not self.states[w].remaining for w in self._streams if w != taker)
-        never_connected = self._next < self.workers
-        return unreported or (never_connected and len(self._streams) < self.running)
+        return unreported or self._one_yet_to_connect()
+
+    def _one_yet_to_connect(self) -> bool:
+        """Whether a worker process still runs that has not connected yet (one that exits without
+        connecting had nothing to send; one that connected and left may take a moment to exit)."""
+        return self._next < self.workers and len(self._streams) < self.running
 
     async def _ask_givers(self, taker: int, pool: int) -> bool:
         """Ask the workers with most left of ``pool``, in turn, for the back half of their stretch; the
