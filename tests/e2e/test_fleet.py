@@ -17,18 +17,18 @@ import orjson
 
 from engine.cli import main
 from engine.experiment.grid import shard_of
+from engine.results.paths import run_logs
 from tests.support.batchspec import batch_spec
 from tests.support.specs import write_spec
 
 
-def _keys(run: Path) -> list[str]:
-    logs = sorted((run / "results").glob("shard-*.jsonl")) + sorted(run.glob("results.jsonl"))
-    return [orjson.loads(line)["key"] for log in logs for line in log.read_bytes().splitlines()]
-
-
 def _statuses(run: Path) -> list[tuple[str, str]]:
-    logs = sorted((run / "results").glob("shard-*.jsonl"))
-    return [(r["key"], r["status"]) for log in logs for r in map(orjson.loads, log.read_bytes().splitlines())]
+    """(key, status) of every record in every log of the run."""
+    return [(r["key"], r["status"]) for log in run_logs(run) for r in map(orjson.loads, log.read_bytes().splitlines())]
+
+
+def _keys(run: Path) -> list[str]:
+    return [key for key, _ in _statuses(run)]
 
 
 def _overall(run: Path, capsys: object) -> object:

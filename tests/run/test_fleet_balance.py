@@ -6,11 +6,12 @@ from __future__ import annotations
 import functools
 import itertools
 import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
 
-from engine.experiment.grid import Grid, Skipped, Span, build_grid, iter_tasks, shard_length, shard_of
+from engine.experiment.grid import Grid, Skipped, Span, Task, build_grid, iter_tasks, shard_length, shard_of
 from engine.experiment.questions import Question
 from engine.experiment.spec import ModelSpec, Spec
 from engine.run.fleet import FleetHub, FleetLink, Share
@@ -27,6 +28,27 @@ def share(grid: Grid, k: int) -> Share:
     """Shard ``k`` of 2 of ``grid`` as a fleet worker's pool walks it, split at no fewer than 8 a half."""
     walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
     return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
+
+
+Refill = Callable[[], Awaitable[Iterator[Task] | None]]
+
+
+def dry_and_other(socket: Path, grid: Grid) -> tuple[FleetLink, Refill, FleetLink, Share]:
+    """Two workers' links on one hub: shard 0's, already walked to its end (with its pool's refill), and
+    shard 1's (with its share, not yet walked)."""
+    dry, other = FleetLink(str(socket)), FleetLink(str(socket))
+    dry_share, other_share = share(grid, 0), share(grid, 1)
+    dry_refill = dry.balance(dry_share)
+    other.balance(other_share)
+    list(dry_share.tasks())
+    return dry, dry_refill, other, other_share
+
+
+def on_a_hub_socket(test: Callable[[Path], Awaitable[None]]) -> None:
+    """Run ``test`` with a hub socket's path in a fresh temporary directory (short: a Unix socket's path
+    has a limit)."""
+    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
+        anyio.run(test, Path(tmp) / "hub.sock")
 
 
 def test_a_worker_that_ran_dry_takes_the_back_half_of_the_busiest_stretch() -> None:
@@ -59,8 +81,7 @@ def test_a_worker_that_ran_dry_takes_the_back_half_of_the_busiest_stretch() -> N
         assert sorted(busy_keys + taken) == sorted(k for k in everything if shard_of(k, 2) == 0)
         assert sorted(dry_keys) == sorted(k for k in everything if shard_of(k, 2) == 1)
 
-    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:  # short: a Unix socket's path has a limit
-        anyio.run(main, Path(tmp) / "hub.sock")
+    on_a_hub_socket(main)
 
 
 def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() -> None:
@@ -71,11 +92,7 @@ def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() ->
 
     async def main(socket: Path) -> None:
         hub = FleetHub(workers=2)
-        dry, late = FleetLink(str(socket)), FleetLink(str(socket))
-        dry_share, late_share = share(grid, 0), share(grid, 1)
-        dry_refill = dry.balance(dry_share)
-        late.balance(late_share)
-        list(dry_share.tasks())  # all of shard 0, before the other worker is there
+        dry, dry_refill, late, _ = dry_and_other(socket, grid)  # all of shard 0 walked before the other is there
         async with anyio.create_task_group() as tg:
             await tg.start(hub.serve, socket)
             tg.start_soon(dry.run, [], Counters(), Skipped())
@@ -94,10 +111,7 @@ def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() ->
     async def alone(socket: Path) -> None:
         hub = FleetHub(workers=2)
         hub.running = 2  # the other worker's process runs but never connects
-        dry = FleetLink(str(socket))
-        dry_share = share(grid, 0)
-        dry_refill = dry.balance(dry_share)
-        list(dry_share.tasks())
+        dry, dry_refill, _, _ = dry_and_other(socket, grid)  # the other's link is never run
         async with anyio.create_task_group() as tg:
             await tg.start(hub.serve, socket)
             tg.start_soon(dry.run, [], Counters(), Skipped())
@@ -107,10 +121,8 @@ def test_a_worker_that_ran_dry_before_another_started_waits_for_its_stretch() ->
                 assert await dry_refill() is None
             tg.cancel_scope.cancel()
 
-    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
-        anyio.run(main, Path(tmp) / "hub.sock")
-    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
-        anyio.run(alone, Path(tmp) / "hub.sock")
+    on_a_hub_socket(main)
+    on_a_hub_socket(alone)
 
 
 def test_a_worker_that_ran_dry_does_not_wait_for_one_that_finished_and_is_exiting() -> None:
@@ -120,11 +132,7 @@ def test_a_worker_that_ran_dry_does_not_wait_for_one_that_finished_and_is_exitin
 
     async def main(socket: Path) -> None:
         hub = FleetHub(workers=2)
-        dry, done = FleetLink(str(socket)), FleetLink(str(socket))
-        dry_share, done_share = share(grid, 0), share(grid, 1)
-        dry_refill = dry.balance(dry_share)
-        done.balance(done_share)
-        list(dry_share.tasks())
+        dry, dry_refill, done, done_share = dry_and_other(socket, grid)
         list(done_share.tasks())
         async with anyio.create_task_group() as tg:
             await tg.start(hub.serve, socket)
@@ -141,8 +149,7 @@ def test_a_worker_that_ran_dry_does_not_wait_for_one_that_finished_and_is_exitin
                 assert await dry_refill() is None
             tg.cancel_scope.cancel()
 
-    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
-        anyio.run(main, Path(tmp) / "hub.sock")
+    on_a_hub_socket(main)
 
 
 
@@ -175,8 +182,7 @@ def test_the_workers_start_sending_together() -> None:
                 await late.go.wait()
             tg.cancel_scope.cancel()
 
-    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
-        anyio.run(main, Path(tmp) / "hub.sock")
+    on_a_hub_socket(main)
 
 
 def test_a_ctrl_c_while_the_fleet_is_starting_does_not_wait_for_it() -> None:
@@ -196,8 +202,7 @@ def test_a_ctrl_c_while_the_fleet_is_starting_does_not_wait_for_it() -> None:
             assert stop.requested and not link.go.is_set()
             tg.cancel_scope.cancel()
 
-    with tempfile.TemporaryDirectory(prefix="engine-fleet-") as tmp:
-        anyio.run(main, Path(tmp) / "hub.sock")
+    on_a_hub_socket(main)
 
 
 async def _request_after(stop: StopSignal, seconds: float) -> None:
