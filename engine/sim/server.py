@@ -26,6 +26,7 @@ _ROUTES = types.MappingProxyType(
     {**dict.fromkeys(SIM_APIS, b"POST"), b"/v1/models": b"GET", b"/health": b"GET"}
 )
 _KEEP_BODY = 8192  # the largest request body whose reading the sim remembers (a question, not a long context)
+_KEEP_BODIES = 4096  # how many readings it remembers; all are forgotten at once when full
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n"
 
 
@@ -143,7 +144,7 @@ class SimServer:
         self.fault_counts: Counter[str] = Counter()
         self.answer_counts: Counter[str] = Counter()
         self.sequence = 0
-        self.latency_s = config.latency_ms / 1000.0
+        self._latency_s = config.latency_ms / 1000.0
         self._parsed: dict[tuple[str, bytes], tuple[str, Ask | None]] = {}
         self.batches = BatchStore(config, loop, self.answer_item)
 
@@ -307,8 +308,8 @@ class SimServer:
             read = api.parse(orjson.loads(body))
         except orjson.JSONDecodeError:
             read = ("We could not parse the JSON body of your request.", None)
-        if len(body) <= _KEEP_BODY:  # any client may send any body: at most 4,096 of 8 KiB are kept
-            if len(self._parsed) >= 4096:
+        if len(body) <= _KEEP_BODY:  # any client may send any body: what is kept is bounded
+            if len(self._parsed) >= _KEEP_BODIES:
                 self._parsed.clear()
             self._parsed[key] = read
         return read
@@ -370,7 +371,7 @@ class SimServer:
     def _delay(self) -> float:
         config = self.config
         if not config.jitter_ms:
-            return self.latency_s
+            return self._latency_s
         ms = config.latency_ms + self.rng.uniform(-config.jitter_ms, config.jitter_ms)
         return max(0.0, ms) / 1000.0
 
