@@ -208,14 +208,17 @@ def task_key(model: GridModel, qid: str, messages: list[dict[str, str]], tempera
     return state.hexdigest()
 
 
-Row = tuple[str, int, int, float, int]  # (key, model index, prompt index, temperature, repeat)
+Row = tuple[str, int, int, float, int, int]  # (key, model index, prompt index, temperature, repeat, row number)
 
 
-def _keyed(grid: Grid, models: Sequence[int]) -> Iterator[Row]:
-    """(key, model index, prompt index, temperature, repeat) for ``models``, models interleaved.
+def _keyed(grid: Grid, models: Sequence[int], start: int = 0) -> Iterator[Row]:
+    """(key, model index, prompt index, temperature, repeat, row number) for ``models``, models
+    interleaved, from row ``start`` on.
 
     The hash state of each (model, prompt) pair is made once and copied per task: the
     same bytes as :func:`task_key`, at about half its cost. Memory is O(models × questions).
+    A row's place in the loops is arithmetic, so a walk that begins far into the grid (a stretch
+    given to a fleet worker near the end) costs nothing for the rows before it.
     """
     states = []
     for i in models:
@@ -229,13 +232,20 @@ def _keyed(grid: Grid, models: Sequence[int]) -> Iterator[Row]:
             state = base.copy()
             state.update(material)
             pairs.append((i, p, state))
-    for repeat in range(grid.repeats):
-        for temperature in grid.temperatures:
+    per_temperature = len(pairs)
+    per_repeat = per_temperature * len(grid.temperatures)
+    if not per_repeat:
+        return
+    row = start
+    for repeat in range(start // per_repeat, grid.repeats):
+        # After the first pass of each loop ``row`` sits on a boundary: these offsets are then 0.
+        for temperature in grid.temperatures[row % per_repeat // per_temperature :]:
             tail = orjson.dumps([temperature, repeat])
-            for i, p, state in pairs:
+            for i, p, state in pairs[row % per_temperature :]:
                 final = state.copy()
                 final.update(tail)
-                yield final.hexdigest(), i, p, temperature, repeat
+                yield final.hexdigest(), i, p, temperature, repeat, row
+                row += 1
 
 
 def shard_of(key: str, count: int) -> int:
@@ -263,31 +273,30 @@ class BatchLookup(Protocol):
 
 @dataclass(slots=True)
 class Span:
-    """A stretch of one shard's task sequence: positions ``start`` up to ``stop`` (None: to its end).
+    """A stretch of a walk over the grid: rows ``start`` up to ``stop`` of the walked models' rows.
 
-    Positions count the shard's tasks in grid order, finished ones included, so every worker of a
-    fleet numbers them alike. ``position`` is the next one the walk will take; ``expected`` is where
-    the shard should end (its share of the grid) while ``stop`` is open. A fleet worker that has
-    run dry takes the back half of another's span (:meth:`split`); what the walk already took stays
-    with its owner, so no task is given twice.
-    Usage: ``span = Span(expected=50_000); tasks = iter_tasks(grid, qs, models, shard=(0, 2), span=span)``
+    Rows count the grid's tasks of the walked models in grid order, those of every shard and the
+    finished ones included, so every worker of a fleet numbers them alike, and a walk can begin at
+    any row for nothing (a shard keeps its own rows as it goes). ``position`` is the next row the walk
+    will take. A fleet worker that has run dry takes the back half of another's span (:meth:`split`);
+    what the walk already took stays with its owner, so no task is given twice.
+    Usage: ``span = Span(stop=grid_rows(grid, 1)); tasks = iter_tasks(grid, qs, models, shard=(0, 2), span=span)``
     """
 
-    expected: int
+    stop: int
     start: int = 0
-    stop: int | None = None
     position: int = 0
 
     def __post_init__(self) -> None:
         self.position = max(self.position, self.start)
 
     def remaining(self) -> int:
-        """How many positions are left to walk (an estimate while ``stop`` is open)."""
-        return max(0, (self.expected if self.stop is None else self.stop) - self.position)
+        """How many rows are left to walk."""
+        return max(0, self.stop - self.position)
 
-    def split(self, least: int) -> tuple[int, int | None] | None:
+    def split(self, least: int) -> tuple[int, int] | None:
         """Keep the front half, give away the back: ``(start, stop)`` of the half given, or None when
-        either half would hold fewer than ``least`` positions. Usage: ``given = span.split(128)``"""
+        either half would hold fewer than ``least`` rows. Usage: ``given = span.split(128)``"""
         left = self.remaining()
         if left < 2 * least:
             return None
@@ -297,12 +306,12 @@ class Span:
         return given
 
 
-def shard_length(grid: Grid, models: int, shard: tuple[int, int]) -> int:
-    """The expected number of tasks of ``models`` models in one shard: the grid's even share.
+def grid_rows(grid: Grid, models: int) -> int:
+    """How many rows a walk over ``models`` of the grid's models has (every shard's): a whole :class:`Span`.
 
-    Usage: ``Span(expected=shard_length(grid, 1, (0, 2)))``
+    Usage: ``Span(stop=grid_rows(grid, 1))``
     """
-    return len(grid.prompts) * len(grid.temperatures) * grid.repeats * models // shard[1]
+    return len(grid.prompts) * len(grid.temperatures) * grid.repeats * models
 
 
 @dataclass(slots=True)
@@ -320,8 +329,8 @@ def iter_tasks(
 
     ``shard=(k, n)`` keeps only the tasks of shard ``k`` of ``n`` (:func:`shard_of`):
     every worker of a fleet walks the same grid and keeps its own slice; ``skipped`` then counts
-    only that slice's done tasks. ``span`` walks only a stretch of the shard (:class:`Span`), and
-    records how far the walk has gone. A ``done`` that is a :class:`BatchLookup` (a compact
+    only that slice's done tasks. ``span`` walks only a stretch of the grid's rows (:class:`Span`),
+    beginning there at no cost for the rows before it, and records how far the walk has gone. A ``done`` that is a :class:`BatchLookup` (a compact
     ``KeySet``) is asked a batch of keys at a time.
 
     ``grid`` is ``build_grid(spec, questions, targets)`` (its prompts were built, and checked,
@@ -348,16 +357,16 @@ def _tasks(
     target_of = {i: Target(id=grid.models[i].target, simulated=grid.models[i].simulated) for i in picked}
     own = {i for i in picked if grid.models[i].system is not None}
     sent = {(i, p): messages_for(grid.models[i], prompt.messages) for i in own for p, prompt in enumerate(grid.prompts)}
-    rows: Iterator[Row] = _keyed(grid, picked)
+    rows: Iterator[Row] = _keyed(grid, picked, span.start if span is not None else 0)
+    if span is not None:  # not a row past the stretch's end read: the shard may have none left there
+        rows = itertools.takewhile(lambda row: row[5] < span.stop, rows)
     if shard is not None:
         k, n = shard
         rows = (row for row in rows if shard_of(row[0], n) == k)
-    if span is not None:
-        rows = itertools.islice(rows, span.start, None)
     looked_up = _looked_up(rows, done)
     if span is not None:
         looked_up = _within(looked_up, span)
-    for (key, i, p, temperature, repeat), found in looked_up:
+    for (key, i, p, temperature, repeat, _), found in looked_up:
         if found:
             skipped.count += 1
         else:
@@ -376,20 +385,17 @@ def _looked_up(rows: Iterator[Row], done: Container[str]) -> Iterator[tuple[Row,
 
 
 def _within(pairs: Iterator[tuple[Row, bool]], span: Span) -> Iterator[tuple[Row, bool]]:
-    """The rows from the span's start (``pairs`` begin there) to its ``stop``, read before every row, so
-    a split takes effect at once. A row counts as walked when it is handed on, not when a batch lookup
+    """The rows before the span's ``stop`` (``pairs`` begin at its start), read before every row, so a
+    split takes effect at once. A row counts as walked when it is handed on, not when a batch lookup
     read it ahead: what the walk has not handed on yet can still be given away.
-
-    At the shard's true end the span is closed there: nothing past it is ever offered to another worker.
     """
-    position = span.start
     for pair in pairs:
-        if span.stop is not None and position >= span.stop:
-            return
-        position += 1
-        span.position = position
+        row = pair[0][5]
+        if row >= span.stop:
+            break
+        span.position = max(span.position, row + 1)
         yield pair
-    span.stop = span.position = max(position, span.position)
+    span.position = span.stop  # the walk is over: nothing of the stretch is left to give
 
 
 def grid_size(spec: Spec, n_questions: int) -> int:

@@ -96,7 +96,7 @@ class WorkerState:
     rate_limited: int = 0
     in_flight: int = 0
     by_model: dict[str, list[int]] = field(default_factory=dict)  # label -> [ok, errors, failed]
-    remaining: list[int] = field(default_factory=list)  # by pool: positions left of the stretch it walks
+    remaining: list[int] = field(default_factory=list)  # by pool: rows left of the stretch it walks
 
 
 @dataclass(slots=True)
@@ -104,13 +104,13 @@ class Share:
     """One pool's part of the grid in a fleet worker: the stretch it walks, and how to walk another one.
 
     Usage: ``share = Share(walk=functools.partial(iter_tasks, grid, questions, models, done=done),
-    shard=(0, 2), span=Span(expected=50_000), least=128); pool.tasks = share.tasks()``
+    shard=(0, 2), span=Span(stop=grid_rows(grid, 1)), least=128); pool.tasks = share.tasks()``
     """
 
     walk: Callable[..., Iterator[Task]]  # iter_tasks with everything but shard= and span=
     shard: tuple[int, int]
     span: Span
-    least: int  # positions each half of a split keeps at least: two rounds of the pool's concurrency
+    least: int  # tasks each half of a split keeps at least: two rounds of the pool's concurrency
 
     def tasks(self) -> Iterator[Task]:
         """The lazy tasks of the current stretch."""
@@ -118,18 +118,17 @@ class Share:
 
     def give(self) -> dict[str, Any]:
         """The back half of the stretch, as the wire carries it; ``{}`` when too little is left to split."""
-        given = self.span.split(self.least)
+        # A stretch's rows hold every shard's tasks: about one in ``count`` is this shard's.
+        given = self.span.split(self.least * self.shard[1])
         if given is None:
             return {}
-        return {"shard": list(self.shard), "start": given[0], "stop": given[1], "expected": self.span.expected}
+        return {"shard": list(self.shard), "start": given[0], "stop": given[1]}
 
     def take(self, given: Mapping[str, Any]) -> Iterator[Task]:
         """Walk a stretch another worker gave; it is this share's from now on (and can be split again)."""
         k, n = given["shard"]
-        stop = given["stop"]
         self.shard = (int(k), int(n))
-        self.span = Span(expected=int(given["expected"]), start=int(given["start"]),
-                         stop=None if stop is None else int(stop))  # fmt: skip
+        self.span = Span(start=int(given["start"]), stop=int(given["stop"]))
         return self.tasks()
 
 
@@ -389,7 +388,7 @@ class FleetHub:
                 del self._asks[req]
             if answer and "start" in answer[0]:
                 self.splits += 1
-                stretch = {k: answer[0][k] for k in ("shard", "start", "stop", "expected")}
+                stretch = {k: answer[0][k] for k in ("shard", "start", "stop")}
                 await self._send(taker, orjson.dumps({"take": pool, **stretch}) + b"\n")
                 return True
         return False

@@ -26,7 +26,7 @@ from engine.endpoint.client import ChatClient
 from engine.endpoint.limits import EndpointLimiter
 from engine.endpoint.transport import Transport
 from engine.errors import EngineError
-from engine.experiment.grid import Skipped, Span, iter_tasks, shard_length
+from engine.experiment.grid import Skipped, Span, grid_rows, iter_tasks
 from engine.results.shards import Shard
 from engine.results.write import LogWriter
 from engine.run.batch import BatchRoute, open_batch_route, set_aside
@@ -159,7 +159,7 @@ async def _open_pools(
             walk = functools.partial(iter_tasks, prepared.grid, prepared.questions, online, done=done, skipped=skipped)
             refill = None
             if isinstance(link, FleetLink) and (pair := shard_pair(shard)) is not None:
-                share = Share(walk=walk, shard=pair, span=Span(expected=shard_length(prepared.grid, len(online), pair)),
+                share = Share(walk=walk, shard=pair, span=Span(stop=grid_rows(prepared.grid, len(online))),
                               least=2 * group.limits.concurrency)  # fmt: skip
                 tasks, refill = share.tasks(), link.balance(share)
             else:

@@ -24,9 +24,9 @@ from engine.experiment.grid import (
     Task,
     build_grid,
     build_messages,
+    grid_rows,
     grid_size,
     iter_tasks,
-    shard_length,
     shard_of,
     task_key,
 )
@@ -306,10 +306,9 @@ def test_split_spans_walk_every_task_of_a_shard_once(spec_dir: SpecDir, lookup: 
     def walk(span: Span) -> Iterator[Task]:
         return iter_tasks(grid, questions, spec.models, done=done, skipped=skipped, shard=shard, span=span)
 
-    expected = shard_length(grid, 2, shard)
-    assert abs(expected - len(mine)) < 60  # the hash splits the grid evenly
+    assert abs(len(everything) / 3 - len(mine)) < 60  # the hash splits the grid evenly
     walked: list[str] = []
-    spans = [Span(expected=expected)]
+    spans = [Span(stop=grid_rows(grid, 2))]
     walks = [walk(spans[0])]
     rng = random.Random(5)
     while walks:
@@ -320,7 +319,7 @@ def test_split_spans_walk_every_task_of_a_shard_once(spec_dir: SpecDir, lookup: 
             del walks[i], spans[i]
             continue
         if (given := spans[i].split(least=5)) is not None:  # the back half, to a new walker
-            spans.append(Span(expected=spans[i].expected, start=given[0], stop=given[1]))
+            spans.append(Span(start=given[0], stop=given[1]))
             walks.append(walk(spans[-1]))
     assert len(walked) == len(set(walked))
     assert set(walked) == {k for k in mine if k not in done}
@@ -334,29 +333,58 @@ def test_a_span_counts_only_what_its_walk_handed_on(spec_dir: SpecDir, lookup: o
     spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 40")))  # 960 tasks, 480 a shard
     questions = load_questions(spec.questions)
     grid = build_grid(spec, questions, model_targets(spec, questions))
+    rows = [row for row, key in enumerate(grid.keys()) if shard_of(key, 2) == 0]  # the shard's rows
     done = lookup([])  # type: ignore[operator]
-    span = Span(expected=shard_length(grid, 2, (0, 2)))
+    span = Span(stop=grid_rows(grid, 2))
     walk = iter_tasks(grid, questions, spec.models, done=done, shard=(0, 2), span=span)
     first = list(itertools.islice(walk, 10))
-    assert len(first) == 10 and span.position == 10
-    assert span.split(least=64) == (10 + (span.expected - 10) // 2, None)
+    assert len(first) == 10 and span.position == rows[9] + 1
+    cut = span.position + (span.stop - span.position) // 2
+    assert span.split(least=64) == (cut, grid_rows(grid, 2))
     rest = list(walk)
-    assert span.position == span.stop and len(first) + len(rest) == span.stop
+    assert span.position == span.stop == cut and len(first) + len(rest) == sum(row < cut for row in rows)
 
 
 def test_a_span_keeps_what_its_walk_has_taken_and_splits_only_what_is_worth_it() -> None:
-    span = Span(expected=1000)
-    span.position = 400  # the walk (or its look-ahead) has taken positions 0-399
+    span = Span(stop=1000)
+    span.position = 400  # the walk (or its look-ahead) has taken rows 0-399
     assert span.remaining() == 600
-    assert span.split(least=100) == (700, None) and span.stop == 700 and span.remaining() == 300
+    assert span.split(least=100) == (700, 1000) and span.stop == 700 and span.remaining() == 300
     assert span.split(least=200) is None and span.stop == 700  # 300 left: halves of 150 are too small
-    assert Span(expected=50, start=80).remaining() == 0  # a stretch past the expected end: nothing to give
+    assert Span(stop=50, start=80).remaining() == 0  # a stretch past the end: nothing to give
 
 
-def test_a_walk_that_reaches_the_shards_end_closes_its_span_there(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
+def test_a_walk_that_ends_leaves_nothing_of_its_span_to_give(tiny: tuple[Spec, tuple[Question, ...]]) -> None:
     spec, questions = tiny
     grid = build_grid(spec, questions, model_targets(spec, questions))
-    span = Span(expected=10_000)  # far more than the shard holds: an estimate
+    span = Span(stop=grid_rows(grid, len(spec.models)))
     walked = list(iter_tasks(grid, questions, spec.models, shard=(0, 2), span=span))
-    assert span.stop == span.position == len(walked) > 0
+    assert 0 < len(walked) < grid.size and span.position == span.stop == grid.size
     assert span.remaining() == 0 and span.split(least=1) is None  # nothing beyond the end is ever given away
+
+
+def test_a_stretch_far_into_the_grid_is_walked_without_the_rows_before_it(
+    spec_dir: SpecDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet worker that ran dry near the end takes a stretch near the grid's end: its walk begins
+    there, at any offset (mid-temperature, mid-repeat), with the tasks a whole walk has at those rows,
+    and reads (hashes, asks the shard of) only the rows of its stretch."""
+    spec = load_spec(spec_dir.write(BASE_SPEC.replace("repeats = 1", "repeats = 3")))
+    questions = load_questions(spec.questions)
+    grid = build_grid(spec, questions, model_targets(spec, questions))
+    assert len(grid.temperatures) == 2 and grid.repeats == 3 and len(grid.models) == 2
+    everything = [t.key for t in iter_tasks(grid, questions, spec.models)]
+    asked: list[str] = []
+
+    def counted(key: str, count: int) -> int:
+        asked.append(key)
+        return shard_of(key, count)
+
+    monkeypatch.setattr("engine.experiment.grid.shard_of", counted)
+    for start in range(len(everything)):
+        stop = min(len(everything), start + 7)
+        asked.clear()
+        walked = [t.key for t in iter_tasks(grid, questions, spec.models, shard=(1, 2),
+                                           span=Span(start=start, stop=stop))]  # fmt: skip
+        assert walked == [k for k in everything[start:stop] if shard_of(k, 2) == 1]
+        assert len(asked) == stop - start  # the rows of the stretch, not one more

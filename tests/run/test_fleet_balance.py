@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 
-from engine.experiment.grid import Grid, Skipped, Span, Task, build_grid, iter_tasks, shard_length, shard_of
+from engine.experiment.grid import Grid, Skipped, Span, Task, build_grid, grid_rows, iter_tasks, shard_of
 from engine.experiment.questions import Question
 from engine.experiment.spec import ModelSpec, Spec
 from engine.run.fleet import FleetHub, FleetLink, Share
@@ -27,7 +27,7 @@ SPEC = Spec(path=Path("x.toml"), name="x", questions=Path("q.csv"), models=MODEL
 def share(grid: Grid, k: int) -> Share:
     """Shard ``k`` of 2 of ``grid`` as a fleet worker's pool walks it, split at no fewer than 8 a half."""
     walk = functools.partial(iter_tasks, grid, QUESTIONS, MODELS)
-    return Share(walk=walk, shard=(k, 2), span=Span(expected=shard_length(grid, 1, (k, 2))), least=8)
+    return Share(walk=walk, shard=(k, 2), span=Span(stop=grid_rows(grid, 1)), least=8)
 
 
 Refill = Callable[[], Awaitable[Iterator[Task] | None]]
