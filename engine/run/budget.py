@@ -185,13 +185,13 @@ class BudgetLink:
     def __init__(self, budget: Any, holder: int) -> None:
         self.budget = budget
         self.holder = holder
+        # Nothing goes out before the first lease: the run starts sending once this is set, as soon as
+        # the budget answered (a pause until a slice had passed cost every actor's start a quarter second).
+        self.go = anyio.Event()
 
     async def run(self, clients: Sequence[ChatClient], counters: Counters, skipped: Skipped) -> None:
-        now = anyio.current_time()
-        for client in clients:  # nothing goes out before the first lease
-            client.limiter.pause(now, SLICE_S)
-        relayed = [c.limiter.paused_until for c in clients]  # pauses from the budget: not to be reported back
-        valid_until = now
+        relayed = [0.0] * len(clients)  # pauses from the budget: not to be reported back
+        valid_until = anyio.current_time()
         try:
             while True:
                 asked = anyio.current_time()
@@ -206,6 +206,7 @@ class BudgetLink:
                     for i, client in enumerate(clients):  # no lease: hold until one comes
                         client.limiter.pause(now, SLICE_S)
                         relayed[i] = client.limiter.paused_until
+                self.go.set()
                 await anyio.sleep(SLICE_S)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):

@@ -189,7 +189,9 @@ async def _run_pools(
                     tg.start_soon(link.run, [p.client for p in pools], counters, skipped or Skipped())
                 if isinstance(link, FleetLink):
                     tg.start_soon(_stop_when_orphaned, link, stop)
-                    await _first_of(link.go, stop.wake)  # the fleet's workers start together (engine.run.fleet)
+                if link is not None:
+                    # A local fleet's workers start together (engine.run.fleet); a Ray actor once it holds a lease.
+                    await _first_of(link.go, stop.wake)
                 async with anyio.create_task_group() as work:
                     if route is not None:
                         work.start_soon(route.run, writer, stop)

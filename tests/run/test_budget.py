@@ -136,10 +136,13 @@ class _Client:
 
 
 class _Method:
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Any, answer: anyio.Event | None = None) -> None:
         self.fn = fn
+        self.answer = answer  # set: the budget answers only once this is (slow to start, or restarting)
 
     async def remote(self, *args: Any) -> Any:  # a Ray handle's method: .remote(...) gives an awaitable
+        if self.answer is not None:
+            await self.answer.wait()
         return self.fn(*args)
 
 
@@ -168,3 +171,30 @@ def test_the_link_feeds_the_leased_share_and_the_fleets_pauses_to_its_limiter() 
     assert rate == pytest.approx(3000 / 60 * 0.98)  # the lease's share, paced under by the limiter's margin
     assert 1.0 < paused <= 2.0
     assert released  # the link released its lease on the way out
+
+
+def test_an_actor_sends_once_its_first_lease_comes_not_before_and_not_a_slice_later() -> None:
+    """Nothing goes out before the first lease; once it comes the run starts at once (a hold until a
+    quarter second had passed cost every actor's start, and every restart, that much)."""
+
+    async def main() -> tuple[bool, bool, float]:
+        budget = Budget([(6000.0, None)], fleet=2, clock=anyio.current_time)
+        limiter = EndpointLimiter(LimitConfig(rpm=3000, concurrency=4))
+        clients = cast(list[ChatClient], [_Client(limiter)])
+        answer = anyio.Event()
+        handle = _Handle(budget)
+        handle.lease = _Method(budget.lease, answer)
+        link = BudgetLink(handle, 0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(link.run, clients, Counters(), Skipped())
+            await anyio.sleep(0.05)
+            early = link.go.is_set()
+            answer.set()
+            await link.go.wait()
+            paused = limiter.paused_until - anyio.current_time()
+            tg.cancel_scope.cancel()
+        return early, link.go.is_set(), paused
+
+    early, went, paused = anyio.run(main)
+    assert not early and went
+    assert paused <= 0  # the limiter is not held: its first request may go now
