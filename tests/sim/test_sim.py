@@ -338,11 +338,13 @@ async def test_serve_reports_a_busy_port() -> None:
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling classes")
 def test_the_target_runs_as_a_batch_job_so_a_request_does_not_preempt_its_clients() -> None:
     """Woken by each request, a target on a machine its clients fill (``--workers 2`` on 2 cores)
-    preempted one of them about every third request; as a batch job it waits for a slice to end."""
-    with SimProcess(config()) as sim:
-        assert sim.pid is not None
-        assert os.sched_getscheduler(sim.pid) == os.SCHED_BATCH
-        assert httpx.post(sim.base_url + "/chat/completions", json=chat("Ink pot?"), timeout=5).status_code == 200
+    preempted one of them about every third request; as a batch job it waits for a slice to end.
+    Not one that enforces a quota: it stamps a request when it reads it, and must read it on time."""
+    for cfg, policy in ((config(), os.SCHED_BATCH), (config(rpm=600), os.SCHED_OTHER), (config(tpm=9000), os.SCHED_OTHER)):
+        with SimProcess(cfg) as sim:
+            assert sim.pid is not None
+            assert os.sched_getscheduler(sim.pid) == policy
+            assert httpx.post(sim.base_url + "/chat/completions", json=chat("Ink pot?"), timeout=5).status_code == 200
 
 
 def test_sim_process_reports_a_failed_start() -> None:
