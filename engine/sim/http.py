@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import types
 from typing import Protocol, cast
@@ -184,32 +185,11 @@ class HttpProtocol(asyncio.Protocol):
                     431, "Request headers too large.", "invalid_request_error", keep_alive=False
                 )
             return None
-        head = bytes(buffer[:end])
-        line_end = head.find(b"\r\n")
-        parts = (head if line_end < 0 else head[:line_end]).split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return error_reply(400, "Malformed HTTP request line.", "invalid_request_error", keep_alive=False)
-        method, target, version = parts
-        length: int | None = None
-        connection = expect = b""
-        # Header names are case-insensitive: the headers framing depends on, found in one C-level pass
-        # over a lower-cased copy (not a Python loop over every header: the sim must stay cheap
-        # beside the client it serves).
-        for name, value in _FRAMING.findall(head.lower()):
-            if name == b"content-length":
-                # RFC 9112 6.3: a second length (or one not a number) makes the message unreadable.
-                length = int(value) if length is None and value.strip().isdigit() else -1
-                if not 0 <= length <= _MAX_BODY:
-                    return error_reply(413 if length > 0 else 400, "Bad or too large Content-Length.",
-                                       "invalid_request_error", keep_alive=False)  # fmt: skip
-            elif name == b"transfer-encoding":
-                return error_reply(501, "engine-sim reads Content-Length bodies only.", "invalid_request_error",
-                                   keep_alive=False)  # fmt: skip
-            elif name == b"connection":
-                connection = value.strip()
-            else:
-                expect = value.strip()
-        total = end + 4 + (length or 0)
+        head = _read_head(bytes(buffer[:end]))
+        if isinstance(head, Reply):
+            return head
+        method, target, length, keep_alive, expect = head
+        total = end + 4 + length
         if len(buffer) < total:
             if expect == b"100-continue" and not self._continued and self._transport is not None:
                 self._continued = True
@@ -218,5 +198,43 @@ class HttpProtocol(asyncio.Protocol):
         body = bytes(buffer[end + 4 : total])
         del buffer[:total]
         self._continued = False
-        keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
         return method, target, body, keep_alive
+
+
+# (method, target, body length, keep-alive?, expect): what framing needs of a request's head
+Head = tuple[bytes, bytes, int, bool, bytes]
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_head(head: bytes) -> Head | Reply:
+    """The framing of one request head (its bytes up to the blank line), or the error reply it earns.
+
+    Remembered by its bytes (bounded): a client's heads repeat (the same headers, a few body lengths),
+    and the same bytes always read the same way; a reply remembered is only ever written, never changed.
+    """
+    line_end = head.find(b"\r\n")
+    parts = (head if line_end < 0 else head[:line_end]).split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        return error_reply(400, "Malformed HTTP request line.", "invalid_request_error", keep_alive=False)
+    method, target, version = parts
+    length: int | None = None
+    connection = expect = b""
+    # Header names are case-insensitive: the headers framing depends on, found in one C-level pass
+    # over a lower-cased copy (not a Python loop over every header: the sim must stay cheap
+    # beside the client it serves).
+    for name, value in _FRAMING.findall(head.lower()):
+        if name == b"content-length":
+            # RFC 9112 6.3: a second length (or one not a number) makes the message unreadable.
+            length = int(value) if length is None and value.strip().isdigit() else -1
+            if not 0 <= length <= _MAX_BODY:
+                return error_reply(413 if length > 0 else 400, "Bad or too large Content-Length.",
+                                   "invalid_request_error", keep_alive=False)  # fmt: skip
+        elif name == b"transfer-encoding":
+            return error_reply(501, "engine-sim reads Content-Length bodies only.", "invalid_request_error",
+                               keep_alive=False)  # fmt: skip
+        elif name == b"connection":
+            connection = value.strip()
+        else:
+            expect = value.strip()
+    keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
+    return method, target, length or 0, keep_alive, expect
