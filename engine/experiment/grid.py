@@ -330,8 +330,8 @@ def iter_tasks(
     ``shard=(k, n)`` keeps only the tasks of shard ``k`` of ``n`` (:func:`shard_of`):
     every worker of a fleet walks the same grid and keeps its own slice; ``skipped`` then counts
     only that slice's done tasks. ``span`` walks only a stretch of the grid's rows (:class:`Span`),
-    beginning there at no cost for the rows before it, and records how far the walk has gone. A ``done`` that is a :class:`BatchLookup` (a compact
-    ``KeySet``) is asked a batch of keys at a time.
+    beginning there at no cost for the rows before it, and records how far the walk has gone. A
+    ``done`` that is a :class:`BatchLookup` (a compact ``KeySet``) is asked a batch of keys at a time.
 
     ``grid`` is ``build_grid(spec, questions, targets)`` (its prompts were built, and checked,
     there); ``questions`` are the same questions in the same order. ``skipped`` counts the

@@ -99,8 +99,8 @@ def _yield_to_clients() -> None:
     context switch and cold caches for the worker: two workers then cost 35 % more CPU a request than
     one). As a batch job it answers what came in the meantime in one go: 0.03 wake-ups a request
     instead of 0.65, and a third less CPU a request. Nothing else changes: what it answers, and on a
-    free core it runs at once, as before. Elsewhere (no such class,
-    or refused) it runs as any process does.
+    free core it runs at once, as before. Elsewhere (no such class, or refused) it runs as any
+    process does.
 
     Not for a target that enforces a quota: it stamps a request when it reads it, and a read put off
     to the end of a busy core's slice would count requests in a later window than they were sent in,
