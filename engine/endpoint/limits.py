@@ -234,11 +234,7 @@ class EndpointLimiter:
                 elif self._requests.per_second > rate:
                     self._requests.set_rate(rate, burst, now)
         if (limit := _per_second(headers.get("x-ratelimit-limit-tokens"))) is not None:
-            rate, burst = pace_of(limit, margin)
-            if self._tokens is None:
-                self._tokens = Pacer(rate, burst)
-            elif self._tokens.per_second != rate:
-                self._tokens.set_rate(rate, burst, now)
+            self._pace_tokens(limit, now)
 
     def pause(self, now: float, seconds: float) -> None:
         """Hold every request of this endpoint for ``seconds`` (capped), as the provider asked.
@@ -276,11 +272,7 @@ class EndpointLimiter:
                 self.adaptive = False
                 self._resize_window(float(self.config.concurrency))
         if tpm is not None:
-            rate, burst = pace_of(tpm / 60, margin)
-            if self._tokens is None:
-                self._tokens = Pacer(rate, burst)
-            elif self._tokens.per_second != rate:
-                self._tokens.set_rate(rate, burst, now)
+            self._pace_tokens(tpm / 60, now)
 
     @property
     def learned_rpm(self) -> float | None:
@@ -339,6 +331,14 @@ class EndpointLimiter:
         self._resize_window(max(1.0, self._window_size * config.decrease))
         self._seen_429 = True
         self._last_growth = now
+
+    def _pace_tokens(self, per_second: float, now: float) -> None:
+        """Pace tokens under a quota of ``per_second`` from ``now``: a new pacer, or the one there re-paced."""
+        rate, burst = pace_of(per_second, self.config.margin)
+        if self._tokens is None:
+            self._tokens = Pacer(rate, burst)
+        elif self._tokens.per_second != rate:
+            self._tokens.set_rate(rate, burst, now)
 
     def _pacer_after_sent(self, rate: float, burst: float) -> Pacer:
         """A request pacer whose schedule already holds what was sent unpaced in the last seconds,

@@ -393,7 +393,7 @@ def _within(pairs: Iterator[tuple[Row, bool]], span: Span) -> Iterator[tuple[Row
         row = pair[0][5]
         if row >= span.stop:
             break
-        span.position = max(span.position, row + 1)
+        span.position = row + 1  # rows rise, and start at the span's start or later
         yield pair
     span.position = span.stop  # the walk is over: nothing of the stretch is left to give
 

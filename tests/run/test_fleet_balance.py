@@ -152,7 +152,6 @@ def test_a_worker_that_ran_dry_does_not_wait_for_one_that_finished_and_is_exitin
     on_a_hub_socket(main)
 
 
-
 def test_the_workers_start_sending_together() -> None:
     """A worker is told to go once every running worker has connected (each does after reading the run's
     logs, so none reads another's fresh records), or once the others have exited without connecting."""
